@@ -1,0 +1,605 @@
+//! The TOML config: schema, parsing and validation.
+//!
+//! The structs here mirror the file (`deny_unknown_fields`, kebab-case keys). Loading is two steps:
+//! [`parse`] deserializes each section on its own, so one bad section does not hide the errors in
+//! the next, then validation checks what serde cannot (references between sections, duplicates,
+//! empty lists). Every problem becomes a [`ConfigError`] with file, line, column and key, and all of
+//! them are reported together.
+//!
+//! ```toml
+//! [server]
+//! listen = ["127.0.0.1:8080"]
+//!
+//! [upstreams.users]
+//! targets = ["127.0.0.1:3000", "127.0.0.1:3001"]
+//!
+//! [[route]]
+//! name = "users"
+//! path-prefix = "/users"
+//! upstream = "users"
+//! ```
+
+mod diagnostic;
+pub mod units;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use toml::Spanned;
+use toml::de::{DeTable, DeValue, ValueDeserializer};
+
+use diagnostic::Locator;
+pub use diagnostic::{ConfigError, ConfigErrors};
+pub use units::{ByteSize, Duration, HostPattern, ListenAddr, Method, PathPrefix, Target};
+
+/// Built-in middleware names, usable as `component = "builtin:<name>"`.
+pub const BUILTIN_MIDDLEWARE: &[&str] = &[];
+
+/// A whole, validated config file.
+#[derive(Debug)]
+pub struct Config {
+    /// The file this was loaded from, as named to sluice.
+    pub path: PathBuf,
+    /// `[server]`
+    pub server: ServerConfig,
+    /// `[state]`
+    pub state: StateConfig,
+    /// `[upstreams.NAME]`, by name.
+    pub upstreams: BTreeMap<String, UpstreamConfig>,
+    /// `[middleware.NAME]`, by name.
+    pub middleware: BTreeMap<String, MiddlewareConfig>,
+    /// `[[route]]`, in file order.
+    pub routes: Vec<RouteConfig>,
+}
+
+/// `[server]`: listeners and process settings.
+///
+/// ```toml
+/// [server]
+/// listen = ["127.0.0.1:8080"]    # one or more
+/// threads = 2                    # worker threads; default: the number of CPUs
+/// admin = "127.0.0.1:9090"       # admin API; absent = disabled
+/// ```
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ServerConfig {
+    /// Addresses to accept HTTP on.
+    #[serde(default = "default_listen")]
+    pub listen: Spanned<Vec<Spanned<ListenAddr>>>,
+    /// Worker threads.
+    #[serde(default = "default_threads")]
+    pub threads: Spanned<usize>,
+    /// Admin API address; absent = disabled.
+    pub admin: Option<Spanned<ListenAddr>>,
+    /// Environment variable holding the bearer token for mutating admin calls.
+    pub admin_token_env: Option<String>,
+    /// Where precompiled component artifacts are kept (relative to the config file).
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: default_listen(),
+            threads: default_threads(),
+            admin: None,
+            admin_token_env: None,
+            cache_dir: None,
+        }
+    }
+}
+
+fn default_listen() -> Spanned<Vec<Spanned<ListenAddr>>> {
+    let addr = ListenAddr("127.0.0.1:8080".parse().expect("a valid literal address"));
+    Spanned::new(0..0, vec![Spanned::new(0..0, addr)])
+}
+
+fn default_threads() -> Spanned<usize> {
+    Spanned::new(0..0, std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+/// `[state]`: where middleware state lives.
+///
+/// ```toml
+/// [state]
+/// backend = "redis"                  # "memory" (default) | "redis"
+/// url = "redis://127.0.0.1:6379/0"   # with backend = "redis"
+/// ```
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct StateConfig {
+    /// The backend.
+    #[serde(default = "spanned_default")]
+    pub backend: Spanned<StateBackend>,
+    /// The Redis URL, with `backend = "redis"`.
+    pub url: Option<Spanned<String>>,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        StateConfig {
+            backend: spanned_default(),
+            url: None,
+        }
+    }
+}
+
+/// A default value for a key that was left out (its span is empty).
+fn spanned_default<T: Default>() -> Spanned<T> {
+    Spanned::new(0..0, T::default())
+}
+
+/// `[state] backend`
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StateBackend {
+    /// In-process, shared by all worker threads.
+    #[default]
+    Memory,
+    /// A Redis server, shared by every sluice instance using it.
+    Redis,
+}
+
+/// `[upstreams.NAME]`: a pool of targets.
+///
+/// ```toml
+/// [upstreams.users]
+/// targets = ["127.0.0.1:3000", "127.0.0.1:3001"]
+/// balance = "round-robin"      # | "random" | "hash" (on the client address)
+/// connect-timeout = "1s"
+/// read-timeout = "30s"
+/// ```
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct UpstreamConfig {
+    /// `host:port` targets; at least one.
+    pub targets: Spanned<Vec<Spanned<Target>>>,
+    /// How a target is picked for each request.
+    #[serde(default)]
+    pub balance: Balance,
+    /// Deadline for establishing a connection to a target.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: Duration,
+    /// Deadline for each read from a target (the response head, and each body chunk).
+    #[serde(default = "default_read_timeout")]
+    pub read_timeout: Duration,
+}
+
+fn default_connect_timeout() -> Duration {
+    Duration::from_millis(1_000)
+}
+
+fn default_read_timeout() -> Duration {
+    Duration::from_millis(30_000)
+}
+
+/// `[upstreams.NAME] balance`
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Balance {
+    /// Each target in turn.
+    #[default]
+    RoundRobin,
+    /// A target chosen at random per request.
+    Random,
+    /// Consistent hashing on the client address: one client sticks to one target.
+    Hash,
+}
+
+/// `[middleware.NAME]`: a named, configured instance of a component.
+///
+/// ```toml
+/// [middleware.jwt]
+/// component = "builtin:auth-jwt"   # or a path to a .wasm component, relative to the config file
+/// config = { issuer = "https://id.example.com" }
+/// on-error = "deny"                # | "allow"
+/// timeout = "20ms"
+/// memory-limit = "32MiB"
+/// allow-hosts = []
+/// ```
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct MiddlewareConfig {
+    /// `builtin:<name>` or a path to a `.wasm` component.
+    pub component: Spanned<String>,
+    /// An optional version label, shown by the admin API.
+    pub version: Option<String>,
+    /// The component's own configuration, given to its `init` as JSON.
+    #[serde(default)]
+    pub config: toml::Table,
+    /// What a trap, timeout or bad output does to the request.
+    #[serde(default)]
+    pub on_error: OnError,
+    /// Deadline per call.
+    #[serde(default = "default_middleware_timeout")]
+    pub timeout: Duration,
+    /// Largest linear memory the component may grow to.
+    #[serde(default = "default_memory_limit")]
+    pub memory_limit: ByteSize,
+    /// `host:port` pairs the component may reach with outbound HTTP; empty = none.
+    #[serde(default)]
+    pub allow_hosts: Vec<Spanned<Target>>,
+    /// A second version taking a share of requests.
+    pub canary: Option<CanaryConfig>,
+}
+
+fn default_middleware_timeout() -> Duration {
+    Duration::from_millis(100)
+}
+
+fn default_memory_limit() -> ByteSize {
+    ByteSize(64 << 20)
+}
+
+/// `[middleware.NAME] on-error`
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnError {
+    /// Fail closed: the request is answered with an error.
+    #[default]
+    Deny,
+    /// Fail open: the request continues as if the middleware had said "next".
+    Allow,
+}
+
+/// `[middleware.NAME.canary]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct CanaryConfig {
+    /// The canary's component.
+    pub component: Spanned<String>,
+    /// Percent of requests (0–100) that run the canary.
+    pub weight: Spanned<u8>,
+    /// An optional version label.
+    pub version: Option<String>,
+}
+
+/// `[[route]]`: which requests go where, through which middleware.
+///
+/// ```toml
+/// [[route]]
+/// name = "users"
+/// host = "api.example.com"     # optional; exact or "*.example.com"
+/// path-prefix = "/users"       # default "/"
+/// methods = ["GET", "POST"]    # optional; default: any
+/// upstream = "users"
+/// middleware = ["jwt"]         # optional; run in this order
+/// max-body = "1MiB"            # largest body a body phase buffers
+/// ```
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RouteConfig {
+    /// Unique name, used in logs and metrics.
+    pub name: Spanned<String>,
+    /// Host to match; absent = any host.
+    pub host: Option<Spanned<HostPattern>>,
+    /// Path prefix to match.
+    #[serde(default = "spanned_default")]
+    pub path_prefix: Spanned<PathPrefix>,
+    /// Methods to match; absent = any method.
+    pub methods: Option<Spanned<Vec<Spanned<Method>>>>,
+    /// The upstream to send matching requests to.
+    pub upstream: Spanned<String>,
+    /// Middleware to run, in order.
+    #[serde(default)]
+    pub middleware: Vec<Spanned<String>>,
+    /// Largest request or response body a body phase will buffer.
+    #[serde(default = "default_max_body")]
+    pub max_body: ByteSize,
+}
+
+fn default_max_body() -> ByteSize {
+    ByteSize(1 << 20)
+}
+
+/// Reads, parses and validates the config file at `path`.
+pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    let source = std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors(vec![ConfigError {
+            file: path.to_owned(),
+            line: 1,
+            column: 1,
+            key: String::new(),
+            message: format!("cannot read config file: {e}"),
+        }])
+    })?;
+    parse(&source, path)
+}
+
+/// Parses and validates config `source`, read from `path` (used in messages and to resolve
+/// relative paths).
+pub fn parse(source: &str, path: &Path) -> Result<Config, ConfigErrors> {
+    let doc = DeTable::parse(source)
+        .map_err(|e| ConfigErrors(vec![Locator::new(path, source, None).error(e.span(), e.message())]))?;
+    let loc = Locator::new(path, source, Some(doc.get_ref()));
+    let mut errors = Vec::new();
+    let mut config = Config {
+        path: path.to_owned(),
+        server: ServerConfig::default(),
+        state: StateConfig::default(),
+        upstreams: BTreeMap::new(),
+        middleware: BTreeMap::new(),
+        routes: Vec::new(),
+    };
+
+    for (key, value) in doc.get_ref().iter() {
+        match key.get_ref().as_ref() {
+            "server" => {
+                if let Some(server) = section(&loc, value, &mut errors) {
+                    config.server = server;
+                }
+            }
+            "state" => {
+                if let Some(state) = section(&loc, value, &mut errors) {
+                    config.state = state;
+                }
+            }
+            "upstreams" => config.upstreams = named_sections(&loc, "upstreams", value, &mut errors),
+            "middleware" => config.middleware = named_sections(&loc, "middleware", value, &mut errors),
+            "route" => match value.get_ref() {
+                DeValue::Array(items) => {
+                    config.routes = items
+                        .iter()
+                        .filter_map(|item| section(&loc, item, &mut errors))
+                        .collect();
+                }
+                _ => errors.push(loc.error(
+                    Some(value.span()),
+                    "routes are an array of tables: write each one under a `[[route]]` header",
+                )),
+            },
+            other => errors.push(loc.error(
+                Some(key.span()),
+                format!(
+                    "unknown section `{other}`; expected one of `server`, `state`, `upstreams`, `middleware`, `route`"
+                ),
+            )),
+        }
+    }
+
+    validate(&config, &loc, &mut errors);
+    if errors.is_empty() {
+        Ok(config)
+    } else {
+        errors.sort_by_key(|e| (e.line, e.column));
+        Err(ConfigErrors(errors))
+    }
+}
+
+/// Deserializes one section on its own, recording its error instead of stopping.
+fn section<T: DeserializeOwned>(
+    loc: &Locator<'_>,
+    value: &Spanned<DeValue<'_>>,
+    errors: &mut Vec<ConfigError>,
+) -> Option<T> {
+    T::deserialize(ValueDeserializer::from(value.clone()))
+        .map_err(|e| errors.push(loc.error(e.span(), e.message())))
+        .ok()
+}
+
+/// Deserializes `[kind.NAME]` tables, each on its own.
+fn named_sections<T: DeserializeOwned>(
+    loc: &Locator<'_>,
+    kind: &str,
+    value: &Spanned<DeValue<'_>>,
+    errors: &mut Vec<ConfigError>,
+) -> BTreeMap<String, T> {
+    let DeValue::Table(table) = value.get_ref() else {
+        errors.push(loc.error(
+            Some(value.span()),
+            format!("`{kind}` is a table of named sections, e.g. `[{kind}.NAME]`"),
+        ));
+        return BTreeMap::new();
+    };
+    let mut out = BTreeMap::new();
+    for (name, value) in table.iter() {
+        if !valid_name(name.get_ref()) {
+            errors.push(loc.error(
+                Some(name.span()),
+                format!("invalid name `{}`; use letters, digits, `-` and `_`", name.get_ref()),
+            ));
+        }
+        if let Some(section) = section(loc, value, errors) {
+            out.insert(name.get_ref().to_string(), section);
+        }
+    }
+    out
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// Checks what deserialization cannot: references, duplicates, empty lists, ranges.
+fn validate(config: &Config, loc: &Locator<'_>, errors: &mut Vec<ConfigError>) {
+    let mut err = |span: std::ops::Range<usize>, msg: String| errors.push(loc.error(Some(span), msg));
+
+    let server = &config.server;
+    if server.listen.get_ref().is_empty() {
+        err(server.listen.span(), "`listen` needs at least one address".into());
+    }
+    let mut seen_listen = HashMap::new();
+    for addr in server.listen.get_ref() {
+        if seen_listen.insert(addr.get_ref().0, ()).is_some() {
+            err(
+                addr.span(),
+                format!("listen address `{}` is given twice", addr.get_ref()),
+            );
+        }
+    }
+    if !(1..=1024).contains(server.threads.get_ref()) {
+        err(
+            server.threads.span(),
+            format!(
+                "`threads` must be between 1 and 1024, not `{}`",
+                server.threads.get_ref()
+            ),
+        );
+    }
+
+    match (config.state.backend.get_ref(), &config.state.url) {
+        (StateBackend::Redis, None) => err(
+            config.state.backend.span(),
+            "`backend = \"redis\"` needs a `url`, e.g. `redis://127.0.0.1:6379/0`".into(),
+        ),
+        (StateBackend::Redis, Some(url))
+            if !(url.get_ref().starts_with("redis://") || url.get_ref().starts_with("rediss://")) =>
+        {
+            err(
+                url.span(),
+                format!("invalid redis url `{}`; expected `redis://host:port/db`", url.get_ref()),
+            )
+        }
+        (StateBackend::Memory, Some(url)) => err(url.span(), "`url` is only used with `backend = \"redis\"`".into()),
+        _ => {}
+    }
+
+    for upstream in config.upstreams.values() {
+        if upstream.targets.get_ref().is_empty() {
+            err(
+                upstream.targets.span(),
+                "`targets` needs at least one `host:port`".into(),
+            );
+        }
+    }
+
+    let base = config.path.parent().unwrap_or(Path::new(""));
+    for mw in config.middleware.values() {
+        let components = std::iter::once(&mw.component).chain(mw.canary.as_ref().map(|c| &c.component));
+        for component in components {
+            if let Err(msg) = check_component_ref(component.get_ref(), base) {
+                err(component.span(), msg);
+            }
+        }
+        if let Some(canary) = &mw.canary
+            && *canary.weight.get_ref() > 100
+        {
+            err(
+                canary.weight.span(),
+                format!(
+                    "canary `weight` is a percentage (0–100), not `{}`",
+                    canary.weight.get_ref()
+                ),
+            );
+        }
+    }
+
+    let mut names: HashMap<&str, usize> = HashMap::new();
+    let mut matchers: HashMap<(Option<&HostPattern>, &str), Vec<&RouteConfig>> = HashMap::new();
+    for route in &config.routes {
+        let name = route.name.get_ref();
+        if !valid_name(name) {
+            err(
+                route.name.span(),
+                format!("invalid route name `{name}`; use letters, digits, `-` and `_`"),
+            );
+        }
+        if let Some(first_line) = names.insert(name, line_of(loc, route.name.span())) {
+            err(
+                route.name.span(),
+                format!("duplicate route name `{name}` (first used on line {first_line})"),
+            );
+        }
+        if !config.upstreams.contains_key(route.upstream.get_ref()) {
+            err(
+                route.upstream.span(),
+                format!(
+                    "route `{name}` names unknown upstream `{}`{}",
+                    route.upstream.get_ref(),
+                    known(config.upstreams.keys())
+                ),
+            );
+        }
+        let mut chain = HashMap::new();
+        for mw in &route.middleware {
+            if !config.middleware.contains_key(mw.get_ref()) {
+                err(
+                    mw.span(),
+                    format!(
+                        "route `{name}` names unknown middleware `{}`{}",
+                        mw.get_ref(),
+                        known(config.middleware.keys())
+                    ),
+                );
+            }
+            if chain.insert(mw.get_ref(), ()).is_some() {
+                err(
+                    mw.span(),
+                    format!("route `{name}` lists middleware `{}` twice", mw.get_ref()),
+                );
+            }
+        }
+        if let Some(methods) = &route.methods
+            && methods.get_ref().is_empty()
+        {
+            err(
+                methods.span(),
+                format!("route `{name}` has an empty `methods` list; leave it out to match any method"),
+            );
+        }
+        let key = (
+            route.host.as_ref().map(|h| h.get_ref()),
+            route.path_prefix.get_ref().0.as_str(),
+        );
+        let same = matchers.entry(key).or_default();
+        if let Some(earlier) = same.iter().find(|other| methods_overlap(other, route)) {
+            err(
+                route.name.span(),
+                format!(
+                    "route `{name}` can never match: route `{}` has the same host, path-prefix and methods and comes first",
+                    earlier.name.get_ref()
+                ),
+            );
+        }
+        same.push(route);
+    }
+}
+
+fn check_component_ref(component: &str, base: &Path) -> Result<(), String> {
+    if let Some(name) = component.strip_prefix("builtin:") {
+        if BUILTIN_MIDDLEWARE.contains(&name) {
+            return Ok(());
+        }
+        let available = if BUILTIN_MIDDLEWARE.is_empty() {
+            "none in this build".to_owned()
+        } else {
+            BUILTIN_MIDDLEWARE.join(", ")
+        };
+        return Err(format!(
+            "unknown built-in middleware `{component}` (available: {available})"
+        ));
+    }
+    let path = base.join(component);
+    if !path.is_file() {
+        return Err(format!("component file `{}` does not exist", path.display()));
+    }
+    Ok(())
+}
+
+fn methods_overlap(a: &RouteConfig, b: &RouteConfig) -> bool {
+    match (&a.methods, &b.methods) {
+        (Some(a), Some(b)) => a
+            .get_ref()
+            .iter()
+            .any(|m| b.get_ref().iter().any(|n| m.get_ref() == n.get_ref())),
+        _ => true,
+    }
+}
+
+fn known<'a>(names: impl Iterator<Item = &'a String>) -> String {
+    let names: Vec<String> = names.map(|n| format!("`{n}`")).collect();
+    if names.is_empty() {
+        " (none are defined)".to_owned()
+    } else {
+        format!(" (defined: {})", names.join(", "))
+    }
+}
+
+fn line_of(loc: &Locator<'_>, span: std::ops::Range<usize>) -> usize {
+    loc.error_with_key(span, String::new(), "").line
+}

@@ -1,0 +1,277 @@
+//! Value types that validate while they parse: durations, sizes, addresses, host patterns.
+//!
+//! Each is a newtype with `#[serde(try_from = "String")]`, so a bad value is a deserialization
+//! error carrying the value's span, and the rest of sluice only ever sees valid values.
+
+use std::fmt;
+use std::net::SocketAddr;
+
+use serde::Deserialize;
+
+/// A duration written with a unit: `"500ms"`, `"30s"`, `"1m"`, `"1h 30m"`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct Duration(pub std::time::Duration);
+
+impl TryFrom<String> for Duration {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        humantime::parse_duration(s.trim())
+            .map(Duration)
+            .map_err(|e| format!("invalid duration `{s}` ({e}); write a number and a unit, e.g. `500ms`, `30s`, `1m`"))
+    }
+}
+
+impl Duration {
+    /// A duration of `ms` milliseconds.
+    pub const fn from_millis(ms: u64) -> Self {
+        Duration(std::time::Duration::from_millis(ms))
+    }
+}
+
+impl fmt::Display for Duration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", humantime::format_duration(self.0))
+    }
+}
+
+/// A size in bytes, written with a unit: `"64KiB"`, `"1MiB"`, `"10MB"`, or a plain byte count.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct ByteSize(pub u64);
+
+impl TryFrom<String> for ByteSize {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        s.trim()
+            .parse::<bytesize::ByteSize>()
+            .map(|b| ByteSize(b.as_u64()))
+            .map_err(|_| format!("invalid size `{s}`; write a number and a unit, e.g. `64KiB`, `1MiB`"))
+    }
+}
+
+impl fmt::Display for ByteSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", bytesize::ByteSize(self.0).display().iec())
+    }
+}
+
+/// A local address to listen on: `"127.0.0.1:8080"`, `"[::1]:8080"`, `"0.0.0.0:80"`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct ListenAddr(pub SocketAddr);
+
+impl TryFrom<String> for ListenAddr {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        s.trim()
+            .parse()
+            .map(ListenAddr)
+            .map_err(|_| format!("invalid listen address `{s}`; expected `ip:port`, e.g. `127.0.0.1:8080`"))
+    }
+}
+
+impl fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// An upstream target: `"127.0.0.1:3000"`, `"[::1]:3000"` or `"users.internal:3000"`.
+///
+/// Host names are resolved once, when the config is loaded.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct Target {
+    /// The host part, without brackets for IPv6.
+    pub host: String,
+    /// The port.
+    pub port: u16,
+}
+
+impl TryFrom<String> for Target {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        let bad = || format!("invalid target `{s}`; expected `host:port`, e.g. `127.0.0.1:3000`");
+        if let Ok(addr) = s.parse::<SocketAddr>() {
+            return Ok(Target {
+                host: addr.ip().to_string(),
+                port: addr.port(),
+            });
+        }
+        let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
+        let port: u16 = port.parse().map_err(|_| bad())?;
+        let valid_host = !host.is_empty()
+            && host
+                .split('.')
+                .all(|label| !label.is_empty() && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
+        if !valid_host || port == 0 {
+            return Err(bad());
+        }
+        Ok(Target {
+            host: host.to_ascii_lowercase(),
+            port,
+        })
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// A route's host: an exact name (`"api.example.com"`) or a wildcard (`"*.example.com"`).
+///
+/// Matching ignores case and the port; a wildcard matches one or more labels in front of its
+/// suffix (`*.example.com` matches `a.example.com` and `a.b.example.com`, not `example.com`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Deserialize)]
+#[serde(try_from = "String")]
+pub enum HostPattern {
+    /// Matches exactly this name.
+    Exact(String),
+    /// Matches any name ending in this suffix, which starts with a dot (`.example.com`).
+    Wildcard(String),
+}
+
+impl TryFrom<String> for HostPattern {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        let lower = s.trim().to_ascii_lowercase();
+        let (wild, name) = match lower.strip_prefix("*.") {
+            Some(rest) => (true, rest),
+            None => (false, lower.as_str()),
+        };
+        let valid = !name.is_empty()
+            && name.split('.').all(|label| {
+                !label.is_empty()
+                    && label
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            });
+        if !valid {
+            return Err(format!(
+                "invalid host `{s}`; expected a host name (`api.example.com`) or a wildcard (`*.example.com`), without a port"
+            ));
+        }
+        Ok(if wild {
+            HostPattern::Wildcard(format!(".{name}"))
+        } else {
+            HostPattern::Exact(name.to_owned())
+        })
+    }
+}
+
+impl fmt::Display for HostPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HostPattern::Exact(h) => f.write_str(h),
+            HostPattern::Wildcard(suffix) => write!(f, "*{suffix}"),
+        }
+    }
+}
+
+/// A route's path prefix; starts with `/`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Deserialize)]
+#[serde(try_from = "String")]
+pub struct PathPrefix(pub String);
+
+impl TryFrom<String> for PathPrefix {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        if !s.starts_with('/') || s.contains(['?', '#']) || s.bytes().any(|b| b.is_ascii_whitespace()) {
+            return Err(format!(
+                "invalid path-prefix `{s}`; it must start with `/` and hold no query, fragment or spaces"
+            ));
+        }
+        Ok(PathPrefix(s))
+    }
+}
+
+impl Default for PathPrefix {
+    fn default() -> Self {
+        PathPrefix("/".to_owned())
+    }
+}
+
+/// An HTTP method name, upper case: `"GET"`, `"POST"`, or any extension token.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Deserialize)]
+#[serde(try_from = "String")]
+pub struct Method(pub http::Method);
+
+impl TryFrom<String> for Method {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        let upper = s.trim().to_ascii_uppercase();
+        if upper != s.trim() {
+            return Err(format!(
+                "invalid method `{s}`; methods are case-sensitive, write `{upper}`"
+            ));
+        }
+        http::Method::from_bytes(upper.as_bytes())
+            .map(Method)
+            .map_err(|_| format!("invalid method `{s}`"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_need_a_unit() {
+        assert_eq!(Duration::try_from("500ms".to_owned()).unwrap().0.as_millis(), 500);
+        assert_eq!(Duration::try_from("30s".to_owned()).unwrap().0.as_secs(), 30);
+        assert_eq!(Duration::try_from("1m 30s".to_owned()).unwrap().0.as_secs(), 90);
+        assert!(
+            Duration::try_from("30".to_owned())
+                .unwrap_err()
+                .contains("invalid duration `30`")
+        );
+        assert!(Duration::try_from("fast".to_owned()).is_err());
+    }
+
+    #[test]
+    fn sizes_take_binary_and_decimal_units() {
+        assert_eq!(ByteSize::try_from("1MiB".to_owned()).unwrap().0, 1 << 20);
+        assert_eq!(ByteSize::try_from("64KiB".to_owned()).unwrap().0, 64 << 10);
+        assert_eq!(ByteSize::try_from("10MB".to_owned()).unwrap().0, 10_000_000);
+        assert!(ByteSize::try_from("lots".to_owned()).is_err());
+    }
+
+    #[test]
+    fn targets_are_host_and_port() {
+        let t = Target::try_from("Users.Internal:3000".to_owned()).unwrap();
+        assert_eq!((t.host.as_str(), t.port), ("users.internal", 3000));
+        assert_eq!(Target::try_from("[::1]:80".to_owned()).unwrap().to_string(), "[::1]:80");
+        for bad in ["localhost", "host:", ":80", "a..b:80", "h:99999", "h:0", "http://h:80"] {
+            assert!(Target::try_from(bad.to_owned()).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn host_patterns() {
+        assert_eq!(
+            HostPattern::try_from("*.Example.com".to_owned()).unwrap(),
+            HostPattern::Wildcard(".example.com".into())
+        );
+        assert_eq!(
+            HostPattern::try_from("api.example.com".to_owned()).unwrap(),
+            HostPattern::Exact("api.example.com".into())
+        );
+        for bad in ["", "*.", "a.*.com", "api.example.com:80", "*example.com"] {
+            assert!(HostPattern::try_from(bad.to_owned()).is_err(), "{bad}");
+        }
+    }
+}

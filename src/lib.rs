@@ -1,0 +1,28 @@
+//! sluice: a programmable HTTP reverse proxy.
+//!
+//! pingora accepts each request; the router picks a route from the live [`chain::Snapshot`]
+//! (one atomic load per request, held to the end, so a reload never changes a request mid-flight);
+//! the route's middleware chain runs one call per phase; the request goes to one of the route
+//! upstream's targets; the response phases run in reverse chain order; the client gets the answer.
+//!
+//! | phase            | pingora hook (`proxy::Sluice`)        | chain call                       |
+//! | ---------------- | ------------------------------------- | -------------------------------- |
+//! | route            | `request_filter`                      | —                                |
+//! | request headers  | `request_filter`                      | `Chain::on_request_headers`      |
+//! | request body     | `request_body_filter`                 | `Chain::on_request_body`         |
+//! | upstream request | `upstream_request_filter`             | — (forwarding headers)           |
+//! | response headers | `response_filter`                     | `Chain::on_response_headers`     |
+//! | response body    | `response_body_filter`                | `Chain::on_response_body`        |
+//! | errors           | `fail_to_proxy`                       | — (problem+json 502/504)         |
+//!
+//! Everything that can be done at load (parsing config, building the route table, resolving
+//! targets) happens in [`chain::Snapshot::build`], off the request path.
+
+#![deny(missing_docs)]
+
+pub mod chain;
+pub mod config;
+pub mod echo;
+pub mod error;
+pub mod proxy;
+pub mod server;

@@ -1,0 +1,229 @@
+//! The pingora `ProxyHttp` implementation: routing, upstream selection, forwarding headers,
+//! error answers, and the calls into the route's chain at each phase.
+
+pub mod headers;
+pub mod problem;
+pub mod router;
+pub mod upstream;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use pingora::ErrorType::{self, ConnectTimedout, HTTPStatus, ReadTimedout, WriteTimedout};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::*;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+
+use crate::chain::{Route, Snapshot};
+use problem::Problem;
+use router::RouteMatch;
+
+/// The proxy service: one per process, shared by all worker threads.
+pub struct Sluice {
+    live: Arc<ArcSwap<Snapshot>>,
+}
+
+impl Sluice {
+    /// A proxy serving whatever snapshot `live` holds when each request starts.
+    pub fn new(live: Arc<ArcSwap<Snapshot>>) -> Self {
+        Sluice { live }
+    }
+}
+
+/// Per-request state, carried across all phases of one request.
+#[derive(Default)]
+pub struct RequestCtx {
+    /// The snapshot this request started with; kept to its end so a reload never changes it.
+    snapshot: Option<Arc<Snapshot>>,
+    /// The index of the route serving this request, in `snapshot.routes`.
+    route: Option<usize>,
+    /// The host the client asked for, as received (for `X-Forwarded-Host`).
+    host: Option<String>,
+}
+
+impl RequestCtx {
+    fn route(&self) -> Option<&Route> {
+        Some(&self.snapshot.as_ref()?.routes[self.route?])
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Sluice {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx::default()
+    }
+
+    /// Routes the request and runs the chain's request-headers phase.
+    ///
+    /// Returns `Ok(true)` when sluice has answered the request itself (no route: 404; wrong
+    /// method: 405), `Ok(false)` to go on to the upstream.
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let snapshot = self.live.load_full();
+        let req = session.req_header();
+        let raw_host = request_host(req);
+        let host = raw_host.map(normalize_host);
+        match snapshot.router.route(host.as_deref(), req.uri.path(), &req.method) {
+            RouteMatch::Found(index) => {
+                ctx.host = raw_host.map(str::to_owned);
+                ctx.route = Some(index);
+                ctx.snapshot = Some(snapshot);
+                Ok(false)
+            }
+            RouteMatch::MethodNotAllowed { allow } => {
+                let detail = format!("method `{}` is not allowed here; allowed: {allow}", req.method);
+                Problem::new(405, detail)
+                    .with_header("allow", allow)
+                    .write(session)
+                    .await?;
+                Ok(true)
+            }
+            RouteMatch::NotFound => {
+                let detail = format!("no route matches `{}`", req.uri.path());
+                Problem::new(404, detail).write(session).await?;
+                Ok(true)
+            }
+        }
+    }
+
+    /// Picks a target from the route's upstream.
+    async fn upstream_peer(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+        let route = ctx
+            .route()
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route chosen"))?;
+        let client = client_ip(session);
+        route.upstream.peer(client).map(Box::new).ok_or_else(|| {
+            Error::explain(
+                ErrorType::HTTPStatus(502),
+                format!("upstream `{}` has no available target", route.upstream.name),
+            )
+        })
+    }
+
+    /// Removes hop-by-hop headers and adds the forwarding headers.
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        for name in headers::hop_by_hop(&upstream_request.headers) {
+            upstream_request.remove_header(&name);
+        }
+        if let Some(ip) = client_ip(session) {
+            let xff = headers::forwarded_for(
+                header_bytes(&upstream_request.headers, "x-forwarded-for"),
+                &ip.to_string(),
+            );
+            upstream_request.insert_header("x-forwarded-for", xff)?;
+        }
+        upstream_request.insert_header("x-forwarded-proto", "http")?;
+        if let Some(host) = &ctx.host {
+            upstream_request.insert_header("x-forwarded-host", host.as_str())?;
+        }
+        let via = headers::via(
+            header_bytes(&upstream_request.headers, "via"),
+            session.req_header().version,
+        );
+        upstream_request.insert_header(http::header::VIA, via)?;
+        Ok(())
+    }
+
+    /// Removes hop-by-hop headers from the upstream's response and adds `Via`.
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        _ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if upstream_response.status == http::StatusCode::SWITCHING_PROTOCOLS {
+            return Ok(());
+        }
+        for name in headers::hop_by_hop(&upstream_response.headers) {
+            upstream_response.remove_header(&name);
+        }
+        let via = headers::via(
+            header_bytes(&upstream_response.headers, "via"),
+            upstream_response.version,
+        );
+        upstream_response.insert_header(http::header::VIA, via)?;
+        Ok(())
+    }
+
+    /// Answers a request that failed: 504 when the upstream timed out, 502 when it was
+    /// unreachable or broke off, 400 for a malformed request, as problem+json.
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy
+    where
+        Self::CTX: Send + Sync,
+    {
+        let upstream = ctx.route().map(|r| r.upstream.name.as_str()).unwrap_or("-");
+        let (status, detail) = match (e.etype(), e.esource()) {
+            (HTTPStatus(code), _) => (*code, e.context.as_ref().map(|c| c.to_string()).unwrap_or_default()),
+            (ConnectTimedout, _) => (
+                504,
+                format!("upstream `{upstream}` did not accept a connection in time"),
+            ),
+            (ReadTimedout | WriteTimedout, ErrorSource::Upstream) => {
+                (504, format!("upstream `{upstream}` did not answer in time"))
+            }
+            (_, ErrorSource::Upstream) => (
+                502,
+                format!("upstream `{upstream}` is unreachable or broke off the response"),
+            ),
+            (ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed, ErrorSource::Downstream) => {
+                (0, String::new()) // the client is gone; nothing to answer
+            }
+            (_, ErrorSource::Downstream) => (400, "malformed request".to_owned()),
+            _ => (500, "internal error".to_owned()),
+        };
+        if status > 0 && session.response_written().is_none() {
+            let _ = Problem::new(status, detail).write(session).await;
+        }
+        FailToProxy {
+            error_code: status,
+            can_reuse_downstream: false,
+        }
+    }
+}
+
+/// The host the client addressed: the URI authority (HTTP/2, absolute-form) or `Host`.
+fn request_host(req: &RequestHeader) -> Option<&str> {
+    req.uri
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| req.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()))
+}
+
+/// `Host` without port or userinfo, lower case: what routes match on.
+fn normalize_host(host: &str) -> String {
+    let host = host.rsplit_once('@').map_or(host, |(_, h)| h);
+    let host = if let Some(rest) = host.strip_prefix('[') {
+        rest.split_once(']').map_or(rest, |(ip, _)| ip)
+    } else {
+        host.split_once(':').map_or(host, |(h, _)| h)
+    };
+    host.trim_end_matches('.').to_ascii_lowercase()
+}
+
+fn client_ip(session: &Session) -> Option<IpAddr> {
+    session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip())
+}
+
+fn header_bytes<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a [u8]> {
+    headers.get(name).map(|v| v.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::normalize_host;
+
+    #[test]
+    fn hosts_lose_port_and_case() {
+        assert_eq!(normalize_host("API.Example.com:8080"), "api.example.com");
+        assert_eq!(normalize_host("[::1]:8080"), "::1");
+        assert_eq!(normalize_host("example.com."), "example.com");
+    }
+}

@@ -1,0 +1,50 @@
+//! Assembling a pingora server from a loaded config: listeners, worker threads, the proxy service.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use pingora::server::Server;
+use pingora::server::configuration::ServerConf;
+
+use crate::chain::Snapshot;
+use crate::config::Config;
+use crate::error::Error;
+use crate::proxy::Sluice;
+
+/// Seconds a graceful shutdown (SIGTERM) waits for in-flight requests.
+const GRACEFUL_SHUTDOWN_SECONDS: u64 = 10;
+
+/// Builds the snapshot and the pingora server for `config`, ready to [`Server::run_forever`].
+///
+/// Fails, without starting anything, when the config cannot be loaded or a listen address is
+/// taken.
+pub fn build(config: &Config) -> Result<Server, Error> {
+    let snapshot = Snapshot::build(config)?;
+    for addr in config.server.listen.get_ref() {
+        // Bind once here to report a taken address clearly; pingora binds again right after.
+        std::net::TcpListener::bind(addr.get_ref().0).map_err(|source| Error::Listen {
+            addr: addr.get_ref().0,
+            source,
+        })?;
+    }
+    if let Some(admin) = &config.server.admin {
+        tracing::warn!(admin = %admin.get_ref(), "the admin API is not served by this build yet; `admin` is ignored");
+    }
+
+    let conf = ServerConf {
+        threads: *config.server.threads.get_ref(),
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(GRACEFUL_SHUTDOWN_SECONDS),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+
+    let live = Arc::new(ArcSwap::from_pointee(snapshot));
+    let mut proxy = pingora::proxy::http_proxy_service_with_name(&server.configuration, Sluice::new(live), "sluice");
+    for addr in config.server.listen.get_ref() {
+        proxy.add_tcp(&addr.get_ref().to_string());
+    }
+    server.add_service(proxy);
+    Ok(server)
+}
