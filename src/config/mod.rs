@@ -22,7 +22,7 @@
 mod diagnostic;
 pub mod units;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -311,10 +311,16 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
 /// Parses and validates config `source`, read from `path` (used in messages and to resolve
 /// relative paths).
 pub fn parse(source: &str, path: &Path) -> Result<Config, ConfigErrors> {
-    let doc = DeTable::parse(source)
-        .map_err(|e| ConfigErrors(vec![Locator::new(path, source, None).error(e.span(), e.message())]))?;
+    let (doc, syntax_errors) = DeTable::parse_recoverable(source);
     let loc = Locator::new(path, source, Some(doc.get_ref()));
+    if !syntax_errors.is_empty() {
+        // Errors after the first are mostly the parser's recovery; the partial tree is enough to
+        // name the key of the first, not to trust any values.
+        let first = &syntax_errors[0];
+        return Err(ConfigErrors(vec![loc.error(first.span(), first.message())]));
+    }
     let mut errors = Vec::new();
+    let mut declared = Declared::default();
     let mut config = Config {
         path: path.to_owned(),
         server: ServerConfig::default(),
@@ -336,8 +342,12 @@ pub fn parse(source: &str, path: &Path) -> Result<Config, ConfigErrors> {
                     config.state = state;
                 }
             }
-            "upstreams" => config.upstreams = named_sections(&loc, "upstreams", value, &mut errors),
-            "middleware" => config.middleware = named_sections(&loc, "middleware", value, &mut errors),
+            "upstreams" => {
+                config.upstreams = named_sections(&loc, "upstreams", value, &mut declared.upstreams, &mut errors)
+            }
+            "middleware" => {
+                config.middleware = named_sections(&loc, "middleware", value, &mut declared.middleware, &mut errors)
+            }
             "route" => match value.get_ref() {
                 DeValue::Array(items) => {
                     config.routes = items
@@ -359,7 +369,7 @@ pub fn parse(source: &str, path: &Path) -> Result<Config, ConfigErrors> {
         }
     }
 
-    validate(&config, &loc, &mut errors);
+    validate(&config, &declared, &loc, &mut errors);
     if errors.is_empty() {
         Ok(config)
     } else {
@@ -379,11 +389,20 @@ fn section<T: DeserializeOwned>(
         .ok()
 }
 
+/// Every name a `[upstreams.NAME]` or `[middleware.NAME]` header declares, including sections
+/// that failed to parse, so a broken section does not also make every reference to it dangle.
+#[derive(Default)]
+struct Declared {
+    upstreams: BTreeSet<String>,
+    middleware: BTreeSet<String>,
+}
+
 /// Deserializes `[kind.NAME]` tables, each on its own.
 fn named_sections<T: DeserializeOwned>(
     loc: &Locator<'_>,
     kind: &str,
     value: &Spanned<DeValue<'_>>,
+    declared: &mut BTreeSet<String>,
     errors: &mut Vec<ConfigError>,
 ) -> BTreeMap<String, T> {
     let DeValue::Table(table) = value.get_ref() else {
@@ -395,6 +414,7 @@ fn named_sections<T: DeserializeOwned>(
     };
     let mut out = BTreeMap::new();
     for (name, value) in table.iter() {
+        declared.insert(name.get_ref().to_string());
         if !valid_name(name.get_ref()) {
             errors.push(loc.error(
                 Some(name.span()),
@@ -416,7 +436,7 @@ fn valid_name(name: &str) -> bool {
 }
 
 /// Checks what deserialization cannot: references, duplicates, empty lists, ranges.
-fn validate(config: &Config, loc: &Locator<'_>, errors: &mut Vec<ConfigError>) {
+fn validate(config: &Config, declared: &Declared, loc: &Locator<'_>, errors: &mut Vec<ConfigError>) {
     let mut err = |span: std::ops::Range<usize>, msg: String| errors.push(loc.error(Some(span), msg));
 
     let server = &config.server;
@@ -505,25 +525,25 @@ fn validate(config: &Config, loc: &Locator<'_>, errors: &mut Vec<ConfigError>) {
                 format!("duplicate route name `{name}` (first used on line {first_line})"),
             );
         }
-        if !config.upstreams.contains_key(route.upstream.get_ref()) {
+        if !declared.upstreams.contains(route.upstream.get_ref()) {
             err(
                 route.upstream.span(),
                 format!(
                     "route `{name}` names unknown upstream `{}`{}",
                     route.upstream.get_ref(),
-                    known(config.upstreams.keys())
+                    known(&declared.upstreams)
                 ),
             );
         }
         let mut chain = HashMap::new();
         for mw in &route.middleware {
-            if !config.middleware.contains_key(mw.get_ref()) {
+            if !declared.middleware.contains(mw.get_ref()) {
                 err(
                     mw.span(),
                     format!(
                         "route `{name}` names unknown middleware `{}`{}",
                         mw.get_ref(),
-                        known(config.middleware.keys())
+                        known(&declared.middleware)
                     ),
                 );
             }
@@ -591,8 +611,8 @@ fn methods_overlap(a: &RouteConfig, b: &RouteConfig) -> bool {
     }
 }
 
-fn known<'a>(names: impl Iterator<Item = &'a String>) -> String {
-    let names: Vec<String> = names.map(|n| format!("`{n}`")).collect();
+fn known(names: &BTreeSet<String>) -> String {
+    let names: Vec<String> = names.iter().map(|n| format!("`{n}`")).collect();
     if names.is_empty() {
         " (none are defined)".to_owned()
     } else {

@@ -8,10 +8,50 @@ use std::net::SocketAddr;
 
 use serde::Deserialize;
 
+/// A TOML string or integer, for values where a bare number deserves a precise message.
+pub enum StringOrInt {
+    /// A string.
+    String(String),
+    /// An integer.
+    Int(i64),
+}
+
+impl<'de> Deserialize<'de> for StringOrInt {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = StringOrInt;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string with a unit, e.g. `\"30s\"` or `\"1MiB\"`")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<StringOrInt, E> {
+                Ok(StringOrInt::String(v.to_owned()))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<StringOrInt, E> {
+                Ok(StringOrInt::Int(v))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
 /// A duration written with a unit: `"500ms"`, `"30s"`, `"1m"`, `"1h 30m"`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-#[serde(try_from = "String")]
+#[serde(try_from = "StringOrInt")]
 pub struct Duration(pub std::time::Duration);
+
+impl TryFrom<StringOrInt> for Duration {
+    type Error = String;
+
+    fn try_from(value: StringOrInt) -> Result<Self, String> {
+        match value {
+            StringOrInt::String(s) => Duration::try_from(s),
+            StringOrInt::Int(n) => Err(format!(
+                "duration `{n}` has no unit; write it as a string, e.g. `\"{n}s\"` or `\"{n}ms\"`"
+            )),
+        }
+    }
+}
 
 impl TryFrom<String> for Duration {
     type Error = String;
@@ -38,8 +78,21 @@ impl fmt::Display for Duration {
 
 /// A size in bytes, written with a unit: `"64KiB"`, `"1MiB"`, `"10MB"`, or a plain byte count.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-#[serde(try_from = "String")]
+#[serde(try_from = "StringOrInt")]
 pub struct ByteSize(pub u64);
+
+impl TryFrom<StringOrInt> for ByteSize {
+    type Error = String;
+
+    fn try_from(value: StringOrInt) -> Result<Self, String> {
+        match value {
+            StringOrInt::String(s) => ByteSize::try_from(s),
+            StringOrInt::Int(n) => u64::try_from(n)
+                .map(ByteSize)
+                .map_err(|_| format!("invalid size `{n}`")),
+        }
+    }
+}
 
 impl TryFrom<String> for ByteSize {
     type Error = String;

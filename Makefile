@@ -1,0 +1,40 @@
+# sluice: the two front-door commands are `make demo` and `make test`.
+SHELL := /bin/bash
+CARGO ?= cargo
+
+.PHONY: all setup build demo test lint bench check-configs clean
+
+all: build
+
+## Install what a fresh machine lacks (cmake, the wasm32-wasip2 target, python3).
+setup:
+	@scripts/setup.sh
+
+build: setup
+	$(CARGO) build
+
+## Run sluice in front of the embedded echo upstream and print what to try.
+demo: build
+	./target/debug/sluice demo
+
+## The whole suite: unit and end-to-end tests, then `sluice check` on every example config.
+test: setup
+	$(CARGO) build --bins
+	$(CARGO) test
+	$(MAKE) --no-print-directory check-configs
+
+check-configs:
+	./target/debug/sluice check --config config/*.toml
+
+## Formatting and clippy, as CI runs them.
+lint: setup
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+## Whole-proxy load test against nginx (release build); see benches/load.sh.
+bench:
+	@scripts/setup.sh bench
+	benches/load.sh
+
+clean:
+	$(CARGO) clean

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Installs what building and testing sluice needs and a fresh machine may lack.
+#
+#   scripts/setup.sh          # build + test prerequisites: cmake, the wasm32-wasip2 target, python3
+#   scripts/setup.sh bench    # also nginx and wrk, for benches/load.sh
+#
+# Uses apt-get when running as root, pip for cmake otherwise; says what to install by hand when it
+# can do neither. Safe to run again: it only installs what is missing.
+set -euo pipefail
+
+want_bench=false
+[[ "${1:-}" == "bench" ]] && want_bench=true
+
+say() { printf 'setup: %s\n' "$*" >&2; }
+
+apt_updated=false
+apt_install() {
+  if [[ $(id -u) -ne 0 ]] || ! command -v apt-get >/dev/null; then
+    return 1
+  fi
+  if ! $apt_updated; then
+    say "apt-get update"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
+    apt_updated=true
+  fi
+  say "apt-get install $*"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+# cmake: pingora-core builds zlib-ng with it.
+if ! command -v cmake >/dev/null; then
+  if ! apt_install cmake; then
+    say "cmake is missing and this is not a root apt machine; trying pip install --user cmake"
+    if python3 -m pip install --user --quiet cmake; then
+      say "installed cmake with pip; make sure ~/.local/bin is on PATH"
+    else
+      say "cannot install cmake: install it with your package manager (it builds pingora's zlib-ng)"
+      exit 1
+    fi
+  fi
+fi
+
+# The wasm32-wasip2 target for the middleware components (rust-toolchain.toml names it too).
+if command -v rustup >/dev/null && ! rustup target list --installed | grep -qx wasm32-wasip2; then
+  say "rustup target add wasm32-wasip2"
+  rustup target add wasm32-wasip2
+fi
+
+# python3: the tests run Python's http.server as an upstream sluice did not write.
+if ! command -v python3 >/dev/null; then
+  apt_install python3 || { say "python3 is missing: install it (the tests use its http.server)"; exit 1; }
+fi
+
+if $want_bench; then
+  missing=()
+  command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] || missing+=(nginx)
+  command -v wrk >/dev/null || missing+=(wrk)
+  if ((${#missing[@]})); then
+    apt_install "${missing[@]}" || { say "install ${missing[*]} to run benches/load.sh"; exit 1; }
+  fi
+fi

@@ -1,0 +1,114 @@
+//! Config errors as data: each `tests/ui/NAME.toml` is checked with `sluice check`, which must fail
+//! with exactly the messages in `tests/ui/NAME.stderr`. Every example in `config/` must pass.
+//!
+//! After an intended change to messages, regenerate the expectations with
+//! `SLUICE_BLESS=1 cargo test --test config_ui` and review the diff.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::{repo_root, sluice_bin};
+
+fn check(relative: &Path) -> std::process::Output {
+    Command::new(sluice_bin())
+        .current_dir(repo_root())
+        .arg("check")
+        .arg("--config")
+        .arg(relative)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn every_ui_case_fails_with_its_expected_messages() {
+    let bless = std::env::var_os("SLUICE_BLESS").is_some();
+    let mut cases: Vec<_> = std::fs::read_dir(repo_root().join("tests/ui"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    cases.sort();
+    assert!(
+        cases.len() >= 10,
+        "expected the ui cases in tests/ui, found {}",
+        cases.len()
+    );
+
+    let mut failures = Vec::new();
+    for case in cases {
+        let relative = case.strip_prefix(repo_root()).unwrap();
+        let out = check(relative);
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        let expected_path = case.with_extension("stderr");
+        if out.status.success() {
+            failures.push(format!(
+                "{}: `sluice check` succeeded; it must fail",
+                relative.display()
+            ));
+            continue;
+        }
+        if bless {
+            std::fs::write(&expected_path, &stderr).unwrap();
+            continue;
+        }
+        let expected = std::fs::read_to_string(&expected_path).unwrap_or_default();
+        if stderr != expected {
+            failures.push(format!(
+                "{}:\n--- expected\n{expected}--- got\n{stderr}",
+                relative.display()
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn every_example_config_passes_check() {
+    let mut configs: Vec<_> = std::fs::read_dir(repo_root().join("config"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    configs.sort();
+    assert!(!configs.is_empty());
+    for config in configs {
+        let out = check(config.strip_prefix(repo_root()).unwrap());
+        assert!(
+            out.status.success(),
+            "{}:\n{}",
+            config.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).contains(": ok ("));
+    }
+}
+
+#[test]
+fn run_refuses_a_bad_config_with_the_same_messages() {
+    let out = Command::new(sluice_bin())
+        .current_dir(repo_root())
+        .args(["run", "--config", "tests/ui/dangling-references.toml"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(
+            "tests/ui/dangling-references.toml:10:12: `route[0].upstream`: route `users` names unknown upstream `user`"
+        ),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_missing_file_is_a_clear_error() {
+    let out = check(Path::new("config/no-such-file.toml"));
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("config/no-such-file.toml") && stderr.contains("cannot read config file"),
+        "{stderr}"
+    );
+}

@@ -1,0 +1,149 @@
+//! Routing over real TCP: host precedence, longest prefix, methods, 404 and 405.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exact_host_beats_wildcard_beats_none_then_longest_prefix() {
+    let (exact, wild, any, api) = (echo().await, echo().await, echo().await, echo().await);
+    let sluice = Sluice::start(&format!(
+        r#"
+        [upstreams.exact]
+        targets = ["{}"]
+        [upstreams.wild]
+        targets = ["{}"]
+        [upstreams.any]
+        targets = ["{}"]
+        [upstreams.api]
+        targets = ["{}"]
+
+        [[route]]
+        name = "any"
+        upstream = "any"
+        [[route]]
+        name = "any-api"
+        path-prefix = "/api"
+        upstream = "api"
+        [[route]]
+        name = "wild"
+        host = "*.example.com"
+        upstream = "wild"
+        [[route]]
+        name = "exact"
+        host = "api.example.com"
+        path-prefix = "/v1"
+        upstream = "exact"
+        "#,
+        exact.addr(),
+        wild.addr(),
+        any.addr(),
+        api.addr()
+    ));
+    let client = client();
+    let via = |host: &'static str, path: &'static str| {
+        let req = client.get(sluice.url(path)).header("host", host);
+        async move {
+            let resp = req.send().await.unwrap();
+            assert_eq!(resp.status(), 200, "{host}{path}");
+            resp.json::<Value>().await.unwrap()["upstream"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        }
+    };
+    assert_eq!(via("api.example.com", "/v1/users").await, served_by(&exact));
+    assert_eq!(
+        via("API.Example.COM:8080", "/v1/users").await,
+        served_by(&exact),
+        "case and port are ignored"
+    );
+    assert_eq!(
+        via("api.example.com", "/other").await,
+        served_by(&wild),
+        "exact host without a matching path falls through"
+    );
+    assert_eq!(via("deep.eu.example.com", "/v1").await, served_by(&wild));
+    assert_eq!(
+        via("example.com", "/api/x").await,
+        served_by(&api),
+        "a wildcard does not match its bare suffix"
+    );
+    assert_eq!(via("other.test", "/api").await, served_by(&api));
+    assert_eq!(
+        via("other.test", "/apiary").await,
+        served_by(&api),
+        "prefixes are plain string prefixes"
+    );
+    assert_eq!(via("other.test", "/").await, served_by(&any));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_route_is_404_problem_json() {
+    let up = echo().await;
+    let sluice = Sluice::start(&format!(
+        "[upstreams.u]\ntargets = [\"{}\"]\n[[route]]\nname = \"users\"\npath-prefix = \"/users\"\nupstream = \"u\"\n",
+        up.addr()
+    ));
+    let resp = client().get(sluice.url("/orders/1")).send().await.unwrap();
+    assert_eq!(resp.status(), 404);
+    assert_eq!(resp.headers()["content-type"], "application/problem+json");
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["status"], 404);
+    assert_eq!(body["title"], "Not Found");
+    assert!(body["detail"].as_str().unwrap().contains("/orders/1"), "{body}");
+    assert_eq!(up.requests(), 0, "the upstream never saw the request");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn methods_split_routes_and_others_get_405_with_allow() {
+    let (reads, writes) = (echo().await, echo().await);
+    let sluice = Sluice::start(&format!(
+        r#"
+        [upstreams.reads]
+        targets = ["{}"]
+        [upstreams.writes]
+        targets = ["{}"]
+        [[route]]
+        name = "read"
+        path-prefix = "/users"
+        methods = ["GET", "HEAD"]
+        upstream = "reads"
+        [[route]]
+        name = "write"
+        path-prefix = "/users"
+        methods = ["POST"]
+        upstream = "writes"
+        "#,
+        reads.addr(),
+        writes.addr()
+    ));
+    let client = client();
+    assert_eq!(
+        echoed(&client, &sluice.url("/users/1")).await["upstream"],
+        served_by(&reads)
+    );
+    let post: Value = client
+        .post(sluice.url("/users"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(post["upstream"], served_by(&writes));
+
+    let resp = client.delete(sluice.url("/users/1")).send().await.unwrap();
+    assert_eq!(resp.status(), 405);
+    assert_eq!(resp.headers()["allow"], "GET, HEAD, POST");
+    assert_eq!(resp.headers()["content-type"], "application/problem+json");
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["status"], 405);
+    assert_eq!(
+        reads.requests() + writes.requests(),
+        2,
+        "the 405 never reached an upstream"
+    );
+}
