@@ -9,6 +9,7 @@
 //! | `x-echo-delay: 200ms`                 | wait this long before answering                        |
 //! | `x-echo-body: raw`                    | answer with the request body itself, byte for byte     |
 //! | `x-echo-size: 1048576`                | answer with this many bytes of a fixed pattern         |
+//! | `x-echo-drip: 5x200ms`                | answer with 5 chunks (`chunk N\n`), 200ms apart         |
 //! | `x-echo-response-header: name: value` | add this header to the response (repeatable)           |
 //!
 //! The JSON answer: `{"upstream", "method", "path", "query", "version", "headers", "body-bytes"}`.
@@ -19,7 +20,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -128,11 +130,9 @@ async fn accept_loop(listener: TcpListener, name: Arc<str>, counters: Arc<Counte
     }
 }
 
-async fn echo(
-    req: Request<Incoming>,
-    name: Arc<str>,
-    counters: Arc<Counters>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+type Body = BoxBody<Bytes, Infallible>;
+
+async fn echo(req: Request<Incoming>, name: Arc<str>, counters: Arc<Counters>) -> Result<Response<Body>, Infallible> {
     let (parts, body) = req.into_parts();
     let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
     counters.requests.fetch_add(1, Ordering::SeqCst);
@@ -142,6 +142,16 @@ async fn echo(
         tokio::time::sleep(delay).await;
     }
     let status = control("x-echo-status").and_then(|s| s.parse().ok()).unwrap_or(200);
+
+    if let Some((count, gap)) = control("x-echo-drip").and_then(parse_drip) {
+        let chunks = futures_stream(count, gap);
+        let body = BodyExt::boxed(StreamBody::new(chunks));
+        return Ok(Response::builder()
+            .status(status)
+            .header("content-type", "text/plain")
+            .body(body)
+            .unwrap_or_else(|_| Response::new(Full::new(Bytes::from_static(b"bad echo control\n")).boxed())));
+    }
 
     let (content_type, payload) = if control("x-echo-body") == Some("raw") {
         let ct = control("content-type").unwrap_or("application/octet-stream").to_owned();
@@ -181,6 +191,32 @@ async fn echo(
         }
     }
     Ok(response
-        .body(Full::new(payload))
-        .unwrap_or_else(|_| Response::new(Full::new(Bytes::from_static(b"bad echo control\n")))))
+        .body(Full::new(payload).boxed())
+        .unwrap_or_else(|_| Response::new(Full::new(Bytes::from_static(b"bad echo control\n")).boxed())))
+}
+
+/// `5x200ms` → (5, 200ms).
+fn parse_drip(spec: &str) -> Option<(usize, std::time::Duration)> {
+    let (count, gap) = spec.split_once('x')?;
+    Some((count.trim().parse().ok()?, humantime::parse_duration(gap.trim()).ok()?))
+}
+
+/// `count` body frames, the first at once, then one every `gap`.
+fn futures_stream(
+    count: usize,
+    gap: std::time::Duration,
+) -> impl futures_core::Stream<Item = Result<hyper::body::Frame<Bytes>, Infallible>> + Send + Sync + 'static {
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tokio::spawn(async move {
+        for i in 0..count {
+            if i > 0 {
+                tokio::time::sleep(gap).await;
+            }
+            let frame = hyper::body::Frame::data(Bytes::from(format!("chunk {i}\n")));
+            if tx.send(Ok(frame)).await.is_err() {
+                return;
+            }
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
 }

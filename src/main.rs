@@ -82,7 +82,7 @@ fn check(files: &[PathBuf]) -> ExitCode {
             .and_then(|config| sluice::chain::Snapshot::build(&config).map(|_| config));
         match result {
             Ok(config) => println!(
-                "{}: ok ({} routes, {} upstreams, {} middleware)",
+                "{}: ok (routes: {}, upstreams: {}, middleware: {})",
                 file.display(),
                 config.routes.len(),
                 config.upstreams.len(),
@@ -130,9 +130,10 @@ fn demo(listen: std::net::SocketAddr) -> ExitCode {
          Try:\n  \
          curl -s http://{listen}/users/42                    # route `users`: the echo upstream describes the request it got\n  \
          curl -si -X DELETE http://{listen}/users/42         # 405: route `users` allows GET and HEAD\n  \
-         curl -si -H 'Host: acme.demo.test' http://{listen}/ # route `tenants` (host *.demo.test); other paths: 404 problem+json\n\
+         curl -si -H 'Host: acme.demo.test' http://{listen}/ # route `tenants`, matched by the wildcard host *.demo.test\n\
          \n\
-         Run it again to see round-robin across the two echo targets (the `upstream` field). Ctrl-C stops.",
+         Run the first twice to see round-robin across the two echo targets (the `upstream` field);\n\
+         a path no route matches (e.g. /nowhere) gets a 404 problem+json. Ctrl-C stops.",
         upstreams.join(" and ")
     );
     server.run_forever()

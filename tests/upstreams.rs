@@ -288,3 +288,83 @@ async fn malformed_requests_get_400_and_the_proxy_keeps_serving() {
     assert_eq!(echoed(&client(), &sluice.url("/")).await["method"], "GET");
     assert_eq!(up.requests(), 1, "no malformed request reached the upstream");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn response_bodies_stream_without_buffering() {
+    let up = echo().await;
+    let sluice = Sluice::start(&one_route(&format!("[upstreams.u]\ntargets = [\"{}\"]", up.addr())));
+    let started = Instant::now();
+    let mut resp = client()
+        .get(sluice.url("/drip"))
+        .header("x-echo-drip", "4x400ms")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let first = resp.chunk().await.unwrap().unwrap();
+    let first_at = started.elapsed();
+    assert_eq!(&first[..], b"chunk 0\n");
+    let mut rest = Vec::new();
+    while let Some(chunk) = resp.chunk().await.unwrap() {
+        rest.extend_from_slice(&chunk);
+    }
+    let done_at = started.elapsed();
+    assert_eq!(rest, b"chunk 1\nchunk 2\nchunk 3\n");
+    // The upstream takes 1.2 s to finish; a buffering proxy would deliver the first chunk then too.
+    assert!(first_at < Duration::from_millis(600), "first chunk after {first_at:?}");
+    assert!(done_at >= Duration::from_millis(1200), "whole body after {done_at:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_bodies_stream_without_buffering() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // An upstream that reports when the first body bytes arrive, before the client sends the rest.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    let (first_seen_tx, first_seen_rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let (mut conn, _) = listener.accept().await.unwrap();
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        let mut first_seen_tx = Some(first_seen_tx);
+        loop {
+            let n = conn.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the proxy closed before the body ended");
+            seen.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&seen);
+            if text.contains("first-part")
+                && let Some(tx) = first_seen_tx.take()
+            {
+                let _ = tx.send(());
+            }
+            if text.contains("second-part") && text.ends_with("0\r\n\r\n") {
+                break;
+            }
+        }
+        conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            .await
+            .unwrap();
+    });
+
+    let sluice = Sluice::start(&one_route(&format!("[upstreams.u]\ntargets = [\"{upstream}\"]")));
+    let (body_tx, body_rx) = tokio::sync::mpsc::channel::<Result<&'static [u8], std::io::Error>>(1);
+    let request = tokio::spawn(
+        client()
+            .post(sluice.url("/upload"))
+            .body(reqwest::Body::wrap_stream(tokio_stream::wrappers::ReceiverStream::new(
+                body_rx,
+            )))
+            .send(),
+    );
+    body_tx.send(Ok(b"first-part")).await.unwrap();
+    // A buffering proxy would wait for the whole body before the upstream saw any of it.
+    tokio::time::timeout(Duration::from_secs(5), first_seen_rx)
+        .await
+        .expect("the upstream did not see the first part of the body before the rest was sent")
+        .unwrap();
+    body_tx.send(Ok(b"second-part")).await.unwrap();
+    drop(body_tx);
+    let resp = request.await.unwrap().unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.text().await.unwrap(), "ok");
+}

@@ -1,0 +1,117 @@
+#!/usr/bin/env bash
+# Whole-proxy throughput, in one run on one machine: wrk against
+#   1. the upstream directly (nginx serving a fixed 60-byte body)        — the ceiling
+#   2. nginx `proxy_pass` in front of that upstream (keep-alive pool)     — the baseline
+#   3. sluice (empty middleware chain) in front of the same upstream      — the subject
+# and prints req/s, latency and the sluice / nginx ratio.
+#
+#   make bench                    # installs nginx and wrk if missing, builds release, runs
+#   DURATION=30s CONNS=64 benches/load.sh
+#
+# Both proxies get the same number of workers (PROXY_WORKERS, default 2). Everything shares the
+# machine's cores with wrk, so compare figures from the same run only.
+set -euo pipefail
+
+DURATION=${DURATION:-10s}
+WARMUP=${WARMUP:-2s}
+CONNS=${CONNS:-32}
+WRK_THREADS=${WRK_THREADS:-1}
+PROXY_WORKERS=${PROXY_WORKERS:-2}
+UPSTREAM_PORT=${UPSTREAM_PORT:-18081}
+NGINX_PORT=${NGINX_PORT:-18082}
+SLUICE_PORT=${SLUICE_PORT:-18083}
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+work=$(mktemp -d /tmp/sluice-bench.XXXXXX)
+nginx_bin=$(command -v nginx || echo /usr/sbin/nginx)
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for conf in upstream proxy; do
+    [[ -f "$work/$conf.pid" ]] && kill "$(cat "$work/$conf.pid")" 2>/dev/null || true
+  done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+command -v wrk >/dev/null || { echo "load.sh: wrk is missing; run 'scripts/setup.sh bench'" >&2; exit 1; }
+[[ -x "$nginx_bin" ]] || { echo "load.sh: nginx is missing; run 'scripts/setup.sh bench'" >&2; exit 1; }
+
+echo "building sluice (release)..." >&2
+(cd "$root" && cargo build --release --quiet --bin sluice)
+
+nginx_conf() { # name workers server-block
+  cat > "$work/$1.conf" <<CONF
+worker_processes $2;
+daemon on;
+pid $work/$1.pid;
+error_log $work/$1.error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $work/$1-body;
+  proxy_temp_path $work/$1-proxy;
+  fastcgi_temp_path $work/$1-fastcgi;
+  uwsgi_temp_path $work/$1-uwsgi;
+  scgi_temp_path $work/$1-scgi;
+  keepalive_requests 1000000;
+  $3
+}
+CONF
+  "$nginx_bin" -p "$work" -c "$work/$1.conf"
+}
+
+nginx_conf upstream 1 "server { listen 127.0.0.1:$UPSTREAM_PORT; location / { default_type text/plain; return 200 'sixty bytes of fixed response body for the load benchmark!!\n'; } }"
+nginx_conf proxy "$PROXY_WORKERS" "upstream up { server 127.0.0.1:$UPSTREAM_PORT; keepalive 64; }
+  server { listen 127.0.0.1:$NGINX_PORT; location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }"
+
+cat > "$work/sluice.toml" <<CONF
+[server]
+listen = ["127.0.0.1:$SLUICE_PORT"]
+threads = $PROXY_WORKERS
+
+[upstreams.up]
+targets = ["127.0.0.1:$UPSTREAM_PORT"]
+
+[[route]]
+name = "empty-chain"
+upstream = "up"
+CONF
+RUST_LOG=warn "$root/target/release/sluice" run --config "$work/sluice.toml" 2>"$work/sluice.log" &
+pids+=($!)
+
+wait_port() {
+  for _ in $(seq 100); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+    sleep 0.1
+  done
+  echo "load.sh: nothing listens on port $1" >&2; cat "$work"/*.log >&2; exit 1
+}
+for port in $UPSTREAM_PORT $NGINX_PORT $SLUICE_PORT; do wait_port "$port"; done
+
+# Same body through every path, or the comparison means nothing.
+for port in $UPSTREAM_PORT $NGINX_PORT $SLUICE_PORT; do
+  body=$(curl -fsS "http://127.0.0.1:$port/")
+  [[ ${#body} -eq 59 ]] || { echo "load.sh: unexpected body from port $port: $body" >&2; exit 1; }
+done
+
+run() { # label port
+  wrk -t"$WRK_THREADS" -c"$CONNS" -d"$WARMUP" "http://127.0.0.1:$2/" >/dev/null
+  local out rps p50 p99
+  out=$(wrk -t"$WRK_THREADS" -c"$CONNS" -d"$DURATION" --latency "http://127.0.0.1:$2/")
+  if grep -q "Non-2xx" <<<"$out"; then echo "load.sh: $1 answered non-2xx:" >&2; echo "$out" >&2; exit 1; fi
+  rps=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
+  p50=$(awk '$1 == "50%" {print $2}' <<<"$out")
+  p99=$(awk '$1 == "99%" {print $2}' <<<"$out")
+  printf '%-28s %12s %10s %10s\n' "$1" "$rps" "$p50" "$p99"
+  eval "rps_$3=$rps"
+}
+
+echo
+echo "wrk -t$WRK_THREADS -c$CONNS -d$DURATION, proxies with $PROXY_WORKERS workers, $(nproc) cores"
+printf '%-28s %12s %10s %10s\n' "target" "req/s" "p50" "p99"
+run "upstream (direct)" "$UPSTREAM_PORT" upstream
+run "nginx proxy_pass" "$NGINX_PORT" nginx
+run "sluice (empty chain)" "$SLUICE_PORT" sluice
+echo
+awk -v s="$rps_sluice" -v n="$rps_nginx" 'BEGIN { printf "sluice / nginx proxy_pass = %.2fx\n", s / n }'
