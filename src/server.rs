@@ -11,8 +11,12 @@ use crate::config::Config;
 use crate::error::Error;
 use crate::proxy::Sluice;
 
-/// Seconds a graceful shutdown (SIGTERM) waits for in-flight requests.
-const GRACEFUL_SHUTDOWN_SECONDS: u64 = 10;
+/// On SIGTERM pingora stops accepting, then waits this long (always the full time) for in-flight
+/// requests before stopping the worker runtimes.
+const GRACE_PERIOD_SECONDS: u64 = 5;
+
+/// After the grace period, how long the worker runtimes get to wind down.
+const RUNTIME_SHUTDOWN_SECONDS: u64 = 1;
 
 /// Builds the snapshot and the pingora server for `config`, ready to [`Server::run_forever`].
 ///
@@ -33,8 +37,8 @@ pub fn build(config: &Config) -> Result<Server, Error> {
 
     let conf = ServerConf {
         threads: *config.server.threads.get_ref(),
-        grace_period_seconds: Some(0),
-        graceful_shutdown_timeout_seconds: Some(GRACEFUL_SHUTDOWN_SECONDS),
+        grace_period_seconds: Some(GRACE_PERIOD_SECONDS),
+        graceful_shutdown_timeout_seconds: Some(RUNTIME_SHUTDOWN_SECONDS),
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
