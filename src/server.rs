@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use pingora::listeners::TcpSocketOptions;
 use pingora::server::Server;
 use pingora::server::configuration::ServerConf;
 
@@ -37,6 +38,7 @@ pub fn build(config: &Config) -> Result<Server, Error> {
 
     let conf = ServerConf {
         threads: *config.server.threads.get_ref(),
+        work_stealing: false,
         grace_period_seconds: Some(GRACE_PERIOD_SECONDS),
         graceful_shutdown_timeout_seconds: Some(RUNTIME_SHUTDOWN_SECONDS),
         ..ServerConf::default()
@@ -44,11 +46,23 @@ pub fn build(config: &Config) -> Result<Server, Error> {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
+    // One single-threaded proxy service per worker, all listening on the same addresses with
+    // SO_REUSEPORT, the way nginx runs workers: each worker has its own upstream connection pool,
+    // so reusing a pooled connection never wakes another thread. With one service of N threads
+    // sharing one pool, every reuse cost two cross-thread wakeups and sometimes lost the
+    // connection to a race in the pool (docs/benchmarks.md has the figures).
     let live = Arc::new(ArcSwap::from_pointee(snapshot));
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(&server.configuration, Sluice::new(live), "sluice");
-    for addr in config.server.listen.get_ref() {
-        proxy.add_tcp(&addr.get_ref().to_string());
+    let mut reuseport = TcpSocketOptions::default();
+    reuseport.so_reuseport = Some(true);
+    for worker in 0..*config.server.threads.get_ref() {
+        let name = format!("sluice-worker-{worker}");
+        let mut proxy =
+            pingora::proxy::http_proxy_service_with_name(&server.configuration, Sluice::new(live.clone()), &name);
+        proxy.threads = Some(1);
+        for addr in config.server.listen.get_ref() {
+            proxy.add_tcp_with_settings(&addr.get_ref().to_string(), reuseport.clone());
+        }
+        server.add_service(proxy);
     }
-    server.add_service(proxy);
     Ok(server)
 }

@@ -10,7 +10,7 @@
 //! the host and path but none allows the method, the answer is 405 with `Allow` listing the methods
 //! those routes accept. When nothing matches the host and path, the answer is 404.
 
-use std::collections::HashMap;
+use ahash::AHashMap as HashMap;
 
 use http::Method;
 
@@ -34,8 +34,8 @@ pub enum RouteMatch {
 #[derive(Debug, Default)]
 pub struct Router {
     exact: HashMap<String, Vec<Entry>>,
-    /// Wildcard suffixes (`.example.com`), longest first.
-    wildcard: Vec<(String, Vec<Entry>)>,
+    /// By wildcard suffix (`.example.com`); a host's own suffixes are looked up, longest first.
+    wildcard: HashMap<String, Vec<Entry>>,
     any_host: Vec<Entry>,
 }
 
@@ -61,13 +61,7 @@ impl Router {
             };
             let group = match route.host.as_ref().map(|h| h.get_ref()) {
                 Some(HostPattern::Exact(host)) => router.exact.entry(host.clone()).or_default(),
-                Some(HostPattern::Wildcard(suffix)) => match router.wildcard.iter().position(|(s, _)| s == suffix) {
-                    Some(i) => &mut router.wildcard[i].1,
-                    None => {
-                        router.wildcard.push((suffix.clone(), Vec::new()));
-                        &mut router.wildcard.last_mut().expect("just pushed").1
-                    }
-                },
+                Some(HostPattern::Wildcard(suffix)) => router.wildcard.entry(suffix.clone()).or_default(),
                 None => &mut router.any_host,
             };
             group.push(entry);
@@ -75,10 +69,7 @@ impl Router {
         // Stable sorts keep config order among equal prefixes.
         let by_prefix = |group: &mut Vec<Entry>| group.sort_by_key(|e| std::cmp::Reverse(e.prefix.len()));
         router.exact.values_mut().for_each(by_prefix);
-        router.wildcard.iter_mut().for_each(|(_, group)| by_prefix(group));
-        router
-            .wildcard
-            .sort_by_key(|(suffix, _)| std::cmp::Reverse(suffix.len()));
+        router.wildcard.values_mut().for_each(by_prefix);
         by_prefix(&mut router.any_host);
         router
     }
@@ -111,10 +102,13 @@ impl Router {
     /// The route groups that apply to `host`, most specific first.
     fn groups_for<'a>(&'a self, host: Option<&'a str>) -> impl Iterator<Item = &'a Vec<Entry>> + 'a {
         let exact = host.and_then(|h| self.exact.get(h));
-        let wildcards = self.wildcard.iter().filter_map(move |(suffix, group)| {
-            let h = host?;
-            (h.len() > suffix.len() && h.ends_with(suffix.as_str())).then_some(group)
-        });
+        // `a.b.example.com` → `.b.example.com`, `.example.com`, `.com`: longest suffix first, and
+        // never the whole host (a wildcard needs at least one label in front).
+        let suffixes = host
+            .filter(|_| !self.wildcard.is_empty())
+            .into_iter()
+            .flat_map(|h| h.match_indices('.').filter(|&(i, _)| i > 0).map(move |(i, _)| &h[i..]));
+        let wildcards = suffixes.filter_map(|suffix| self.wildcard.get(suffix));
         exact
             .into_iter()
             .chain(wildcards)
