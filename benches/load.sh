@@ -9,10 +9,12 @@
 #   DURATION=30s CONNS=64 benches/load.sh
 #
 # Both proxies get the same number of workers (PROXY_WORKERS, default 2). Everything shares the
-# machine's cores with wrk, so compare figures from the same run only.
+# machine's cores with wrk, so run-to-run noise is ±10%: the targets are measured in ROUNDS
+# alternating rounds (default 3) and the medians are compared. Compare figures from one run only.
 set -euo pipefail
 
 DURATION=${DURATION:-10s}
+ROUNDS=${ROUNDS:-3}
 WARMUP=${WARMUP:-2s}
 CONNS=${CONNS:-32}
 WRK_THREADS=${WRK_THREADS:-1}
@@ -95,23 +97,36 @@ for port in $UPSTREAM_PORT $NGINX_PORT $SLUICE_PORT; do
   [[ ${#body} -eq 59 ]] || { echo "load.sh: unexpected body from port $port: $body" >&2; exit 1; }
 done
 
-run() { # label port
-  wrk -t"$WRK_THREADS" -c"$CONNS" -d"$WARMUP" "http://127.0.0.1:$2/" >/dev/null
-  local out rps p50 p99
-  out=$(wrk -t"$WRK_THREADS" -c"$CONNS" -d"$DURATION" --latency "http://127.0.0.1:$2/")
-  if grep -q "Non-2xx" <<<"$out"; then echo "load.sh: $1 answered non-2xx:" >&2; echo "$out" >&2; exit 1; fi
-  rps=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
-  p50=$(awk '$1 == "50%" {print $2}' <<<"$out")
-  p99=$(awk '$1 == "99%" {print $2}' <<<"$out")
-  printf '%-28s %12s %10s %10s\n' "$1" "$rps" "$p50" "$p99"
-  eval "rps_$3=$rps"
+measure() { # port -> "req/s p50 p99"
+  wrk -t"$WRK_THREADS" -c"$CONNS" -d"$WARMUP" "http://127.0.0.1:$1/" >/dev/null
+  local out
+  out=$(wrk -t"$WRK_THREADS" -c"$CONNS" -d"$DURATION" --latency "http://127.0.0.1:$1/")
+  if grep -q "Non-2xx" <<<"$out"; then echo "load.sh: port $1 answered non-2xx:" >&2; echo "$out" >&2; exit 1; fi
+  awk '/^Requests\/sec/ {r=$2} $1 == "50%" {p50=$2} $1 == "99%" {p99=$2} END {print r, p50, p99}' <<<"$out"
 }
 
+median_row() { # rows of "req/s p50 p99" on stdin -> the row with the median req/s
+  sort -n -k1,1 | awk '{rows[NR]=$0} END {print rows[int((NR + 1) / 2)]}'
+}
+
+declare -A results
+labels=("upstream (direct)" "nginx proxy_pass" "sluice (empty chain)")
+ports=("$UPSTREAM_PORT" "$NGINX_PORT" "$SLUICE_PORT")
+for round in $(seq "$ROUNDS"); do
+  for i in "${!labels[@]}"; do
+    row=$(measure "${ports[$i]}")
+    echo "round $round: ${labels[$i]}: $row" >&2
+    results[$i]+="$row"$'\n'
+  done
+done
+
 echo
-echo "wrk -t$WRK_THREADS -c$CONNS -d$DURATION, proxies with $PROXY_WORKERS workers, $(nproc) cores"
+echo "wrk -t$WRK_THREADS -c$CONNS -d$DURATION, median of $ROUNDS rounds, proxies with $PROXY_WORKERS workers, $(nproc) cores"
 printf '%-28s %12s %10s %10s\n' "target" "req/s" "p50" "p99"
-run "upstream (direct)" "$UPSTREAM_PORT" upstream
-run "nginx proxy_pass" "$NGINX_PORT" nginx
-run "sluice (empty chain)" "$SLUICE_PORT" sluice
+for i in "${!labels[@]}"; do
+  read -r rps p50 p99 < <(printf '%s' "${results[$i]}" | median_row)
+  printf '%-28s %12s %10s %10s\n' "${labels[$i]}" "$rps" "$p50" "$p99"
+  medians[$i]=$rps
+done
 echo
-awk -v s="$rps_sluice" -v n="$rps_nginx" 'BEGIN { printf "sluice / nginx proxy_pass = %.2fx\n", s / n }'
+awk -v s="${medians[2]}" -v n="${medians[1]}" 'BEGIN { printf "sluice / nginx proxy_pass = %.2fx (medians)\n", s / n }'

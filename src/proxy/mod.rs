@@ -57,6 +57,10 @@ impl ProxyHttp for Sluice {
         RequestCtx::default()
     }
 
+    /// No downstream modules: pingora's default adds a disabled compression module whose filters
+    /// would still run on every request.
+    fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
+
     /// Routes the request and runs the chain's request-headers phase.
     ///
     /// Returns `Ok(true)` when sluice has answered the request itself (no route: 404; wrong
