@@ -71,11 +71,17 @@ fn run(config: Result<config::Config, sluice::error::Error>) -> ExitCode {
     });
     match server {
         Ok(server) => server.run_forever(),
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
+        Err(e) => report(&e),
     }
+}
+
+/// Prints a startup error: config problems one per line as `file:line:col: ...`, others prefixed.
+fn report(e: &sluice::error::Error) -> ExitCode {
+    match e {
+        sluice::error::Error::Config(errors) => eprintln!("{errors}"),
+        other => eprintln!("error: {other}"),
+    }
+    ExitCode::FAILURE
 }
 
 fn check(files: &[PathBuf]) -> ExitCode {
@@ -122,10 +128,7 @@ fn demo(listen: std::net::SocketAddr) -> ExitCode {
     }
     let server = match sluice::server::build(&config) {
         Ok(server) => server,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(e) => return report(&e),
     };
     let upstreams: Vec<String> = echo_addrs.iter().map(|a| a.to_string()).collect();
     println!(

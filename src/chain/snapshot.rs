@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use crate::chain::Chain;
-use crate::config::Config;
+use crate::config::{Config, ConfigErrors};
 use crate::error::Error;
 use crate::proxy::router::Router;
 use crate::proxy::upstream::Upstream;
@@ -40,26 +40,51 @@ impl Snapshot {
     /// Builds a snapshot from a validated config: resolves targets, builds the balancers and the
     /// route table. Nothing here runs per request.
     pub fn build(config: &Config) -> Result<Snapshot, Error> {
-        let upstreams = config
-            .upstreams
-            .iter()
-            .map(|(name, up)| Ok((name.as_str(), Arc::new(Upstream::build(name, up)?))))
-            .collect::<Result<BTreeMap<_, _>, Error>>()?;
+        let mut errors = Vec::new();
+        let mut upstreams = BTreeMap::new();
+        for (name, up) in &config.upstreams {
+            match Upstream::build(name, up) {
+                Ok(upstream) => {
+                    upstreams.insert(name.as_str(), Arc::new(upstream));
+                }
+                Err(e) => {
+                    let target = &up.targets.get_ref()[e.target];
+                    errors.push(config.error_at(
+                        target.span(),
+                        format!("upstreams.{name}.targets[{}]", e.target),
+                        format!("cannot resolve target `{}`: {}", target.get_ref(), e.reason),
+                    ));
+                }
+            }
+        }
 
         let mut routes = Vec::with_capacity(config.routes.len());
-        for route in &config.routes {
+        for (index, route) in config.routes.iter().enumerate() {
             if let Some(first) = route.middleware.first() {
-                return Err(Error::MiddlewareUnsupported {
-                    route: route.name.get_ref().clone(),
-                    middleware: first.get_ref().clone(),
-                });
+                errors.push(config.error_at(
+                    first.span(),
+                    format!("route[{index}].middleware[0]"),
+                    format!(
+                        "route `{}` uses middleware `{}`, but this build of sluice cannot run Wasm middleware yet; \
+                         remove the route's `middleware` list",
+                        route.name.get_ref(),
+                        first.get_ref()
+                    ),
+                ));
             }
+            let Some(upstream) = upstreams.get(route.upstream.get_ref().as_str()) else {
+                continue; // its upstream failed to load, reported above
+            };
             routes.push(Route {
                 name: route.name.get_ref().clone(),
-                upstream: upstreams[route.upstream.get_ref().as_str()].clone(),
+                upstream: upstream.clone(),
                 chain: Chain::empty(),
                 max_body: route.max_body.0,
             });
+        }
+        if !errors.is_empty() {
+            errors.sort_by_key(|e| (e.line, e.column));
+            return Err(Error::Config(ConfigErrors(errors)));
         }
 
         Ok(Snapshot {

@@ -42,6 +42,8 @@ pub const BUILTIN_MIDDLEWARE: &[&str] = &[];
 pub struct Config {
     /// The file this was loaded from, as named to sluice.
     pub path: PathBuf,
+    /// The file's text, to locate problems found after parsing (at load).
+    source: String,
     /// `[server]`
     pub server: ServerConfig,
     /// `[state]`
@@ -52,6 +54,18 @@ pub struct Config {
     pub middleware: BTreeMap<String, MiddlewareConfig>,
     /// `[[route]]`, in file order.
     pub routes: Vec<RouteConfig>,
+}
+
+impl Config {
+    /// An error at `span` of this file, for problems found after parsing (e.g. while loading).
+    pub fn error_at(
+        &self,
+        span: std::ops::Range<usize>,
+        key: impl Into<String>,
+        message: impl Into<String>,
+    ) -> ConfigError {
+        Locator::new(&self.path, &self.source, None).error_with_key(span, key.into(), message)
+    }
 }
 
 /// `[server]`: listeners and process settings.
@@ -323,6 +337,7 @@ pub fn parse(source: &str, path: &Path) -> Result<Config, ConfigErrors> {
     let mut declared = Declared::default();
     let mut config = Config {
         path: path.to_owned(),
+        source: source.to_owned(),
         server: ServerConfig::default(),
         state: StateConfig::default(),
         upstreams: BTreeMap::new(),

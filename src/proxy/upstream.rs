@@ -9,7 +9,15 @@ use pingora::lb::selection::{Consistent, Random, RoundRobin};
 use pingora::upstreams::peer::HttpPeer;
 
 use crate::config::{Balance, UpstreamConfig};
-use crate::error::Error;
+
+/// A target that could not be resolved: its index in `targets` and why.
+#[derive(Debug)]
+pub struct ResolveError {
+    /// Index into the upstream's `targets`.
+    pub target: usize,
+    /// What the resolver said.
+    pub reason: String,
+}
 
 /// How long an idle pooled connection to a target is kept.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -42,23 +50,21 @@ impl std::fmt::Debug for Upstream {
 
 impl Upstream {
     /// Resolves the targets (once, here) and builds the balancer.
-    pub fn build(name: &str, config: &UpstreamConfig) -> Result<Upstream, Error> {
+    pub fn build(name: &str, config: &UpstreamConfig) -> Result<Upstream, ResolveError> {
         let mut addrs = BTreeSet::new();
-        for target in config.targets.get_ref() {
+        for (index, target) in config.targets.get_ref().iter().enumerate() {
             let target = target.get_ref();
             let resolved = (target.host.as_str(), target.port)
                 .to_socket_addrs()
-                .map_err(|e| Error::Resolve {
-                    upstream: name.to_owned(),
-                    target: target.to_string(),
+                .map_err(|e| ResolveError {
+                    target: index,
                     reason: e.to_string(),
                 })?;
             addrs.extend(resolved);
         }
         // Resolved addresses need no lookup, so building the static pool cannot fail or block.
-        let resolve_failed = |e: std::io::Error| Error::Resolve {
-            upstream: name.to_owned(),
-            target: format!("{addrs:?}"),
+        let resolve_failed = |e: std::io::Error| ResolveError {
+            target: 0,
             reason: e.to_string(),
         };
         let balancer = match config.balance {
