@@ -21,15 +21,21 @@ fn check(relative: &Path) -> std::process::Output {
         .unwrap()
 }
 
-#[test]
-fn every_ui_case_fails_with_its_expected_messages() {
-    let bless = std::env::var_os("SLUICE_BLESS").is_some();
-    let mut cases: Vec<_> = std::fs::read_dir(repo_root().join("tests/ui"))
+/// The `*.toml` files in `dir` (relative to the repository), sorted.
+fn toml_files(dir: &str) -> Vec<std::path::PathBuf> {
+    let mut files: Vec<_> = std::fs::read_dir(repo_root().join(dir))
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|e| e == "toml"))
         .collect();
-    cases.sort();
+    files.sort();
+    files
+}
+
+#[test]
+fn every_ui_case_fails_with_its_expected_messages() {
+    let bless = std::env::var_os("SLUICE_BLESS").is_some();
+    let cases = toml_files("tests/ui");
     assert!(
         cases.len() >= 10,
         "expected the ui cases in tests/ui, found {}",
@@ -66,12 +72,7 @@ fn every_ui_case_fails_with_its_expected_messages() {
 
 #[test]
 fn every_example_config_passes_check() {
-    let mut configs: Vec<_> = std::fs::read_dir(repo_root().join("config"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
-        .collect();
-    configs.sort();
+    let configs = toml_files("config");
     assert!(!configs.is_empty());
     for config in configs {
         let out = check(config.strip_prefix(repo_root()).unwrap());

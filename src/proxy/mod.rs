@@ -39,8 +39,6 @@ pub struct RequestCtx {
     snapshot: Option<Arc<Snapshot>>,
     /// The index of the route serving this request, in `snapshot.routes`.
     route: Option<usize>,
-    /// The host the client asked for, as received (for `X-Forwarded-Host`).
-    host: Option<String>,
 }
 
 impl RequestCtx {
@@ -68,11 +66,9 @@ impl ProxyHttp for Sluice {
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let snapshot = self.live.load_full();
         let req = session.req_header();
-        let raw_host = request_host(req);
-        let host = raw_host.map(normalize_host);
+        let host = request_host(req).map(normalize_host);
         match snapshot.router.route(host.as_deref(), req.uri.path(), &req.method) {
             RouteMatch::Found(index) => {
-                ctx.host = raw_host.map(str::to_owned);
                 ctx.route = Some(index);
                 ctx.snapshot = Some(snapshot);
                 Ok(false)
@@ -112,7 +108,7 @@ impl ProxyHttp for Sluice {
         &self,
         session: &mut Session,
         upstream_request: &mut RequestHeader,
-        ctx: &mut RequestCtx,
+        _ctx: &mut RequestCtx,
     ) -> Result<()> {
         for name in headers::hop_by_hop(&upstream_request.headers) {
             upstream_request.remove_header(&name);
@@ -125,8 +121,8 @@ impl ProxyHttp for Sluice {
             upstream_request.insert_header("x-forwarded-for", xff)?;
         }
         upstream_request.insert_header("x-forwarded-proto", "http")?;
-        if let Some(host) = &ctx.host {
-            upstream_request.insert_header("x-forwarded-host", host.as_str())?;
+        if let Some(host) = request_host(session.req_header()) {
+            upstream_request.insert_header("x-forwarded-host", host.to_owned())?;
         }
         let via = headers::via(
             header_bytes(&upstream_request.headers, "via"),
