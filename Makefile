@@ -26,10 +26,12 @@ test: setup
 check-configs:
 	./target/debug/sluice check --config config/*.toml
 
-## Formatting and clippy, as CI runs them.
+## Formatting and clippy, as CI runs them: the host, then the wasm32-wasip2 guests.
 lint: setup
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
+	cd middleware && $(CARGO) fmt --all -- --check
+	cd middleware && $(CARGO) clippy --release --target wasm32-wasip2 --workspace -- -D warnings
 
 ## Whole-proxy load test against nginx (release build); see benches/load.sh.
 bench:

@@ -14,6 +14,9 @@ pub enum Error {
     /// (a target that does not resolve); every problem is listed with where it is.
     #[error("{0}")]
     Config(#[from] ConfigErrors),
+    /// The WebAssembly runtime could not start (e.g. the cache directory is unusable).
+    #[error("{0}")]
+    Runtime(String),
     /// A listen address cannot be bound.
     #[error("cannot listen on `{addr}`: {source}")]
     Listen {

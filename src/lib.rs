@@ -20,9 +20,15 @@
 
 #![deny(missing_docs)]
 
+pub mod artifacts {
+    //! Where the build put the middleware components it compiled from `middleware/`.
+    include!(concat!(env!("OUT_DIR"), "/artifacts.rs"));
+}
 pub mod chain;
 pub mod config;
 pub mod echo;
 pub mod error;
 pub mod proxy;
+pub mod runtime;
 pub mod server;
+pub mod state;

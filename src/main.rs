@@ -89,7 +89,7 @@ fn check(files: &[PathBuf]) -> ExitCode {
     for file in files {
         let result = config::load(file)
             .map_err(sluice::error::Error::from)
-            .and_then(|config| sluice::chain::Snapshot::build(&config).map(|_| config));
+            .and_then(|config| sluice::server::load(&config).map(|_| config));
         match result {
             Ok(config) => println!(
                 "{}: ok (routes: {}, upstreams: {}, middleware: {})",
@@ -116,6 +116,7 @@ fn demo(listen: std::net::SocketAddr) -> ExitCode {
         }
     };
     config.server.listen = toml::Spanned::new(0..0, vec![toml::Spanned::new(0..0, ListenAddr(listen))]);
+    config.server.cache_dir = Some(std::env::temp_dir().join("sluice-demo-cache"));
     let echo_addrs: Vec<std::net::SocketAddr> = config
         .upstreams
         .values()

@@ -11,6 +11,7 @@ use crate::chain::Snapshot;
 use crate::config::Config;
 use crate::error::Error;
 use crate::proxy::Sluice;
+use crate::runtime::Runtime;
 
 /// On SIGTERM pingora stops accepting, then waits this long (always the full time) for in-flight
 /// requests before stopping the worker runtimes.
@@ -19,12 +20,23 @@ const GRACE_PERIOD_SECONDS: u64 = 5;
 /// After the grace period, how long the worker runtimes get to wind down.
 const RUNTIME_SHUTDOWN_SECONDS: u64 = 1;
 
+/// Loads everything `config` names (targets, middleware) into a [`Snapshot`], as `sluice run` and
+/// `sluice check` do, with the wasmtime runtime caching compiled components in `cache-dir`.
+pub fn load(config: &Config) -> Result<Snapshot, Error> {
+    let runtime = Runtime::new(config.cache_dir()).map_err(|e| Error::Runtime(e.to_string()))?;
+    let loader = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Runtime(format!("cannot start the loader: {e}")))?;
+    loader.block_on(Snapshot::build(config, &runtime))
+}
+
 /// Builds the snapshot and the pingora server for `config`, ready to [`Server::run_forever`].
 ///
 /// Fails, without starting anything, when the config cannot be loaded or a listen address is
 /// taken.
 pub fn build(config: &Config) -> Result<Server, Error> {
-    let snapshot = Snapshot::build(config)?;
+    let snapshot = load(config)?;
     for addr in config.server.listen.get_ref() {
         // Bind once here to report a taken address clearly; pingora binds again right after.
         std::net::TcpListener::bind(addr.get_ref().0).map_err(|source| Error::Listen {

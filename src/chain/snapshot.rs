@@ -4,11 +4,13 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use crate::chain::Chain;
-use crate::config::{Config, ConfigErrors};
+use crate::chain::{Chain, LoadedMiddleware, run};
+use crate::config::{Config, ConfigError, ConfigErrors, MiddlewareConfig, StateBackend as StateKind};
 use crate::error::Error;
 use crate::proxy::router::Router;
 use crate::proxy::upstream::Upstream;
+use crate::runtime::{LoadError, Runtime};
+use crate::state::{MemoryState, StateBackend};
 
 /// Everything a request needs, built at load and never changed after.
 ///
@@ -19,6 +21,8 @@ pub struct Snapshot {
     pub router: Router,
     /// The routes, indexed by what the router returns.
     pub routes: Vec<Route>,
+    /// Every `[middleware.NAME]`, loaded.
+    pub middleware: BTreeMap<String, Arc<LoadedMiddleware>>,
     /// When this snapshot was built.
     pub loaded_at: SystemTime,
 }
@@ -37,10 +41,23 @@ pub struct Route {
 }
 
 impl Snapshot {
-    /// Builds a snapshot from a validated config: resolves targets, builds the balancers and the
-    /// route table. Nothing here runs per request.
-    pub fn build(config: &Config) -> Result<Snapshot, Error> {
+    /// Builds a snapshot from a validated config: resolves targets, builds the balancers, loads
+    /// every middleware (compiled and initialized, or from the artifact cache) and builds the route
+    /// table. Nothing here runs per request. Every problem is reported, located in the config.
+    pub async fn build(config: &Config, runtime: &Arc<Runtime>) -> Result<Snapshot, Error> {
         let mut errors = Vec::new();
+        let state: Arc<dyn StateBackend> = match config.state.backend.get_ref() {
+            StateKind::Memory => Arc::new(MemoryState::default()),
+            StateKind::Redis => {
+                errors.push(config.error_at(
+                    config.state.backend.span(),
+                    "state.backend",
+                    "the `redis` state backend is not available in this build yet; use `memory`",
+                ));
+                Arc::new(MemoryState::default())
+            }
+        };
+
         let mut upstreams = BTreeMap::new();
         for (name, up) in &config.upstreams {
             match Upstream::build(name, up) {
@@ -58,19 +75,35 @@ impl Snapshot {
             }
         }
 
+        let mut middleware = BTreeMap::new();
+        for (name, mw) in &config.middleware {
+            match load_middleware(config, name, mw, runtime, &state).await {
+                Ok(loaded) => {
+                    middleware.insert(name.clone(), Arc::new(loaded));
+                }
+                Err(e) => errors.push(e),
+            }
+        }
+
         let mut routes = Vec::with_capacity(config.routes.len());
         for (index, route) in config.routes.iter().enumerate() {
-            if let Some(first) = route.middleware.first() {
-                errors.push(config.error_at(
-                    first.span(),
-                    format!("route[{index}].middleware[0]"),
-                    format!(
-                        "route `{}` uses middleware `{}`, but this build of sluice cannot run Wasm middleware yet; \
-                         remove the route's `middleware` list",
-                        route.name.get_ref(),
-                        first.get_ref()
-                    ),
-                ));
+            let mut links = Vec::new();
+            for (position, name) in route.middleware.iter().enumerate() {
+                let Some(loaded) = middleware.get(name.get_ref()) else {
+                    continue;
+                }; // reported above
+                if run::uses_body_phase(&loaded.registration) {
+                    errors.push(config.error_at(
+                        name.span(),
+                        format!("route[{index}].middleware[{position}]"),
+                        format!(
+                            "middleware `{}` declares a body phase, which this build of sluice cannot run yet \
+                             (header phases only)",
+                            name.get_ref()
+                        ),
+                    ));
+                }
+                links.push(loaded.clone());
             }
             let Some(upstream) = upstreams.get(route.upstream.get_ref().as_str()) else {
                 continue; // its upstream failed to load, reported above
@@ -78,7 +111,7 @@ impl Snapshot {
             routes.push(Route {
                 name: route.name.get_ref().clone(),
                 upstream: upstream.clone(),
-                chain: Chain::empty(),
+                chain: Chain::new(links),
                 max_body: route.max_body.0,
             });
         }
@@ -90,7 +123,76 @@ impl Snapshot {
         Ok(Snapshot {
             router: Router::build(&config.routes),
             routes,
+            middleware,
             loaded_at: SystemTime::now(),
         })
     }
+}
+
+/// Reads, compiles and initializes one middleware; problems are located at its keys.
+async fn load_middleware(
+    config: &Config,
+    name: &str,
+    mw: &MiddlewareConfig,
+    runtime: &Arc<Runtime>,
+    state: &Arc<dyn StateBackend>,
+) -> Result<LoadedMiddleware, ConfigError> {
+    let at_component =
+        |message: String| config.error_at(mw.component.span(), format!("middleware.{name}.component"), message);
+    if let Some(canary) = &mw.canary {
+        return Err(config.error_at(
+            canary.component.span(),
+            format!("middleware.{name}.canary"),
+            "canary versions are not available in this build yet",
+        ));
+    }
+    let component = mw.component.get_ref();
+    if component.starts_with("builtin:") {
+        return Err(at_component(format!(
+            "built-in middleware `{component}` is not available in this build yet"
+        )));
+    }
+    let path = config.base_dir().join(component);
+    let bytes = std::fs::read(&path).map_err(|e| at_component(format!("cannot read `{}`: {e}", path.display())))?;
+    let config_json = serde_json::to_string(mw.config.get_ref()).unwrap_or_else(|_| "{}".to_owned());
+
+    let loaded = runtime
+        .load(name, &bytes, &config_json, state.clone(), mw.memory_limit.0)
+        .await
+        .map_err(|e| match e {
+            LoadError::InitRejected(message) => {
+                let span = if mw.config.span().is_empty() {
+                    mw.component.span()
+                } else {
+                    mw.config.span()
+                };
+                config.error_at(
+                    span,
+                    format!("middleware.{name}.config"),
+                    format!("middleware `{name}` rejected its config: {message}"),
+                )
+            }
+            other => at_component(format!("middleware `{name}`: component `{component}` {other}")),
+        })?;
+    tracing::info!(
+        middleware = name,
+        digest = &loaded.digest[..12],
+        cached = loaded.cached,
+        took_ms = loaded.took.as_secs_f64() * 1e3,
+        "middleware loaded"
+    );
+    Ok(LoadedMiddleware {
+        name: name.into(),
+        version: mw.version.clone(),
+        digest: loaded.digest,
+        registration: loaded.registration,
+        pre: loaded.pre,
+        timeout: mw.timeout.0,
+        memory_limit: mw.memory_limit.0,
+        on_error: mw.on_error,
+        state: state.clone(),
+        runtime: runtime.clone(),
+        loaded_at: SystemTime::now(),
+        cached: loaded.cached,
+    })
 }

@@ -57,6 +57,18 @@ pub struct Config {
 }
 
 impl Config {
+    /// The directory relative paths in this file are relative to.
+    pub fn base_dir(&self) -> &Path {
+        self.path.parent().unwrap_or(Path::new(""))
+    }
+
+    /// Where compiled components are cached: `cache-dir`, relative to the config file; default
+    /// `.sluice-cache` beside it.
+    pub fn cache_dir(&self) -> PathBuf {
+        self.base_dir()
+            .join(self.server.cache_dir.as_deref().unwrap_or(Path::new(".sluice-cache")))
+    }
+
     /// An error at `span` of this file, for problems found after parsing (e.g. while loading).
     pub fn error_at(
         &self,
@@ -221,8 +233,8 @@ pub struct MiddlewareConfig {
     /// An optional version label, shown by the admin API.
     pub version: Option<String>,
     /// The component's own configuration, given to its `init` as JSON.
-    #[serde(default)]
-    pub config: toml::Table,
+    #[serde(default = "spanned_default")]
+    pub config: Spanned<toml::Table>,
     /// What a trap, timeout or bad output does to the request.
     #[serde(default)]
     pub on_error: OnError,
@@ -510,6 +522,16 @@ fn validate(config: &Config, declared: &Declared, loc: &Locator<'_>, errors: &mu
             if let Err(msg) = check_component_ref(component.get_ref(), base) {
                 err(component.span(), msg);
             }
+        }
+        if mw.memory_limit.0 > crate::runtime::MAX_MEMORY {
+            err(
+                mw.component.span(),
+                format!(
+                    "`memory-limit` is at most {}, not {}",
+                    ByteSize(crate::runtime::MAX_MEMORY),
+                    mw.memory_limit
+                ),
+            );
         }
         if let Some(canary) = &mw.canary
             && *canary.weight.get_ref() > 100

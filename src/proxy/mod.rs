@@ -16,7 +16,11 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 
-use crate::chain::{Route, Snapshot};
+use bytes::Bytes;
+use sync_wrapper::SyncWrapper;
+
+use crate::chain::{ChainRun, RequestOutcome, ResponseOutcome, Route, Snapshot, request_view};
+use crate::runtime::types::Response;
 use problem::Problem;
 use router::RouteMatch;
 
@@ -39,6 +43,11 @@ pub struct RequestCtx {
     snapshot: Option<Arc<Snapshot>>,
     /// The index of the route serving this request, in `snapshot.routes`.
     route: Option<usize>,
+    /// This request's pass through the route's chain (its instances and context), when the chain
+    /// has middleware. `SyncWrapper`: only ever used through `&mut`.
+    run: Option<SyncWrapper<ChainRun>>,
+    /// A response body that replaces the upstream's (a middleware answered in a response phase).
+    replacement_body: Option<Bytes>,
 }
 
 impl RequestCtx {
@@ -70,7 +79,32 @@ impl ProxyHttp for Sluice {
         match snapshot.router.route(host.as_deref(), req.uri.path(), &req.method) {
             RouteMatch::Found(index) => {
                 ctx.route = Some(index);
-                ctx.snapshot = Some(snapshot);
+                ctx.snapshot = Some(snapshot.clone());
+                let chain = &snapshot.routes[index].chain;
+                if chain.is_empty() {
+                    return Ok(false);
+                }
+                let view = request_view(
+                    req,
+                    request_host(req).unwrap_or_default(),
+                    session.client_addr().map(|a| a.to_string()).unwrap_or_default(),
+                    &snapshot.routes[index].name,
+                );
+                let mut chain_run = ChainRun::new(chain, view);
+                if chain.has_request_headers_phase() {
+                    match chain_run.on_request_headers(chain, session.req_header_mut()).await {
+                        RequestOutcome::Continue => {}
+                        RequestOutcome::Respond(response) => {
+                            write_response(session, response).await?;
+                            return Ok(true);
+                        }
+                        RequestOutcome::Fail(failure) => {
+                            Problem::new(500, failure.to_string()).write(session).await?;
+                            return Ok(true);
+                        }
+                    }
+                }
+                ctx.run = Some(SyncWrapper::new(chain_run));
                 Ok(false)
             }
             RouteMatch::MethodNotAllowed { allow } => {
@@ -132,15 +166,35 @@ impl ProxyHttp for Sluice {
         Ok(())
     }
 
-    /// Removes hop-by-hop headers from the upstream's response and adds `Via`.
+    /// Runs the chain's response-headers phase (reverse order), removes hop-by-hop headers and
+    /// adds `Via`. A middleware that answers (or fails with `deny`: 502) replaces the upstream's
+    /// response; its body is substituted in `response_body_filter`.
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_response: &mut ResponseHeader,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
     ) -> Result<()> {
         if upstream_response.status == http::StatusCode::SWITCHING_PROTOCOLS {
             return Ok(());
+        }
+        if let (Some(snapshot), Some(index), Some(chain_run)) = (ctx.snapshot.clone(), ctx.route, ctx.run.as_mut()) {
+            let chain = &snapshot.routes[index].chain;
+            if chain.has_response_headers_phase() {
+                let replacement = match chain_run.get_mut().on_response_headers(chain, upstream_response).await {
+                    ResponseOutcome::Continue => None,
+                    ResponseOutcome::Respond(response) => Some(response_parts(response)?),
+                    ResponseOutcome::Fail(failure) => {
+                        let problem = Problem::new(502, failure.to_string());
+                        Some((problem.header()?, problem.body()))
+                    }
+                };
+                if let Some((header, body)) = replacement {
+                    *upstream_response = header;
+                    let head_only = session.req_header().method == http::Method::HEAD;
+                    ctx.replacement_body = Some(if head_only { Bytes::new() } else { body });
+                }
+            }
         }
         for name in headers::hop_by_hop(&upstream_response.headers) {
             upstream_response.remove_header(&name);
@@ -151,6 +205,21 @@ impl ProxyHttp for Sluice {
         );
         upstream_response.insert_header(http::header::VIA, via)?;
         Ok(())
+    }
+
+    /// Substitutes the replacement body when a middleware answered in the response phase: the
+    /// whole replacement goes with the first chunk, the upstream's chunks are dropped.
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<std::time::Duration>> {
+        if let Some(replacement) = ctx.replacement_body.as_mut() {
+            *body = (!replacement.is_empty()).then(|| std::mem::take(replacement));
+        }
+        Ok(None)
     }
 
     /// Answers a request that failed: 504 when the upstream timed out, 502 when it was
@@ -187,6 +256,49 @@ impl ProxyHttp for Sluice {
             can_reuse_downstream: false,
         }
     }
+}
+
+/// A middleware's response as a head (with correct framing) and a body.
+fn response_parts(response: Response) -> Result<(ResponseHeader, Bytes)> {
+    let mut header = ResponseHeader::build(response.status, Some(response.headers.len() + 1)).map_err(|_| {
+        Error::explain(
+            ErrorType::HTTPStatus(502),
+            "a middleware answered with an invalid status",
+        )
+    })?;
+    for (name, value) in response.headers {
+        if matches!(name.as_str(), "content-length" | "transfer-encoding" | "connection") {
+            continue;
+        }
+        if let (Ok(name), Ok(value)) = (
+            http::HeaderName::from_bytes(name.as_bytes()),
+            http::HeaderValue::from_bytes(&value),
+        ) {
+            header.append_header(name, value)?;
+        }
+    }
+    header.insert_header(http::header::CONTENT_LENGTH, response.body.len().to_string())?;
+    Ok((header, Bytes::from(response.body)))
+}
+
+/// Writes a middleware's answer as the whole response.
+async fn write_response(session: &mut Session, response: Response) -> Result<()> {
+    let (header, body) = match response_parts(response) {
+        Ok(parts) => parts,
+        Err(_) => {
+            return Problem::new(500, "a middleware answered with an invalid response")
+                .write(session)
+                .await;
+        }
+    };
+    let head_only = session.req_header().method == http::Method::HEAD;
+    session
+        .write_response_header(Box::new(header), head_only || body.is_empty())
+        .await?;
+    if !head_only && !body.is_empty() {
+        session.write_response_body(Some(body), true).await?;
+    }
+    Ok(())
 }
 
 /// The host the client addressed: the URI authority (HTTP/2, absolute-form) or `Host`.

@@ -46,16 +46,22 @@ impl Problem {
         Bytes::from(body.to_string())
     }
 
-    /// Writes this problem as the whole response to `session`.
-    pub async fn write(&self, session: &mut Session) -> pingora::Result<()> {
-        let body = self.body();
+    /// The response head, with the body's length.
+    pub fn header(&self) -> pingora::Result<ResponseHeader> {
         let mut resp = ResponseHeader::build(self.status, Some(4 + self.headers.len()))?;
         resp.insert_header(http::header::CONTENT_TYPE, "application/problem+json")?;
-        resp.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
+        resp.insert_header(http::header::CONTENT_LENGTH, self.body().len().to_string())?;
         resp.insert_header(http::header::CACHE_CONTROL, "no-store")?;
         for (name, value) in &self.headers {
             resp.insert_header(*name, value.as_str())?;
         }
+        Ok(resp)
+    }
+
+    /// Writes this problem as the whole response to `session`.
+    pub async fn write(&self, session: &mut Session) -> pingora::Result<()> {
+        let body = self.body();
+        let resp = self.header()?;
         let head_only = session.req_header().method == http::Method::HEAD;
         session.write_response_header(Box::new(resp), head_only).await?;
         if !head_only {

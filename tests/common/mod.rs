@@ -32,7 +32,10 @@ impl Sluice {
     /// accepts connections.
     pub fn start(config: &str) -> Sluice {
         let addr = free_addr();
-        let full = format!("[server]\nlisten = [\"{addr}\"]\nthreads = 2\n\n{config}");
+        let full = format!(
+            "[server]\nlisten = [\"{addr}\"]\nthreads = 2\ncache-dir = {:?}\n\n{config}",
+            shared_cache_dir().display().to_string()
+        );
         Self::start_raw(&full, addr)
     }
 
@@ -95,6 +98,19 @@ impl Drop for Sluice {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// One artifact cache for every test's sluice, so each component and config compiles once per run.
+pub fn shared_cache_dir() -> std::path::PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("sluice-cache")
+}
+
+/// The built test component `name` (crate name with `_`), as an absolute path for config files.
+pub fn component(name: &str) -> String {
+    Path::new(sluice::artifacts::COMPONENT_DIR)
+        .join(format!("{name}.wasm"))
+        .display()
+        .to_string()
 }
 
 pub fn sluice_bin() -> &'static str {

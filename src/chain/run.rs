@@ -1,0 +1,330 @@
+//! One request's pass through a chain.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::HeaderValue;
+use http::header::HeaderName;
+use pingora::http::{RequestHeader, ResponseHeader};
+use wasmtime::Store;
+
+use super::{Chain, LoadedMiddleware};
+use crate::config::OnError;
+use crate::runtime::host::HostState;
+use crate::runtime::types::{HeaderEdits, Request, RequestDecision, Response, ResponseDecision};
+use crate::runtime::{Middleware, Registration};
+
+/// Headers a middleware may not edit: message framing belongs to the proxy.
+const PROTECTED: [&str; 3] = ["content-length", "transfer-encoding", "connection"];
+
+/// Why a middleware call failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// It did not return before its `timeout`.
+    Timeout,
+    /// It tried to grow its memory past `memory-limit`.
+    MemoryLimit,
+    /// It trapped (a panic, `unreachable`, a bad memory access...).
+    Trap,
+    /// It could not be instantiated (e.g. the instance pool is exhausted).
+    Instantiate,
+    /// It answered with something sluice cannot use (e.g. an invalid header).
+    BadOutput,
+}
+
+impl std::fmt::Display for FailureKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            FailureKind::Timeout => "timed out",
+            FailureKind::MemoryLimit => "exceeded its memory limit",
+            FailureKind::Trap => "trapped",
+            FailureKind::Instantiate => "could not be instantiated",
+            FailureKind::BadOutput => "returned an invalid answer",
+        })
+    }
+}
+
+/// A middleware that failed and whose `on-error` is `deny`: the request is answered with an error.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    /// The middleware's name.
+    pub middleware: Arc<str>,
+    /// What went wrong.
+    pub kind: FailureKind,
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "middleware `{}` {}", self.middleware, self.kind)
+    }
+}
+
+/// What the request-headers phase decided.
+#[derive(Debug)]
+pub enum RequestOutcome {
+    /// Go on to the upstream (header edits are applied to the request).
+    Continue,
+    /// A middleware answered; nothing goes upstream.
+    Respond(Response),
+    /// A middleware failed with `on-error = "deny"`.
+    Fail(Failure),
+}
+
+/// What the response-headers phase decided.
+#[derive(Debug)]
+pub enum ResponseOutcome {
+    /// Send the upstream's response (header edits are applied).
+    Continue,
+    /// Send this response instead.
+    Respond(Response),
+    /// A middleware failed with `on-error = "deny"`.
+    Fail(Failure),
+}
+
+struct Live {
+    store: Store<HostState>,
+    bindings: Middleware,
+}
+
+/// One request's pass through a chain: its instances (one per middleware, created on first use and
+/// kept for every phase of the request) and its view of the request, with the context.
+pub struct ChainRun {
+    instances: Vec<Option<Live>>,
+    request: Request,
+}
+
+impl ChainRun {
+    /// A run for `chain` over `request`.
+    pub fn new(chain: &Chain, request: Request) -> Self {
+        ChainRun {
+            instances: (0..chain.links().len()).map(|_| None).collect(),
+            request,
+        }
+    }
+
+    /// Runs `on-request-headers` in chain order, applying header edits to `upstream` (the request
+    /// that will go upstream) and collecting context for later middleware.
+    pub async fn on_request_headers(&mut self, chain: &Chain, upstream: &mut RequestHeader) -> RequestOutcome {
+        for (index, link) in chain.links().iter().enumerate() {
+            if !link.registration.request_headers {
+                continue;
+            }
+            let request = view(&self.request, link.registration.request_header_names.as_deref());
+            let result = match self.instance(index, link).await {
+                Ok(live) => {
+                    arm(live, link);
+                    let result = live.bindings.call_on_request_headers(&mut live.store, &request).await;
+                    result.map_err(|e| classify(live, &e))
+                }
+                Err(kind) => Err(kind),
+            };
+            match result {
+                Ok(RequestDecision::Next((edits, context))) => {
+                    if let Err(kind) = apply_request_edits(&edits, upstream, &mut self.request) {
+                        if let Some(failure) = failed(link, kind) {
+                            return RequestOutcome::Fail(failure);
+                        }
+                        continue;
+                    }
+                    self.request.context.extend(context);
+                }
+                Ok(RequestDecision::Respond(response)) => return RequestOutcome::Respond(response),
+                Err(kind) => {
+                    if let Some(failure) = failed(link, kind) {
+                        return RequestOutcome::Fail(failure);
+                    }
+                }
+            }
+        }
+        RequestOutcome::Continue
+    }
+
+    /// Runs `on-response-headers` in reverse chain order, applying header edits to `response`.
+    pub async fn on_response_headers(&mut self, chain: &Chain, response: &mut ResponseHeader) -> ResponseOutcome {
+        for (index, link) in chain.links().iter().enumerate().rev() {
+            if !link.registration.response_headers {
+                continue;
+            }
+            let request = view(&self.request, link.registration.request_header_names.as_deref());
+            let headers = header_list(&response.headers, link.registration.response_header_names.as_deref());
+            let status = response.status.as_u16();
+            let result = match self.instance(index, link).await {
+                Ok(live) => {
+                    arm(live, link);
+                    let result = live
+                        .bindings
+                        .call_on_response_headers(&mut live.store, &request, status, &headers)
+                        .await;
+                    result.map_err(|e| classify(live, &e))
+                }
+                Err(kind) => Err(kind),
+            };
+            match result {
+                Ok(ResponseDecision::Next(edits)) => {
+                    if let Err(kind) = apply_edits(&edits, |op| match op {
+                        Edit::Remove(name) => drop(response.remove_header(&name)),
+                        Edit::Set(name, value) => response.insert_header(name, value).map(drop).unwrap_or(()),
+                        Edit::Append(name, value) => response.append_header(name, value).map(drop).unwrap_or(()),
+                    }) && let Some(failure) = failed(link, kind)
+                    {
+                        return ResponseOutcome::Fail(failure);
+                    }
+                }
+                Ok(ResponseDecision::Respond(replacement)) => return ResponseOutcome::Respond(replacement),
+                Err(kind) => {
+                    if let Some(failure) = failed(link, kind) {
+                        return ResponseOutcome::Fail(failure);
+                    }
+                }
+            }
+        }
+        ResponseOutcome::Continue
+    }
+
+    async fn instance(&mut self, index: usize, link: &LoadedMiddleware) -> Result<&mut Live, FailureKind> {
+        if self.instances[index].is_none() {
+            let host = HostState::new(link.name.clone(), link.state.clone(), link.memory_limit as usize);
+            let mut store = link.runtime.store(host);
+            store.data_mut().deadline = Instant::now() + link.timeout;
+            let bindings = link.pre.instantiate_async(&mut store).await.map_err(|e| {
+                tracing::warn!(middleware = &*link.name, error = %format!("{e:#}"), "cannot instantiate");
+                FailureKind::Instantiate
+            })?;
+            self.instances[index] = Some(Live { store, bindings });
+        }
+        Ok(self.instances[index].as_mut().expect("just created"))
+    }
+}
+
+/// Sets the call's deadline.
+fn arm(live: &mut Live, link: &LoadedMiddleware) {
+    let host = live.store.data_mut();
+    host.deadline = Instant::now() + link.timeout;
+    host.timed_out = false;
+}
+
+fn classify(live: &Live, error: &wasmtime::Error) -> FailureKind {
+    let message = format!("{error:#}");
+    if live.store.data().timed_out {
+        FailureKind::Timeout
+    } else if message.contains("forcing trap when growing memory") || message.contains("memory allocation") {
+        FailureKind::MemoryLimit
+    } else {
+        FailureKind::Trap
+    }
+}
+
+/// Logs a failure and applies `on-error`: `Some` to deny the request, `None` to carry on.
+fn failed(link: &LoadedMiddleware, kind: FailureKind) -> Option<Failure> {
+    let deny = link.on_error == OnError::Deny;
+    tracing::warn!(middleware = &*link.name, failure = %kind, on_error = if deny { "deny" } else { "allow" }, "middleware call failed");
+    deny.then(|| Failure {
+        middleware: link.name.clone(),
+        kind,
+    })
+}
+
+/// The request as `names` lets this middleware see it (all headers when `None`).
+fn view(request: &Request, names: Option<&[String]>) -> Request {
+    let mut view = request.clone();
+    if let Some(names) = names {
+        view.headers.retain(|(name, _)| names.iter().any(|n| n == name));
+    }
+    view
+}
+
+fn header_list(headers: &http::HeaderMap, names: Option<&[String]>) -> Vec<(String, Vec<u8>)> {
+    headers
+        .iter()
+        .filter(|(name, _)| names.is_none_or(|names| names.iter().any(|n| n == name.as_str())))
+        .map(|(name, value)| (name.as_str().to_owned(), value.as_bytes().to_vec()))
+        .collect()
+}
+
+/// The WIT view of a request head: what every middleware of the chain starts from.
+pub fn request_view(req: &RequestHeader, authority: &str, client_addr: String, route: &str) -> Request {
+    Request {
+        method: req.method.as_str().to_owned(),
+        scheme: "http".to_owned(),
+        authority: authority.to_owned(),
+        path_with_query: req
+            .uri
+            .path_and_query()
+            .map_or_else(|| req.uri.path().to_owned(), |pq| pq.as_str().to_owned()),
+        headers: header_list(&req.headers, None),
+        client_addr,
+        route: route.to_owned(),
+        context: Vec::new(),
+    }
+}
+
+enum Edit {
+    Remove(HeaderName),
+    Set(HeaderName, HeaderValue),
+    Append(HeaderName, HeaderValue),
+}
+
+/// Validates `edits` and applies them in order (remove, set, append) through `apply`. Edits of
+/// framing headers are ignored; an invalid name or value is a bad answer.
+fn apply_edits(edits: &HeaderEdits, mut apply: impl FnMut(Edit)) -> Result<(), FailureKind> {
+    let name = |n: &str| HeaderName::from_bytes(n.as_bytes()).map_err(|_| FailureKind::BadOutput);
+    let value = |v: &[u8]| HeaderValue::from_bytes(v).map_err(|_| FailureKind::BadOutput);
+    let allowed = |n: &HeaderName| !PROTECTED.contains(&n.as_str());
+    let mut ops = Vec::with_capacity(edits.remove.len() + edits.set.len() + edits.append.len());
+    for n in &edits.remove {
+        let n = name(n)?;
+        if allowed(&n) {
+            ops.push(Edit::Remove(n));
+        }
+    }
+    let mut set_once = Vec::new();
+    for (n, v) in &edits.set {
+        let n = name(n)?;
+        if allowed(&n) {
+            // A name set twice keeps both values: the first replaces, the rest append.
+            let op = if set_once.contains(&n) {
+                Edit::Append(n.clone(), value(v)?)
+            } else {
+                Edit::Set(n.clone(), value(v)?)
+            };
+            set_once.push(n);
+            ops.push(op);
+        }
+    }
+    for (n, v) in &edits.append {
+        let n = name(n)?;
+        if allowed(&n) {
+            ops.push(Edit::Append(n, value(v)?));
+        }
+    }
+    ops.into_iter().for_each(&mut apply);
+    Ok(())
+}
+
+/// Applies edits to the request going upstream and to the chain's view of it.
+fn apply_request_edits(
+    edits: &HeaderEdits,
+    upstream: &mut RequestHeader,
+    view: &mut Request,
+) -> Result<(), FailureKind> {
+    apply_edits(edits, |op| match op {
+        Edit::Remove(name) => {
+            upstream.remove_header(&name);
+            view.headers.retain(|(n, _)| n != name.as_str());
+        }
+        Edit::Set(name, value) => {
+            view.headers.retain(|(n, _)| n != name.as_str());
+            view.headers.push((name.as_str().to_owned(), value.as_bytes().to_vec()));
+            let _ = upstream.insert_header(name, value);
+        }
+        Edit::Append(name, value) => {
+            view.headers.push((name.as_str().to_owned(), value.as_bytes().to_vec()));
+            let _ = upstream.append_header(name, value);
+        }
+    })
+}
+
+/// Whether a registration needs a body phase the proxy cannot run yet.
+pub(crate) fn uses_body_phase(registration: &Registration) -> bool {
+    registration.request_body || registration.response_body
+}

@@ -1,0 +1,73 @@
+//! The artifact cache: compiled components on disk, content-addressed, so a restart or a reload
+//! loads precompiled code (milliseconds) instead of compiling again (up to seconds).
+//!
+//! An entry's key is the sha256 of everything that determines it: the component's bytes, the
+//! `config` given to `init` (the snapshot holds `init`'s state), and the engine's compilation
+//! settings. Files are written to a temporary name and renamed, so a reader never sees half a file.
+//!
+//! Loading an artifact runs its machine code: the cache directory must be as trusted as the
+//! sluice binary itself.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use wasmtime::Engine;
+use wasmtime::component::Component;
+
+use super::Registration;
+
+/// A directory of `KEY.cwasm` (compiled, initialized component) and `KEY.json` (its registration).
+#[derive(Debug, Clone)]
+pub struct ArtifactCache {
+    dir: PathBuf,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Entry {
+    registration: Registration,
+}
+
+impl ArtifactCache {
+    /// A cache in `dir`, created if missing.
+    pub fn new(dir: PathBuf) -> std::io::Result<Self> {
+        std::fs::create_dir_all(&dir)?;
+        Ok(ArtifactCache { dir })
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The compiled component and registration stored under `key`, if any. A corrupt or
+    /// incompatible entry counts as missing (and will be overwritten).
+    pub fn get(&self, engine: &Engine, key: &str) -> Option<(Component, Registration)> {
+        let meta = std::fs::read(self.dir.join(format!("{key}.json"))).ok()?;
+        let entry: Entry = serde_json::from_slice(&meta).ok()?;
+        let path = self.dir.join(format!("{key}.cwasm"));
+        // SAFETY: the file was written by `put` from `Component::serialize` for an engine with the
+        // same compilation settings (they are part of the key), and the cache directory is
+        // trusted like the binary (module docs). wasmtime still checks the header and version.
+        #[allow(unsafe_code)]
+        let component = unsafe { Component::deserialize_file(engine, &path) }.ok()?;
+        Some((component, entry.registration))
+    }
+
+    /// Stores a compiled component and its registration under `key`.
+    pub fn put(&self, key: &str, compiled: &[u8], registration: &Registration) -> std::io::Result<()> {
+        let meta = serde_json::to_vec(&Entry {
+            registration: registration.clone(),
+        })?;
+        self.write_atomically(&format!("{key}.cwasm"), compiled)?;
+        self.write_atomically(&format!("{key}.json"), &meta)
+    }
+
+    fn write_atomically(&self, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+        let tmp = self.dir.join(format!(".{name}.{}.tmp", std::process::id()));
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, self.dir.join(name))
+    }
+}

@@ -1,0 +1,81 @@
+//! The host side of a middleware instance: what one `Store` holds, and the interfaces it imports.
+//!
+//! One file per WIT interface (`state.rs`, `log.rs`), each an `impl Host for HostState`, put
+//! together by [`add_to_linker`] with WASI (deny-by-default, see [`HostState::new`]).
+
+mod log;
+mod state;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use wasmtime::component::{HasSelf, Linker, ResourceTable};
+use wasmtime::{StoreLimits, StoreLimitsBuilder};
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use crate::runtime::bindings;
+use crate::state::StateBackend;
+
+/// The data of one middleware instance's `Store`.
+pub struct HostState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    /// Memory and instance limits, enforced by the store's limiter.
+    pub limits: StoreLimits,
+    /// The middleware's name, for logs and state namespacing.
+    pub middleware: Arc<str>,
+    state: Arc<dyn StateBackend>,
+    /// When the current call must end; checked on every epoch tick.
+    pub deadline: Instant,
+    /// Set when a call was stopped for exceeding its deadline.
+    pub timed_out: bool,
+}
+
+impl HostState {
+    /// A fresh instance's state: WASI with clocks and random only (no preopened directories, no
+    /// environment, no arguments, no sockets, empty stdin, discarded stdout and stderr).
+    pub fn new(middleware: Arc<str>, state: Arc<dyn StateBackend>, memory_limit: usize) -> Self {
+        let wasi = WasiCtxBuilder::new()
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        HostState {
+            wasi,
+            table: ResourceTable::new(),
+            limits: StoreLimitsBuilder::new()
+                .memory_size(memory_limit)
+                .trap_on_grow_failure(true)
+                .build(),
+            middleware,
+            state,
+            deadline: Instant::now(),
+            timed_out: false,
+        }
+    }
+
+    /// `key` in this middleware's namespace.
+    fn namespaced(&self, key: &str) -> String {
+        format!("{}\0{key}", self.middleware)
+    }
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl bindings::types::Host for HostState {}
+
+/// Adds WASI and sluice's interfaces to `linker`.
+pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    wasmtime_wasi::p2::add_to_linker_async(linker)?;
+    bindings::types::add_to_linker::<HostState, HasSelf<HostState>>(linker, |s| s)?;
+    bindings::state::add_to_linker::<HostState, HasSelf<HostState>>(linker, |s| s)?;
+    bindings::log::add_to_linker::<HostState, HasSelf<HostState>>(linker, |s| s)?;
+    Ok(())
+}

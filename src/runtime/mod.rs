@@ -1,0 +1,339 @@
+//! The wasmtime runtime: one `Engine` for the process, components compiled and initialized once at
+//! load, a fresh instance per request.
+//!
+//! - **Engine**: component model, async, the pooling allocator (instantiation in microseconds),
+//!   epoch interruption driven by a 1 ms ticker thread. Every call gets a deadline; on each tick
+//!   past it the call traps, and before it the call yields to the worker's other requests, so a
+//!   looping component never starves them. Fuel is not used (it roughly doubles execution time).
+//! - **Load** ([`Runtime::load`]): `init(config)` runs once, under `wasmtime-wizer`, and the
+//!   initialized state is snapshotted into a new component, which is compiled and stored in the
+//!   [`ArtifactCache`]. A restart or reload with the same component and config loads the compiled
+//!   snapshot from disk and skips both `init` and Cranelift.
+//! - **Per request** ([`Runtime::instantiate`]): a fresh instance from the snapshot's
+//!   `InstancePre`, with `init`'s work already in its memory. Nothing one request leaves behind is
+//!   visible to the next.
+//! - **Capabilities**: WASI clocks and random, nothing else (see [`host::HostState::new`]); the
+//!   `state` and `log` interfaces.
+
+mod bindings;
+mod cache;
+pub mod host;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, Linker, Val};
+use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline};
+
+pub use bindings::types;
+pub use bindings::{Middleware, MiddlewarePre};
+pub use cache::ArtifactCache;
+use host::HostState;
+
+use crate::state::StateBackend;
+
+/// How often the epoch advances: the granularity of call deadlines.
+const EPOCH_TICK: Duration = Duration::from_millis(1);
+
+/// The deadline for `init`, which may do real work (compiling schemas, parsing keys).
+const INIT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The largest linear memory any middleware may have; `memory-limit` is capped at this.
+pub const MAX_MEMORY: u64 = 1 << 30;
+
+/// Bumped when the snapshot recipe changes, so old cache entries are not reused.
+const SNAPSHOT_FORMAT: &str = "sluice-snapshot-1";
+
+/// What `init` declared: the phases to call and the headers to pass.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Registration {
+    /// Call `on-request-headers`.
+    pub request_headers: bool,
+    /// Call `on-request-body` (the request body is buffered).
+    pub request_body: bool,
+    /// Call `on-response-headers`.
+    pub response_headers: bool,
+    /// Call `on-response-body` (the response body is buffered).
+    pub response_body: bool,
+    /// Request headers to pass; `None`: all.
+    pub request_header_names: Option<Vec<String>>,
+    /// Response headers to pass; `None`: all.
+    pub response_header_names: Option<Vec<String>>,
+}
+
+/// Why a component could not be loaded. Messages are lowercase and name what is wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The bytes are not a valid WebAssembly component.
+    #[error("not a valid WebAssembly component: {0}")]
+    Invalid(String),
+    /// The component does not implement the `sluice:middleware/middleware` world.
+    #[error("does not implement the `sluice:middleware/middleware@0.1.0` world: {0}")]
+    WrongWorld(String),
+    /// `init` returned an error: the config is rejected.
+    #[error("rejected its config: {0}")]
+    InitRejected(String),
+    /// `init` trapped or ran out of time or memory.
+    #[error("failed in `init`: {0}")]
+    InitFailed(String),
+    /// The engine or the artifact cache failed.
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// A component compiled, initialized and ready to instantiate.
+pub struct Loaded {
+    /// sha256 of the component's bytes, hex.
+    pub digest: String,
+    /// What `init` declared.
+    pub registration: Registration,
+    /// Pre-linked, pre-initialized: instantiating costs microseconds.
+    pub pre: MiddlewarePre<HostState>,
+    /// Whether the compiled snapshot came from the artifact cache.
+    pub cached: bool,
+    /// How long loading took.
+    pub took: Duration,
+}
+
+/// The process's wasmtime engine, linker and artifact cache.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<HostState>,
+    cache: ArtifactCache,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime")
+            .field("cache", &self.cache.dir())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Runtime {
+    /// Creates the engine (and its epoch ticker thread) with artifacts cached in `cache_dir`.
+    pub fn new(cache_dir: PathBuf) -> Result<Arc<Runtime>, LoadError> {
+        let internal = |e: wasmtime::Error| LoadError::Internal(format!("{e:#}"));
+        let mut pool = PoolingAllocationConfig::new();
+        pool.total_component_instances(2_000)
+            .total_core_instances(20_000)
+            .total_memories(4_000)
+            .total_tables(20_000)
+            .total_stacks(2_000)
+            .max_memory_size(MAX_MEMORY as usize)
+            .max_core_instances_per_component(64)
+            .max_memories_per_component(16)
+            .max_tables_per_component(64);
+        let mut config = wasmtime::Config::new();
+        config
+            .wasm_component_model(true)
+            .epoch_interruption(true)
+            .memory_reservation(MAX_MEMORY)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&config).map_err(internal)?;
+
+        let ticker = engine.weak();
+        std::thread::Builder::new()
+            .name("sluice-epoch".into())
+            .spawn(move || {
+                while let Some(engine) = ticker.upgrade() {
+                    engine.increment_epoch();
+                    drop(engine);
+                    std::thread::sleep(EPOCH_TICK);
+                }
+            })
+            .map_err(|e| LoadError::Internal(format!("cannot start the epoch thread: {e}")))?;
+
+        let mut linker = Linker::new(&engine);
+        host::add_to_linker(&mut linker).map_err(internal)?;
+        let cache = ArtifactCache::new(cache_dir.clone())
+            .map_err(|e| LoadError::Internal(format!("cannot use cache-dir `{}`: {e}", cache_dir.display())))?;
+        Ok(Arc::new(Runtime { engine, linker, cache }))
+    }
+
+    /// A store for one instance, with `state` behind its `state` interface and calls limited by
+    /// memory and deadline (set [`HostState::deadline`] before each call).
+    pub fn store(&self, host: HostState) -> Store<HostState> {
+        let mut store = Store::new(&self.engine, host);
+        store.limiter(|host| &mut host.limits);
+        store.epoch_deadline_callback(|mut ctx| {
+            if Instant::now() >= ctx.data().deadline {
+                ctx.data_mut().timed_out = true;
+                return Err(wasmtime::format_err!("deadline exceeded"));
+            }
+            Ok(UpdateDeadline::Yield(1))
+        });
+        store.set_epoch_deadline(1);
+        store
+    }
+
+    /// Compiles `bytes`, runs `init(config_json)` once and snapshots the result, or takes all of
+    /// that from the artifact cache.
+    pub async fn load(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        config_json: &str,
+        state: Arc<dyn StateBackend>,
+        memory_limit: u64,
+    ) -> Result<Loaded, LoadError> {
+        let started = Instant::now();
+        let digest = hex::encode(Sha256::digest(bytes));
+        let key = self.cache_key(&digest, config_json);
+        let internal = |e: wasmtime::Error| LoadError::Internal(format!("{e:#}"));
+
+        let (component, registration, cached) = match self.cache.get(&self.engine, &key) {
+            Some((component, registration)) => (component, registration, true),
+            None => {
+                let mut host = HostState::new(name.into(), state, memory_limit.min(MAX_MEMORY) as usize);
+                host.deadline = Instant::now() + INIT_TIMEOUT;
+                let mut store = self.store(host);
+                let mut wizer = wasmtime_wizer::Wizer::new();
+                wizer.init_func(format!("init({})", wave_string(config_json)));
+                let linker = &self.linker;
+                let (snapshot, results) = wizer
+                    .run_component(&mut store, bytes, async |store, component| {
+                        linker.instantiate_async(store, component).await
+                    })
+                    .await
+                    .map_err(|e| classify_init_error(e, store.data().timed_out))?;
+                let registration = registration_from(&results)?;
+                let component =
+                    Component::new(&self.engine, &snapshot).map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
+                let compiled = component.serialize().map_err(internal)?;
+                if let Err(e) = self.cache.put(&key, &compiled, &registration) {
+                    tracing::warn!(middleware = name, error = %e, "cannot write the artifact cache; the next start compiles again");
+                }
+                (component, registration, false)
+            }
+        };
+        let instance_pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?;
+        let pre = MiddlewarePre::new(instance_pre).map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?;
+        Ok(Loaded {
+            digest,
+            registration,
+            pre,
+            cached,
+            took: started.elapsed(),
+        })
+    }
+
+    fn cache_key(&self, digest: &str, config_json: &str) -> String {
+        use std::hash::{Hash, Hasher};
+        let mut engine_hasher = std::collections::hash_map::DefaultHasher::new();
+        self.engine.precompile_compatibility_hash().hash(&mut engine_hasher);
+        let mut key = Sha256::new();
+        for part in [
+            SNAPSHOT_FORMAT,
+            digest,
+            config_json,
+            &engine_hasher.finish().to_string(),
+        ] {
+            key.update(part.as_bytes());
+            key.update([0]);
+        }
+        hex::encode(key.finalize())
+    }
+}
+
+/// `init`'s error, told apart: a missing `init` export (wrong world), a deadline, anything else.
+fn classify_init_error(e: wasmtime::Error, timed_out: bool) -> LoadError {
+    let message = format!("{e:#}");
+    if timed_out {
+        LoadError::InitFailed(format!("did not return within {}s", INIT_TIMEOUT.as_secs()))
+    } else if message.contains("wasm validation failed") {
+        LoadError::Invalid(message.trim_start_matches("wasm validation failed: ").to_owned())
+    } else if message.contains("does export the function") || message.contains("failed to compile") {
+        // wizer's own words for a component without an `init` export, or one that is not valid.
+        LoadError::WrongWorld("it has no `init` export".into())
+    } else {
+        LoadError::InitFailed(message)
+    }
+}
+
+/// `init`'s result: `result<registration, string>`.
+fn registration_from(results: &[Val]) -> Result<Registration, LoadError> {
+    let bad = || LoadError::WrongWorld("`init` returned an unexpected type".into());
+    let Some(Val::Result(result)) = results.first() else {
+        return Err(bad());
+    };
+    let record = match result {
+        Ok(Some(record)) => record,
+        Err(Some(message)) => {
+            return Err(LoadError::InitRejected(match &**message {
+                Val::String(s) => s.clone(),
+                other => format!("{other:?}"),
+            }));
+        }
+        _ => return Err(bad()),
+    };
+    let Val::Record(fields) = &**record else {
+        return Err(bad());
+    };
+    let field = |name: &str| fields.iter().find(|(n, _)| n == name).map(|(_, v)| v);
+    let Some(Val::Flags(phases)) = field("phases") else {
+        return Err(bad());
+    };
+    let names = |name: &str| -> Result<Option<Vec<String>>, LoadError> {
+        match field(name) {
+            Some(Val::Option(None)) => Ok(None),
+            Some(Val::Option(Some(list))) => match &**list {
+                Val::List(items) => items
+                    .iter()
+                    .map(|v| match v {
+                        Val::String(s) => Ok(s.to_ascii_lowercase()),
+                        _ => Err(bad()),
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+                    .map(Some),
+                _ => Err(bad()),
+            },
+            _ => Err(bad()),
+        }
+    };
+    let has = |flag: &str| phases.iter().any(|p| p == flag);
+    Ok(Registration {
+        request_headers: has("request-headers"),
+        request_body: has("request-body"),
+        response_headers: has("response-headers"),
+        response_body: has("response-body"),
+        request_header_names: names("request-headers")?,
+        response_header_names: names("response-headers")?,
+    })
+}
+
+/// `s` as a WAVE string literal, for wizer's `init("...")` call.
+fn wave_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::wave_string;
+
+    #[test]
+    fn wave_strings_escape_json() {
+        assert_eq!(wave_string(r#"{"a":"b\"c"}"#), r#""{\"a\":\"b\\\"c\"}""#);
+        assert_eq!(wave_string("x\ny\u{1}"), "\"x\\ny\\u{1}\"");
+    }
+}

@@ -1,0 +1,305 @@
+//! The Wasm middleware chain end to end: real components, a real sluice, real TCP.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+
+/// A config with one route `mw` through `chain` to `upstream`, and the given middleware sections.
+fn config(upstream: std::net::SocketAddr, chain: &[&str], middleware: &str) -> String {
+    let chain: Vec<String> = chain.iter().map(|m| format!("{m:?}")).collect();
+    format!(
+        "[upstreams.u]\ntargets = [\"{upstream}\"]\n\n{middleware}\n\n[[route]]\nname = \"mw\"\npath-prefix = \"/mw\"\nupstream = \"u\"\nmiddleware = [{}]\n\n[[route]]\nname = \"plain\"\nupstream = \"u\"\n",
+        chain.join(", ")
+    )
+}
+
+fn stamp(name: &str, phases: &str) -> String {
+    format!(
+        "[middleware.{name}]\ncomponent = {:?}\nconfig = {{ name = \"{name}\", phases = [{phases}] }}\n",
+        component("stamp")
+    )
+}
+
+const HEADER_PHASES: &str = "\"request-headers\", \"response-headers\"";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_phases_run_in_order_response_phases_in_reverse_with_context() {
+    let up = echo().await;
+    let mw = format!("{}{}", stamp("a", HEADER_PHASES), stamp("b", HEADER_PHASES));
+    let sluice = Sluice::start(&config(up.addr(), &["a", "b"], &mw));
+    let resp = client().get(sluice.url("/mw/x")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let order: Vec<&str> = resp
+        .headers()
+        .get_all("x-stamp-response")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect();
+    assert_eq!(order, ["b", "a"], "response phases run in reverse chain order");
+    let seen: Value = resp.json().await.unwrap();
+    let h = &seen["headers"];
+    assert_eq!(h["x-stamp-request"], "a, b", "request phases run in chain order");
+    assert_eq!(h["x-stamp-saw-a"], "a");
+    assert_eq!(h["x-stamp-saw-b"], "a>b", "b read the context a attached");
+
+    // The route without middleware is untouched.
+    let plain: Value = client()
+        .get(sluice.url("/other"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(plain["headers"].get("x-stamp-request").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_phase_not_declared_is_never_called() {
+    let up = echo().await;
+    let sluice = Sluice::start(&config(
+        up.addr(),
+        &["only-response"],
+        &stamp("only-response", "\"response-headers\""),
+    ));
+    let resp = client().get(sluice.url("/mw")).send().await.unwrap();
+    assert_eq!(resp.headers()["x-stamp-response"], "only-response");
+    let seen: Value = resp.json().await.unwrap();
+    assert!(
+        seen["headers"].get("x-stamp-request").is_none(),
+        "on-request-headers ran: {seen}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_circuit_stops_the_chain_and_the_upstream_never_sees_the_request() {
+    let up = echo().await;
+    let mw = format!(
+        "[middleware.block]\ncomponent = {:?}\nconfig = {{ header = \"x-block\", status = 403 }}\n{}",
+        component("short_circuit"),
+        stamp("after", HEADER_PHASES)
+    );
+    let sluice = Sluice::start(&config(up.addr(), &["block", "after"], &mw));
+    let resp = client()
+        .get(sluice.url("/mw"))
+        .header("x-block", "1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 403);
+    assert!(resp.headers().get("x-stamp-response").is_none(), "later middleware ran");
+    assert_eq!(resp.text().await.unwrap(), "blocked: `x-block` is present\n");
+    assert_eq!(up.requests(), 0, "the upstream saw a short-circuited request");
+
+    let resp = client().get(sluice.url("/mw")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(up.requests(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_is_shared_across_requests_and_instances() {
+    let up = echo().await;
+    let mw = format!("[middleware.count]\ncomponent = {:?}\n", component("state_counter"));
+    let sluice = Sluice::start(&config(up.addr(), &["count"], &mw));
+    let client = client();
+    let mut seen = Vec::new();
+    for path in ["/mw/1", "/mw/2", "/mw/3"] {
+        let body: Value = client.get(sluice.url(path)).send().await.unwrap().json().await.unwrap();
+        seen.push((
+            body["headers"]["x-hits"].as_str().unwrap().to_owned(),
+            body["headers"]["x-last-path"].clone(),
+        ));
+    }
+    assert_eq!(seen[0].0, "1");
+    assert_eq!(seen[1].0, "2");
+    assert_eq!(seen[2].0, "3");
+    assert_eq!(seen[2].1, "/mw/2", "get reads what the previous request's instance set");
+}
+
+/// Sends `n` requests to `/mw`, returning the statuses and the slowest answer.
+async fn hammer(sluice: &Sluice, n: usize) -> (Vec<u16>, Duration) {
+    let client = client();
+    let started = Instant::now();
+    let requests = (0..n).map(|_| {
+        let req = client.get(sluice.url("/mw"));
+        async move { req.send().await.unwrap().status().as_u16() }
+    });
+    let statuses = futures_join_all(requests).await;
+    (statuses, started.elapsed())
+}
+
+async fn futures_join_all<F: std::future::Future<Output = u16> + Send + 'static>(
+    futures: impl Iterator<Item = F>,
+) -> Vec<u16> {
+    let handles: Vec<_> = futures.map(tokio::spawn).collect();
+    let mut out = Vec::new();
+    for h in handles {
+        out.push(h.await.unwrap());
+    }
+    out
+}
+
+async fn misbehaving(component_name: &str, extra: &str, on_error: &str) -> (Sluice, common::EchoServer) {
+    let up = echo().await;
+    let mw = format!(
+        "[middleware.bad]\ncomponent = {:?}\non-error = \"{on_error}\"\n{extra}\n",
+        component(component_name)
+    );
+    (Sluice::start(&config(up.addr(), &["bad"], &mw)), up)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trap_fails_the_request_under_deny_and_is_skipped_under_allow() {
+    let (sluice, up) = misbehaving("trap", "", "deny").await;
+    let resp = client().get(sluice.url("/mw")).send().await.unwrap();
+    assert_eq!(resp.status(), 500);
+    assert_eq!(resp.headers()["content-type"], "application/problem+json");
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["detail"], "middleware `bad` trapped");
+    assert_eq!(up.requests(), 0);
+
+    let (sluice, up) = misbehaving("trap", "", "allow").await;
+    assert_eq!(client().get(sluice.url("/mw")).send().await.unwrap().status(), 200);
+    assert_eq!(up.requests(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trap_in_the_response_phase_is_a_502_under_deny() {
+    let (sluice, up) = misbehaving("trap", "config = { phase = \"response-headers\" }", "deny").await;
+    let resp = client().get(sluice.url("/mw")).send().await.unwrap();
+    assert_eq!(resp.status(), 502);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["detail"], "middleware `bad` trapped");
+    assert_eq!(
+        up.requests(),
+        1,
+        "the upstream answered before the response phase failed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endless_loop_is_cut_at_its_timeout_and_other_routes_stay_fast() {
+    // The loops are given a whole second: a worker blocked by them would hold plain requests
+    // that long. Calls yield at every epoch tick (1 ms), so plain requests only wait their turn.
+    let (mut sluice, up) = misbehaving("spin", "timeout = \"1s\"", "deny").await;
+    // Eight looping requests at once, across both workers...
+    let looping = tokio::spawn({
+        let url = sluice.url("/mw");
+        async move {
+            let client = client();
+            let started = Instant::now();
+            let all = (0..8).map(|_| {
+                let req = client.get(&url);
+                tokio::spawn(async move { req.send().await.unwrap().status().as_u16() })
+            });
+            let mut statuses = Vec::new();
+            for h in all.collect::<Vec<_>>() {
+                statuses.push(h.await.unwrap());
+            }
+            (statuses, started.elapsed())
+        }
+    });
+    // ...while plain requests on the other route keep being answered promptly.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let client = client();
+    let mut slowest = Duration::ZERO;
+    for _ in 0..10 {
+        let started = Instant::now();
+        assert_eq!(client.get(sluice.url("/plain")).send().await.unwrap().status(), 200);
+        slowest = slowest.max(started.elapsed());
+    }
+    let (statuses, took) = looping.await.unwrap();
+    assert!(statuses.iter().all(|&s| s == 500), "{statuses:?}");
+    assert!(
+        took >= Duration::from_secs(1) && took < Duration::from_secs(3),
+        "8 looping requests took {took:?} (timeout 1s)"
+    );
+    assert!(
+        slowest < Duration::from_millis(300),
+        "a plain request waited {slowest:?} behind looping middleware"
+    );
+    assert!(sluice.is_running());
+    assert_eq!(up.requests(), 10, "only the plain requests reached the upstream");
+
+    let (sluice, _up) = misbehaving("spin", "timeout = \"50ms\"", "allow").await;
+    let (statuses, _) = hammer(&sluice, 2).await;
+    assert_eq!(statuses, [200, 200]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unbounded_allocation_stops_at_the_memory_limit() {
+    let (mut sluice, up) = misbehaving("hog", "memory-limit = \"16MiB\"\ntimeout = \"2s\"", "deny").await;
+    let started = Instant::now();
+    let resp = client().get(sluice.url("/mw")).send().await.unwrap();
+    assert_eq!(resp.status(), 500);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["detail"], "middleware `bad` exceeded its memory limit");
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert!(sluice.is_running());
+    assert_eq!(up.requests(), 0);
+    assert_eq!(client().get(sluice.url("/plain")).send().await.unwrap().status(), 200);
+}
+
+fn check_config(body: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sluice.toml");
+    let full = format!(
+        "[server]\ncache-dir = {:?}\n{body}",
+        shared_cache_dir().display().to_string()
+    );
+    std::fs::write(&path, full).unwrap();
+    let out = std::process::Command::new(sluice_bin())
+        .arg("check")
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "sluice check accepted:\n{body}");
+    String::from_utf8(out.stderr).unwrap()
+}
+
+#[test]
+fn the_wrong_world_a_rejected_config_and_body_phases_are_refused_at_load() {
+    let upstream = "[upstreams.u]\ntargets = [\"127.0.0.1:9\"]\n";
+    let err = check_config(&format!(
+        "{upstream}[middleware.odd]\ncomponent = {:?}\n",
+        component("wrong_world")
+    ));
+    assert!(
+        err.contains("`middleware.odd.component`: middleware `odd`: component"),
+        "{err}"
+    );
+    assert!(
+        err.contains("does not implement the `sluice:middleware/middleware@0.1.0` world"),
+        "{err}"
+    );
+
+    let err = check_config(&format!(
+        "{upstream}[middleware.s]\ncomponent = {:?}\nconfig = {{ nom = \"typo\" }}\n",
+        component("stamp")
+    ));
+    assert!(
+        err.contains(":7:10: `middleware.s.config`: middleware `s` rejected its config: `name` is required"),
+        "{err}"
+    );
+
+    let err = check_config(&format!(
+        "{upstream}[middleware.s]\ncomponent = {:?}\nconfig = {{ name = \"s\" }}\n[[route]]\nname = \"r\"\nupstream = \"u\"\nmiddleware = [\"s\"]\n",
+        component("stamp")
+    ));
+    assert!(
+        err.contains("`route[0].middleware[0]`: middleware `s` declares a body phase"),
+        "{err}"
+    );
+
+    let err = check_config(&format!("{upstream}[middleware.junk]\ncomponent = \"sluice.toml\"\n"));
+    assert!(
+        err.contains(
+            "`middleware.junk.component`: middleware `junk`: component `sluice.toml` not a valid WebAssembly component"
+        ),
+        "{err}"
+    );
+}
