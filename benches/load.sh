@@ -3,7 +3,8 @@
 #   1. the upstream directly (nginx serving a fixed 60-byte body)        — the ceiling
 #   2. nginx `proxy_pass` in front of that upstream (keep-alive pool)     — the baseline
 #   3. sluice (empty middleware chain) in front of the same upstream      — the subject
-# and prints req/s, latency and the sluice / nginx ratio.
+#   4. sluice with a chain of 4 trivial Wasm middleware (header phases)   — the chain's cost
+# and prints req/s, latency, the sluice / nginx ratio and the chain / empty-chain ratio.
 #
 #   make bench                    # installs nginx and wrk if missing, builds release, runs
 #   DURATION=30s CONNS=64 benches/load.sh
@@ -41,6 +42,8 @@ command -v wrk >/dev/null || { echo "load.sh: wrk is missing; run 'scripts/setup
 
 echo "building sluice (release)..." >&2
 (cd "$root" && cargo build --release --quiet --bin sluice)
+# The middleware components the release build compiled (build.rs puts them under OUT_DIR).
+stamp=$(ls -t "$root"/target/release/build/sluice-*/out/middleware-target/wasm32-wasip2/release/stamp.wasm | head -1)
 
 nginx_conf() { # name workers server-block
   cat > "$work/$1.conf" <<CONF
@@ -79,6 +82,22 @@ targets = ["127.0.0.1:$UPSTREAM_PORT"]
 name = "empty-chain"
 upstream = "up"
 CONF
+for i in 1 2 3 4; do
+  cat >> "$work/sluice.toml" <<CONF
+
+[middleware.m$i]
+component = "$stamp"
+config = { name = "m$i", phases = ["request-headers", "response-headers"] }
+CONF
+done
+cat >> "$work/sluice.toml" <<CONF
+
+[[route]]
+name = "chain-of-4"
+path-prefix = "/chain"
+upstream = "up"
+middleware = ["m1", "m2", "m3", "m4"]
+CONF
 RUST_LOG=warn "$root/target/release/sluice" run --config "$work/sluice.toml" 2>"$work/sluice.log" &
 pids+=($!)
 
@@ -92,16 +111,16 @@ wait_port() {
 for port in $UPSTREAM_PORT $NGINX_PORT $SLUICE_PORT; do wait_port "$port"; done
 
 # Same body through every path, or the comparison means nothing.
-for port in $UPSTREAM_PORT $NGINX_PORT $SLUICE_PORT; do
-  body=$(curl -fsS "http://127.0.0.1:$port/")
-  [[ ${#body} -eq 59 ]] || { echo "load.sh: unexpected body from port $port: $body" >&2; exit 1; }
+for url in "$UPSTREAM_PORT/" "$NGINX_PORT/" "$SLUICE_PORT/" "$SLUICE_PORT/chain/"; do
+  body=$(curl -fsS "http://127.0.0.1:$url")
+  [[ ${#body} -eq 59 ]] || { echo "load.sh: unexpected body from $url: $body" >&2; exit 1; }
 done
 
-measure() { # port -> "req/s p50 p99"
-  wrk -t"$WRK_THREADS" -c"$CONNS" -d"$WARMUP" "http://127.0.0.1:$1/" >/dev/null
+measure() { # port/path -> "req/s p50 p99"
+  wrk -t"$WRK_THREADS" -c"$CONNS" -d"$WARMUP" "http://127.0.0.1:$1" >/dev/null
   local out
-  out=$(wrk -t"$WRK_THREADS" -c"$CONNS" -d"$DURATION" --latency "http://127.0.0.1:$1/")
-  if grep -q "Non-2xx" <<<"$out"; then echo "load.sh: port $1 answered non-2xx:" >&2; echo "$out" >&2; exit 1; fi
+  out=$(wrk -t"$WRK_THREADS" -c"$CONNS" -d"$DURATION" --latency "http://127.0.0.1:$1")
+  if grep -q "Non-2xx" <<<"$out"; then echo "load.sh: $1 answered non-2xx:" >&2; echo "$out" >&2; exit 1; fi
   awk '/^Requests\/sec/ {r=$2} $1 == "50%" {p50=$2} $1 == "99%" {p99=$2} END {print r, p50, p99}' <<<"$out"
 }
 
@@ -110,8 +129,8 @@ median_row() { # rows of "req/s p50 p99" on stdin -> the row with the median req
 }
 
 declare -A results
-labels=("upstream (direct)" "nginx proxy_pass" "sluice (empty chain)")
-ports=("$UPSTREAM_PORT" "$NGINX_PORT" "$SLUICE_PORT")
+labels=("upstream (direct)" "nginx proxy_pass" "sluice (empty chain)" "sluice (4 Wasm middleware)")
+ports=("$UPSTREAM_PORT/" "$NGINX_PORT/" "$SLUICE_PORT/" "$SLUICE_PORT/chain/")
 for round in $(seq "$ROUNDS"); do
   for i in "${!labels[@]}"; do
     row=$(measure "${ports[$i]}")
@@ -130,3 +149,4 @@ for i in "${!labels[@]}"; do
 done
 echo
 awk -v s="${medians[2]}" -v n="${medians[1]}" 'BEGIN { printf "sluice / nginx proxy_pass = %.2fx (medians)\n", s / n }'
+awk -v c="${medians[3]}" -v e="${medians[2]}" 'BEGIN { printf "4-middleware chain / empty chain = %.2fx (medians)\n", c / e }'

@@ -30,7 +30,7 @@ enum Command {
         #[arg(short, long, value_name = "FILE", num_args = 1.., required = true)]
         config: Vec<PathBuf>,
     },
-    /// Run sluice in front of an embedded echo upstream, with the config in `config/demo.toml`.
+    /// Run sluice in front of an embedded echo upstream, with a middleware chain (`src/demo.toml`).
     Demo {
         /// Where the proxy listens.
         #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
@@ -43,7 +43,7 @@ enum Command {
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// The demo's config, embedded so `sluice demo` runs from anywhere.
-const DEMO_CONFIG: &str = include_str!("../config/demo.toml");
+const DEMO_CONFIG: &str = include_str!("demo.toml");
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -108,7 +108,8 @@ fn check(files: &[PathBuf]) -> ExitCode {
 }
 
 fn demo(listen: std::net::SocketAddr) -> ExitCode {
-    let mut config = match config::parse(DEMO_CONFIG, std::path::Path::new("config/demo.toml")) {
+    let source = DEMO_CONFIG.replace("{{components}}", sluice::artifacts::COMPONENT_DIR);
+    let mut config = match config::parse(&source, std::path::Path::new("demo.toml")) {
         Ok(config) => config,
         Err(e) => {
             eprintln!("error: the embedded demo config is invalid:\n{e}");
@@ -133,15 +134,15 @@ fn demo(listen: std::net::SocketAddr) -> ExitCode {
     };
     let upstreams: Vec<String> = echo_addrs.iter().map(|a| a.to_string()).collect();
     println!(
-        "sluice demo: proxy on http://{listen}, echo upstream on {} (config: config/demo.toml)\n\
+        "sluice demo: proxy on http://{listen}, echo upstream on {} (config: src/demo.toml)\n\
          \n\
          Try:\n  \
-         curl -s http://{listen}/users/42                    # route `users`: the echo upstream describes the request it got\n  \
-         curl -si -X DELETE http://{listen}/users/42         # 405: route `users` allows GET and HEAD\n  \
-         curl -si -H 'Host: acme.demo.test' http://{listen}/ # route `tenants`, matched by the wildcard host *.demo.test\n\
+         curl -si http://{listen}/users/42                 # through middleware `block` and `tag`: see x-stamp-* on both sides\n  \
+         curl -si -H 'x-block: 1' http://{listen}/users/42 # 403 from the `block` middleware; the upstream never sees it\n  \
+         curl -si -X DELETE http://{listen}/users/42       # 405: route `users` allows GET and HEAD\n\
          \n\
          Run the first twice to see round-robin across the two echo targets (the `upstream` field);\n\
-         a path no route matches (e.g. /nowhere) gets a 404 problem+json. Ctrl-C stops.",
+         Host `acme.demo.test` reaches route `tenants`; a path no route matches gets a 404. Ctrl-C stops.",
         upstreams.join(" and ")
     );
     server.run_forever()

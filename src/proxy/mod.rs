@@ -104,7 +104,11 @@ impl ProxyHttp for Sluice {
                         }
                     }
                 }
-                ctx.run = Some(SyncWrapper::new(chain_run));
+                // Instances are pooled: keep them through the upstream exchange only if a
+                // response phase will need them.
+                if chain.has_response_headers_phase() {
+                    ctx.run = Some(SyncWrapper::new(chain_run));
+                }
                 Ok(false)
             }
             RouteMatch::MethodNotAllowed { allow } => {

@@ -224,6 +224,17 @@ impl Runtime {
         })
     }
 
+    /// Compiles `bytes` without running `init` or snapshotting: every instance then needs its
+    /// own `init` call. Not used to serve; benches use it to measure what pre-initialization saves.
+    pub fn prepare(&self, bytes: &[u8]) -> Result<MiddlewarePre<HostState>, LoadError> {
+        let component = Component::new(&self.engine, bytes).map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
+        let instance_pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?;
+        MiddlewarePre::new(instance_pre).map_err(|e| LoadError::WrongWorld(format!("{e:#}")))
+    }
+
     fn cache_key(&self, digest: &str, config_json: &str) -> String {
         use std::hash::{Hash, Hasher};
         let mut engine_hasher = std::collections::hash_map::DefaultHasher::new();

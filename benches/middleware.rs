@@ -1,0 +1,137 @@
+//! Per-request cost of middleware, in process through the runtime: a fresh instance from the
+//! pre-initialized snapshot plus the phase calls, as the proxy does it.
+//!
+//! `cargo bench --bench middleware`. Compared:
+//! - `trivial`: the `stamp` component, request-headers and response-headers phases;
+//! - `chain-of-4`: four of those on one request;
+//! - `regex-init/pre-initialized`: a component whose `init` compiles 200 regexes, served from its
+//!   wizer snapshot (what sluice does);
+//! - `regex-init/init-per-request`: the same component instantiated without the snapshot, running
+//!   `init` on every request (what fresh instances would cost without pre-initialization).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use pingora::http::{RequestHeader, ResponseHeader};
+use sluice::chain::{Chain, ChainRun, LoadedMiddleware, request_view};
+use sluice::config::OnError;
+use sluice::runtime::Runtime;
+use sluice::runtime::host::HostState;
+use sluice::state::{MemoryState, StateBackend};
+
+fn bytes(name: &str) -> Vec<u8> {
+    std::fs::read(Path::new(sluice::artifacts::COMPONENT_DIR).join(format!("{name}.wasm"))).expect("built component")
+}
+
+fn link(
+    rt: &tokio::runtime::Runtime,
+    runtime: &Arc<Runtime>,
+    name: &str,
+    component: &str,
+    config: &str,
+) -> Arc<LoadedMiddleware> {
+    let state: Arc<dyn StateBackend> = Arc::new(MemoryState::default());
+    let loaded = rt
+        .block_on(runtime.load(name, &bytes(component), config, state.clone(), 64 << 20))
+        .expect("loads");
+    Arc::new(LoadedMiddleware {
+        name: name.into(),
+        version: None,
+        digest: loaded.digest,
+        registration: loaded.registration,
+        pre: loaded.pre,
+        timeout: Duration::from_secs(1),
+        memory_limit: 64 << 20,
+        on_error: OnError::Deny,
+        state,
+        runtime: runtime.clone(),
+        loaded_at: SystemTime::now(),
+        cached: loaded.cached,
+    })
+}
+
+fn request() -> RequestHeader {
+    let mut req = RequestHeader::build("GET", b"/api/v3/users/42/profile", None).unwrap();
+    for (name, value) in [
+        ("host", "api.example.com"),
+        ("user-agent", "bench"),
+        ("accept", "*/*"),
+        ("x-request-id", "abc"),
+    ] {
+        req.insert_header(name, value).unwrap();
+    }
+    req
+}
+
+fn one_request(rt: &tokio::runtime::Runtime, chain: &Chain) {
+    let req = request();
+    let view = request_view(&req, "api.example.com", "127.0.0.1:1234".into(), "bench");
+    let mut upstream = req.clone();
+    let mut response = ResponseHeader::build(200, None).unwrap();
+    rt.block_on(async {
+        let mut run = ChainRun::new(chain, view);
+        let _ = run.on_request_headers(chain, &mut upstream).await;
+        let _ = run.on_response_headers(chain, &mut response).await;
+    });
+}
+
+fn per_request(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let runtime = Runtime::new(cache.path().to_owned()).unwrap();
+    let header_phases = r#""phases":["request-headers","response-headers"]"#;
+    let stamps: Vec<_> = ["a", "b", "c", "d"]
+        .iter()
+        .map(|n| {
+            link(
+                &rt,
+                &runtime,
+                n,
+                "stamp",
+                &format!(r#"{{"name":"{n}",{header_phases}}}"#),
+            )
+        })
+        .collect();
+
+    let mut group = c.benchmark_group("middleware");
+    let empty = Chain::empty();
+    group.bench_function("empty-chain", |b| b.iter(|| one_request(&rt, &empty)));
+    let trivial = Chain::new(vec![stamps[0].clone()]);
+    group.bench_function("trivial", |b| b.iter(|| one_request(&rt, &trivial)));
+    let four = Chain::new(stamps.clone());
+    group.bench_function("chain-of-4", |b| b.iter(|| one_request(&rt, &four)));
+
+    let regex = Chain::new(vec![link(&rt, &runtime, "re", "regex_init", "{}")]);
+    group.bench_function("regex-init/pre-initialized", |b| b.iter(|| one_request(&rt, &regex)));
+
+    // Without the snapshot: instantiate the original component and run `init` on every request.
+    let raw = runtime.prepare(&bytes("regex_init")).unwrap();
+    let state: Arc<dyn StateBackend> = Arc::new(MemoryState::default());
+    let req = request();
+    group.bench_function("regex-init/init-per-request", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                let mut host = HostState::new("re".into(), state.clone(), 64 << 20);
+                host.deadline = std::time::Instant::now() + Duration::from_secs(10);
+                let mut store = runtime.store(host);
+                let instance = raw.instantiate_async(&mut store).await.unwrap();
+                instance.call_init(&mut store, "{}").await.unwrap().unwrap();
+                let view = request_view(&req, "api.example.com", "127.0.0.1:1234".into(), "bench");
+                instance.call_on_request_headers(&mut store, &view).await.unwrap();
+            })
+        })
+    });
+    group.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().measurement_time(Duration::from_secs(4)).warm_up_time(Duration::from_secs(1));
+    targets = per_request
+}
+criterion_main!(benches);
