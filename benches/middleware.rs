@@ -6,6 +6,8 @@
 //! - `chain-of-4`: four of those on one request;
 //! - `regex-init/pre-initialized`: a component whose `init` compiles 200 regexes, served from its
 //!   wizer snapshot (what sluice does);
+//! - `regex-init/pre-initialized-warm`: the same, with one match run in `init` so the regex
+//!   engine's lazy caches are in the snapshot too;
 //! - `regex-init/init-per-request`: the same component instantiated without the snapshot, running
 //!   `init` on every request (what fresh instances would cost without pre-initialization).
 
@@ -108,6 +110,8 @@ fn per_request(c: &mut Criterion) {
 
     let regex = Chain::new(vec![link(&rt, &runtime, "re", "regex_init", "{}")]);
     group.bench_function("regex-init/pre-initialized", |b| b.iter(|| one_request(&rt, &regex)));
+    let warm = Chain::new(vec![link(&rt, &runtime, "re-warm", "regex_init", r#"{"warm":true}"#)]);
+    group.bench_function("regex-init/pre-initialized-warm", |b| b.iter(|| one_request(&rt, &warm)));
 
     // Without the snapshot: instantiate the original component and run `init` on every request.
     let raw = runtime.prepare(&bytes("regex_init")).unwrap();
