@@ -111,7 +111,9 @@ fn per_request(c: &mut Criterion) {
     let regex = Chain::new(vec![link(&rt, &runtime, "re", "regex_init", "{}")]);
     group.bench_function("regex-init/pre-initialized", |b| b.iter(|| one_request(&rt, &regex)));
     let warm = Chain::new(vec![link(&rt, &runtime, "re-warm", "regex_init", r#"{"warm":true}"#)]);
-    group.bench_function("regex-init/pre-initialized-warm", |b| b.iter(|| one_request(&rt, &warm)));
+    group.bench_function("regex-init/pre-initialized-warm", |b| {
+        b.iter(|| one_request(&rt, &warm))
+    });
 
     // Without the snapshot: instantiate the original component and run `init` on every request.
     let raw = runtime.prepare(&bytes("regex_init")).unwrap();

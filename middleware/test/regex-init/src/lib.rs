@@ -11,8 +11,14 @@ struct RegexInit {
 
 impl Middleware for RegexInit {
     fn init(config: &str) -> Result<(Self, Registration), String> {
-        let patterns: Vec<String> =
-            (0..200).map(|i| format!(r"^/api/v{}/(users|orders|items)/[0-9]+(/[a-z]+)*$|^/static/{i}/\w+\.(css|js)$", i % 7)).collect();
+        let patterns: Vec<String> = (0..200)
+            .map(|i| {
+                format!(
+                    r"^/api/v{}/(users|orders|items)/[0-9]+(/[a-z]+)*$|^/static/{i}/\w+\.(css|js)$",
+                    i % 7
+                )
+            })
+            .collect();
         let set = RegexSet::new(&patterns).map_err(|e| e.to_string())?;
         if config.contains("\"warm\":true") {
             set.matches("/api/v3/users/42/profile");
