@@ -9,7 +9,7 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::{repo_root, sluice_bin};
+use common::{repo_root, run_on_config, sluice_bin};
 
 fn check(relative: &Path) -> std::process::Output {
     Command::new(sluice_bin())
@@ -116,20 +116,11 @@ fn a_missing_file_is_a_clear_error() {
 
 #[test]
 fn an_unresolvable_target_is_a_located_load_error() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("sluice.toml");
     // Host names are resolved at load; `.invalid` never resolves (RFC 6761).
-    std::fs::write(
-        &path,
+    let (_dir, path, out) = run_on_config(
+        "check",
         "[upstreams.users]\ntargets = [\"127.0.0.1:3000\", \"users.invalid:3000\"]\n\n[[route]]\nname = \"users\"\nupstream = \"users\"\n",
-    )
-    .unwrap();
-    let out = Command::new(sluice_bin())
-        .arg("check")
-        .arg("--config")
-        .arg(&path)
-        .output()
-        .unwrap();
+    );
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     let expected = format!(
@@ -143,19 +134,12 @@ fn an_unresolvable_target_is_a_located_load_error() {
 fn run_refuses_a_taken_listen_address() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("sluice.toml");
-    std::fs::write(
-        &path,
-        format!("[server]\nlisten = [\"{addr}\"]\n[upstreams.u]\ntargets = [\"127.0.0.1:1\"]\n[[route]]\nname = \"r\"\nupstream = \"u\"\n"),
-    )
-    .unwrap();
-    let out = Command::new(sluice_bin())
-        .arg("run")
-        .arg("--config")
-        .arg(&path)
-        .output()
-        .unwrap();
+    let (_dir, _path, out) = run_on_config(
+        "run",
+        &format!(
+            "[server]\nlisten = [\"{addr}\"]\n[upstreams.u]\ntargets = [\"127.0.0.1:1\"]\n[[route]]\nname = \"r\"\nupstream = \"u\"\n"
+        ),
+    );
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(

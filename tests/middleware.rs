@@ -172,19 +172,11 @@ async fn unbounded_allocation_stops_at_the_memory_limit() {
 }
 
 fn check_config(body: &str) -> String {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("sluice.toml");
     let full = format!(
         "[server]\ncache-dir = {:?}\n{body}",
         shared_cache_dir().display().to_string()
     );
-    std::fs::write(&path, full).unwrap();
-    let out = std::process::Command::new(sluice_bin())
-        .arg("check")
-        .arg("--config")
-        .arg(&path)
-        .output()
-        .unwrap();
+    let (_dir, _path, out) = run_on_config("check", &full);
     assert!(!out.status.success(), "sluice check accepted:\n{body}");
     String::from_utf8(out.stderr).unwrap()
 }

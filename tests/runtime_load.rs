@@ -12,6 +12,9 @@ fn component(name: &str) -> Vec<u8> {
     std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
+/// `stamp`'s config for the cache test: two of its four phases.
+const STAMP_A: &str = r#"{"name":"a","phases":["request-headers","response-body"]}"#;
+
 fn state() -> Arc<dyn StateBackend> {
     Arc::new(MemoryState::default())
 }
@@ -21,16 +24,7 @@ async fn init_runs_once_and_the_snapshot_is_cached() {
     let cache = tempfile::tempdir().unwrap();
     let runtime = Runtime::new(cache.path().to_owned()).unwrap();
     let bytes = component("stamp");
-    let first = runtime
-        .load(
-            "a",
-            &bytes,
-            r#"{"name":"a","phases":["request-headers","response-body"]}"#,
-            state(),
-            64 << 20,
-        )
-        .await
-        .unwrap();
+    let first = runtime.load("a", &bytes, STAMP_A, state(), 64 << 20).await.unwrap();
     assert!(!first.cached);
     let r = &first.registration;
     assert!(
@@ -41,16 +35,7 @@ async fn init_runs_once_and_the_snapshot_is_cached() {
 
     // A second runtime (a restart) with the same cache directory loads the compiled snapshot.
     let restarted = Runtime::new(cache.path().to_owned()).unwrap();
-    let again = restarted
-        .load(
-            "a",
-            &bytes,
-            r#"{"name":"a","phases":["request-headers","response-body"]}"#,
-            state(),
-            64 << 20,
-        )
-        .await
-        .unwrap();
+    let again = restarted.load("a", &bytes, STAMP_A, state(), 64 << 20).await.unwrap();
     assert!(again.cached);
     assert_eq!(again.registration, first.registration);
     eprintln!("stamp: first load {:?}, cached load {:?}", first.took, again.took);

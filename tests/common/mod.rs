@@ -113,6 +113,21 @@ pub fn component(name: &str) -> String {
         .to_string()
 }
 
+/// Writes `config` to `sluice.toml` in a fresh temporary directory and runs `sluice SUBCOMMAND
+/// --config` on it. Returns the directory (keep it alive), the file's path and the output.
+pub fn run_on_config(subcommand: &str, config: &str) -> (tempfile::TempDir, PathBuf, std::process::Output) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sluice.toml");
+    std::fs::write(&path, config).unwrap();
+    let out = Command::new(sluice_bin())
+        .arg(subcommand)
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    (dir, path, out)
+}
+
 pub fn sluice_bin() -> &'static str {
     env!("CARGO_BIN_EXE_sluice")
 }
