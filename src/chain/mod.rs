@@ -11,7 +11,7 @@ mod snapshot;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-pub use run::{ChainRun, Failure, FailureKind, RequestOutcome, ResponseOutcome, request_view};
+pub use run::{BodyOutcome, ChainRun, Failure, FailureKind, RequestOutcome, ResponseOutcome, request_view};
 pub use snapshot::{Route, Snapshot};
 
 use crate::config::OnError;
@@ -92,5 +92,20 @@ impl Chain {
     /// Whether any middleware reads the response headers.
     pub fn has_response_headers_phase(&self) -> bool {
         self.links.iter().any(|l| l.registration.response_headers)
+    }
+
+    /// Whether any middleware reads the whole request body.
+    pub fn has_request_body_phase(&self) -> bool {
+        self.links.iter().any(|l| l.registration.request_body)
+    }
+
+    /// Whether any middleware reads the whole response body.
+    pub fn has_response_body_phase(&self) -> bool {
+        self.links.iter().any(|l| l.registration.response_body)
+    }
+
+    /// Whether any middleware reads a whole body: the route is then proxied with buffering.
+    pub fn has_body_phase(&self) -> bool {
+        self.has_request_body_phase() || self.has_response_body_phase()
     }
 }

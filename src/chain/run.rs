@@ -10,9 +10,9 @@ use wasmtime::Store;
 
 use super::{Chain, LoadedMiddleware};
 use crate::config::OnError;
+use crate::runtime::Middleware;
 use crate::runtime::host::HostState;
-use crate::runtime::types::{HeaderEdits, Request, RequestDecision, Response, ResponseDecision};
-use crate::runtime::{Middleware, Registration};
+use crate::runtime::types::{BodyDecision, HeaderEdits, Request, RequestDecision, Response, ResponseDecision};
 
 /// Headers a middleware may not edit: message framing belongs to the proxy.
 const PROTECTED: [&str; 3] = ["content-length", "transfer-encoding", "connection"];
@@ -76,6 +76,17 @@ pub enum ResponseOutcome {
     /// Send the upstream's response (header edits are applied).
     Continue,
     /// Send this response instead.
+    Respond(Response),
+    /// A middleware failed with `on-error = "deny"`.
+    Fail(Failure),
+}
+
+/// What a body phase decided.
+#[derive(Debug)]
+pub enum BodyOutcome {
+    /// Forward the body (as replaced by the middleware, if one did).
+    Continue,
+    /// Answer with this response instead.
     Respond(Response),
     /// A middleware failed with `on-error = "deny"`.
     Fail(Failure),
@@ -181,6 +192,64 @@ impl ChainRun {
         ResponseOutcome::Continue
     }
 
+    /// Runs `on-request-body` in chain order over the whole request body; a `replace` changes
+    /// `body` for the next middleware and the upstream.
+    pub async fn on_request_body(&mut self, chain: &Chain, body: &mut Vec<u8>) -> BodyOutcome {
+        for (index, link) in chain.links().iter().enumerate() {
+            if !link.registration.request_body {
+                continue;
+            }
+            let request = view(&self.request, link.registration.request_header_names.as_deref());
+            let result = match self.instance(index, link).await {
+                Ok(live) => {
+                    arm(live, link);
+                    let result = live
+                        .bindings
+                        .call_on_request_body(&mut live.store, &request, body)
+                        .await;
+                    result.map_err(|e| classify(live, &e))
+                }
+                Err(kind) => Err(kind),
+            };
+            if let Some(outcome) = body_decided(link, result, body) {
+                return outcome;
+            }
+        }
+        BodyOutcome::Continue
+    }
+
+    /// Runs `on-response-body` in reverse chain order over the whole response body of `response`.
+    pub async fn on_response_body(
+        &mut self,
+        chain: &Chain,
+        response: &ResponseHeader,
+        body: &mut Vec<u8>,
+    ) -> BodyOutcome {
+        for (index, link) in chain.links().iter().enumerate().rev() {
+            if !link.registration.response_body {
+                continue;
+            }
+            let request = view(&self.request, link.registration.request_header_names.as_deref());
+            let headers = header_list(&response.headers, link.registration.response_header_names.as_deref());
+            let status = response.status.as_u16();
+            let result = match self.instance(index, link).await {
+                Ok(live) => {
+                    arm(live, link);
+                    let result = live
+                        .bindings
+                        .call_on_response_body(&mut live.store, &request, status, &headers, body)
+                        .await;
+                    result.map_err(|e| classify(live, &e))
+                }
+                Err(kind) => Err(kind),
+            };
+            if let Some(outcome) = body_decided(link, result, body) {
+                return outcome;
+            }
+        }
+        BodyOutcome::Continue
+    }
+
     async fn instance(&mut self, index: usize, link: &LoadedMiddleware) -> Result<&mut Live, FailureKind> {
         if self.instances[index].is_none() {
             let host = HostState::new(link.name.clone(), link.state.clone(), link.memory_limit as usize);
@@ -193,6 +262,23 @@ impl ChainRun {
             self.instances[index] = Some(Live { store, bindings });
         }
         Ok(self.instances[index].as_mut().expect("just created"))
+    }
+}
+
+/// Applies one body call's result: `None` to go on to the next middleware.
+fn body_decided(
+    link: &LoadedMiddleware,
+    result: Result<BodyDecision, FailureKind>,
+    body: &mut Vec<u8>,
+) -> Option<BodyOutcome> {
+    match result {
+        Ok(BodyDecision::Next) => None,
+        Ok(BodyDecision::Replace(replacement)) => {
+            *body = replacement;
+            None
+        }
+        Ok(BodyDecision::Respond(response)) => Some(BodyOutcome::Respond(response)),
+        Err(kind) => failed(link, kind).map(BodyOutcome::Fail),
     }
 }
 
@@ -322,9 +408,4 @@ fn apply_request_edits(
             let _ = upstream.append_header(name, value);
         }
     })
-}
-
-/// Whether a registration needs a body phase the proxy cannot run yet.
-pub(crate) fn uses_body_phase(registration: &Registration) -> bool {
-    registration.request_body || registration.response_body
 }

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use crate::chain::{Chain, LoadedMiddleware, run};
+use crate::chain::{Chain, LoadedMiddleware};
 use crate::config::{Config, ConfigError, ConfigErrors, MiddlewareConfig, StateBackend as StateKind};
 use crate::error::Error;
 use crate::proxy::router::Router;
@@ -86,23 +86,12 @@ impl Snapshot {
         }
 
         let mut routes = Vec::with_capacity(config.routes.len());
-        for (index, route) in config.routes.iter().enumerate() {
+        for route in &config.routes {
             let mut links = Vec::new();
-            for (position, name) in route.middleware.iter().enumerate() {
+            for name in &route.middleware {
                 let Some(loaded) = middleware.get(name.get_ref()) else {
                     continue;
                 }; // reported above
-                if run::uses_body_phase(&loaded.registration) {
-                    errors.push(config.error_at(
-                        name.span(),
-                        format!("route[{index}].middleware[{position}]"),
-                        format!(
-                            "middleware `{}` declares a body phase, which this build of sluice cannot run yet \
-                             (header phases only)",
-                            name.get_ref()
-                        ),
-                    ));
-                }
                 links.push(loaded.clone());
             }
             let Some(upstream) = upstreams.get(route.upstream.get_ref().as_str()) else {

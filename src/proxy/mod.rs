@@ -1,6 +1,7 @@
 //! The pingora `ProxyHttp` implementation: routing, upstream selection, forwarding headers,
 //! error answers, and the calls into the route's chain at each phase.
 
+mod buffered;
 pub mod headers;
 pub mod problem;
 pub mod router;
@@ -12,6 +13,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora::ErrorType::{self, ConnectTimedout, HTTPStatus, ReadTimedout, WriteTimedout};
+use pingora::connectors::http::Connector;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
@@ -27,12 +29,18 @@ use router::RouteMatch;
 /// The proxy service: one per process, shared by all worker threads.
 pub struct Sluice {
     live: Arc<ArcSwap<Snapshot>>,
+    /// Upstream connections for routes sluice proxies itself (body phases); pingora keeps its own
+    /// pool for the others. One per worker, like pingora's.
+    connector: Connector,
 }
 
 impl Sluice {
     /// A proxy serving whatever snapshot `live` holds when each request starts.
     pub fn new(live: Arc<ArcSwap<Snapshot>>) -> Self {
-        Sluice { live }
+        Sluice {
+            live,
+            connector: Connector::new(None),
+        }
     }
 }
 
@@ -104,6 +112,11 @@ impl ProxyHttp for Sluice {
                         }
                     }
                 }
+                if chain.has_body_phase() {
+                    let route = &snapshot.routes[index];
+                    buffered::proxy(&self.connector, session, route, &mut chain_run).await?;
+                    return Ok(true);
+                }
                 // Instances are pooled: keep them through the upstream exchange only if a
                 // response phase will need them.
                 if chain.has_response_headers_phase() {
@@ -148,26 +161,7 @@ impl ProxyHttp for Sluice {
         upstream_request: &mut RequestHeader,
         _ctx: &mut RequestCtx,
     ) -> Result<()> {
-        for name in headers::hop_by_hop(&upstream_request.headers) {
-            upstream_request.remove_header(&name);
-        }
-        if let Some(ip) = client_ip(session) {
-            let xff = headers::forwarded_for(
-                header_bytes(&upstream_request.headers, "x-forwarded-for"),
-                &ip.to_string(),
-            );
-            upstream_request.insert_header("x-forwarded-for", xff)?;
-        }
-        upstream_request.insert_header("x-forwarded-proto", "http")?;
-        if let Some(host) = request_host(session.req_header()) {
-            upstream_request.insert_header("x-forwarded-host", host.to_owned())?;
-        }
-        let via = headers::via(
-            header_bytes(&upstream_request.headers, "via"),
-            session.req_header().version,
-        );
-        upstream_request.insert_header(http::header::VIA, via)?;
-        Ok(())
+        forward_request_headers(session, upstream_request)
     }
 
     /// Runs the chain's response-headers phase (reverse order), removes hop-by-hop headers and
@@ -200,15 +194,7 @@ impl ProxyHttp for Sluice {
                 }
             }
         }
-        for name in headers::hop_by_hop(&upstream_response.headers) {
-            upstream_response.remove_header(&name);
-        }
-        let via = headers::via(
-            header_bytes(&upstream_response.headers, "via"),
-            upstream_response.version,
-        );
-        upstream_response.insert_header(http::header::VIA, via)?;
-        Ok(())
+        forward_response_headers(upstream_response)
     }
 
     /// Substitutes the replacement body when a middleware answered in the response phase: the
@@ -260,6 +246,41 @@ impl ProxyHttp for Sluice {
             can_reuse_downstream: false,
         }
     }
+}
+
+/// Removes hop-by-hop headers from the request going upstream and adds the forwarding headers
+/// (`X-Forwarded-*`, `Via`).
+fn forward_request_headers(session: &Session, upstream_request: &mut RequestHeader) -> Result<()> {
+    for name in headers::hop_by_hop(&upstream_request.headers) {
+        upstream_request.remove_header(&name);
+    }
+    if let Some(ip) = client_ip(session) {
+        let xff = headers::forwarded_for(
+            header_bytes(&upstream_request.headers, "x-forwarded-for"),
+            &ip.to_string(),
+        );
+        upstream_request.insert_header("x-forwarded-for", xff)?;
+    }
+    upstream_request.insert_header("x-forwarded-proto", "http")?;
+    if let Some(host) = request_host(session.req_header()) {
+        upstream_request.insert_header("x-forwarded-host", host.to_owned())?;
+    }
+    let via = headers::via(
+        header_bytes(&upstream_request.headers, "via"),
+        session.req_header().version,
+    );
+    upstream_request.insert_header(http::header::VIA, via)?;
+    Ok(())
+}
+
+/// Removes hop-by-hop headers from the response going to the client and adds `Via`.
+fn forward_response_headers(response: &mut ResponseHeader) -> Result<()> {
+    for name in headers::hop_by_hop(&response.headers) {
+        response.remove_header(&name);
+    }
+    let via = headers::via(header_bytes(&response.headers, "via"), response.version);
+    response.insert_header(http::header::VIA, via)?;
+    Ok(())
 }
 
 /// A middleware's response as a head (with correct framing) and a body.

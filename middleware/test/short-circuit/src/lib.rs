@@ -1,9 +1,11 @@
-//! Answers the client itself when the request has header `header`; otherwise continues.
-//! Config: `{ "header": "x-block", "status": 403 }`.
+//! Answers the client itself when the request has header `header`, or (with `body-contains`) when
+//! the request body contains that text; otherwise continues.
+//! Config: `{ "header": "x-block", "status": 403, "body-contains": "forbidden" }`.
 use sluice_sdk::*;
 
 struct ShortCircuit {
     header: String,
+    body_contains: Option<String>,
     status: u16,
 }
 
@@ -18,12 +20,27 @@ impl Middleware for ShortCircuit {
             .get("status")
             .map_or(Some(403), |s| s.as_u64())
             .ok_or("`status` must be a number")?;
-        let mut registration = Registration::phases(Phases::REQUEST_HEADERS);
+        let body_contains = match config.get("body-contains") {
+            None => None,
+            Some(text) => Some(
+                text.as_str()
+                    .filter(|t| !t.is_empty())
+                    .ok_or("`body-contains` must be a non-empty string")?
+                    .to_owned(),
+            ),
+        };
+        let mut phases = Phases::REQUEST_HEADERS;
+        if body_contains.is_some() {
+            phases |= Phases::REQUEST_BODY;
+        }
+        let mut registration = Registration::phases(phases);
         registration.request_headers = Some(vec![header.clone()]);
+        let status = status as u16;
         Ok((
             ShortCircuit {
                 header,
-                status: status as u16,
+                body_contains,
+                status,
             },
             registration,
         ))
@@ -37,6 +54,15 @@ impl Middleware for ShortCircuit {
             ));
         }
         RequestDecision::Next((HeaderEdits::none(), Vec::new()))
+    }
+
+    fn on_request_body(&self, _req: Request, body: Vec<u8>) -> BodyDecision {
+        match &self.body_contains {
+            Some(text) if body.windows(text.len()).any(|w| w == text.as_bytes()) => BodyDecision::Respond(
+                Response::text(self.status, format!("blocked: the body contains `{text}`\n")),
+            ),
+            _ => BodyDecision::Next,
+        }
     }
 }
 
