@@ -4,6 +4,8 @@
 //! `cargo bench --bench middleware`. Compared:
 //! - `trivial`: the `stamp` component, request-headers and response-headers phases;
 //! - `chain-of-4`: four of those on one request;
+//! - `trivial/reused`, `chain-of-4/reused`, `regex-init/reused`: the same with `reuse` (an idle
+//!   instance per middleware serves the next request);
 //! - `regex-init/pre-initialized`: a component whose `init` compiles 200 regexes, served from its
 //!   wizer snapshot (what sluice does);
 //! - `regex-init/pre-initialized-warm`: the same, with one match run in `init` so the regex
@@ -17,7 +19,7 @@ use std::time::{Duration, SystemTime};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use pingora::http::{RequestHeader, ResponseHeader};
-use sluice::chain::{Chain, ChainRun, LoadedMiddleware, request_view};
+use sluice::chain::{Chain, ChainRun, IdleInstances, LoadedMiddleware, Reuse, request_view};
 use sluice::config::OnError;
 use sluice::runtime::Runtime;
 use sluice::runtime::host::HostState;
@@ -33,6 +35,7 @@ fn link(
     name: &str,
     component: &str,
     config: &str,
+    reuse: Option<Reuse>,
 ) -> Arc<LoadedMiddleware> {
     let state: Arc<dyn StateBackend> = Arc::new(MemoryState::default());
     let loaded = rt
@@ -49,6 +52,8 @@ fn link(
         on_error: OnError::Deny,
         state,
         runtime: runtime.clone(),
+        reuse,
+        idle: IdleInstances::default(),
         loaded_at: SystemTime::now(),
         cached: loaded.cached,
     })
@@ -96,6 +101,7 @@ fn per_request(c: &mut Criterion) {
                 n,
                 "stamp",
                 &format!(r#"{{"name":"{n}",{header_phases}}}"#),
+                None,
             )
         })
         .collect();
@@ -108,12 +114,51 @@ fn per_request(c: &mut Criterion) {
     let four = Chain::new(stamps.clone());
     group.bench_function("chain-of-4", |b| b.iter(|| one_request(&rt, &four)));
 
-    let regex = Chain::new(vec![link(&rt, &runtime, "re", "regex_init", "{}")]);
+    let reuse = Some(Reuse {
+        max_requests: u32::MAX,
+        max_memory: 64 << 20,
+    });
+    let trivial_reused = Chain::new(vec![link(
+        &rt,
+        &runtime,
+        "a-reused",
+        "stamp",
+        &format!(r#"{{"name":"a",{header_phases}}}"#),
+        reuse,
+    )]);
+    group.bench_function("trivial/reused", |b| b.iter(|| one_request(&rt, &trivial_reused)));
+    let four_reused: Vec<_> = ["a", "b", "c", "d"]
+        .iter()
+        .map(|n| {
+            link(
+                &rt,
+                &runtime,
+                n,
+                "stamp",
+                &format!(r#"{{"name":"{n}",{header_phases}}}"#),
+                reuse,
+            )
+        })
+        .collect();
+    let four_reused = Chain::new(four_reused);
+    group.bench_function("chain-of-4/reused", |b| b.iter(|| one_request(&rt, &four_reused)));
+
+    let regex = Chain::new(vec![link(&rt, &runtime, "re", "regex_init", "{}", None)]);
     group.bench_function("regex-init/pre-initialized", |b| b.iter(|| one_request(&rt, &regex)));
-    let warm = Chain::new(vec![link(&rt, &runtime, "re-warm", "regex_init", r#"{"warm":true}"#)]);
+    let warm = Chain::new(vec![link(
+        &rt,
+        &runtime,
+        "re-warm",
+        "regex_init",
+        r#"{"warm":true}"#,
+        None,
+    )]);
     group.bench_function("regex-init/pre-initialized-warm", |b| {
         b.iter(|| one_request(&rt, &warm))
     });
+
+    let regex_reused = Chain::new(vec![link(&rt, &runtime, "re-reused", "regex_init", "{}", reuse)]);
+    group.bench_function("regex-init/reused", |b| b.iter(|| one_request(&rt, &regex_reused)));
 
     // Without the snapshot: instantiate the original component and run `init` on every request.
     let raw = runtime.prepare(&bytes("regex_init")).unwrap();

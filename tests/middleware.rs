@@ -214,3 +214,75 @@ fn the_wrong_world_and_a_rejected_config_are_refused_at_load() {
         "{err}"
     );
 }
+
+/// What the `remember` middleware told the upstream: (`x-served`, `x-previous`).
+async fn remembered(sluice: &Sluice, path: &str, headers: &[(&str, &str)]) -> (String, String) {
+    let mut request = client().get(sluice.url(path));
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let seen: Value = request.send().await.unwrap().json().await.unwrap();
+    let header = |name: &str| seen["headers"][name].as_str().unwrap_or("-").to_owned();
+    (header("x-served"), header("x-previous"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fresh_instances_never_see_an_earlier_request() {
+    let up = echo().await;
+    let mw = format!("[middleware.mem]\ncomponent = {:?}\n", component("remember"));
+    let sluice = Sluice::start(&config(up.addr(), &["mem"], &mw));
+    for i in 0..5 {
+        let seen = remembered(&sluice, &format!("/mw/{i}"), &[]).await;
+        assert_eq!(seen, ("1".to_owned(), "none".to_owned()), "request {i}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reused_instances_serve_max_requests_then_retire() {
+    let up = echo().await;
+    let mw = format!(
+        "[middleware.mem]\ncomponent = {:?}\non-error = \"allow\"\nreuse = {{ max-requests = 3, max-memory = \"8MiB\" }}\n",
+        component("remember")
+    );
+    let sluice = Sluice::start(&config(up.addr(), &["mem"], &mw));
+    let mut served = Vec::new();
+    for i in 0..7 {
+        served.push(remembered(&sluice, &format!("/mw/{i}"), &[]).await);
+    }
+    let counts: Vec<&str> = served.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(counts, ["1", "2", "3", "1", "2", "3", "1"], "retired after 3 requests");
+    assert_eq!(
+        served[1].1, "/mw/0",
+        "a reused instance keeps what the last request left"
+    );
+
+    // An instance whose call trapped is not reused.
+    assert_eq!(remembered(&sluice, "/mw/a", &[]).await.0, "2");
+    assert_eq!(remembered(&sluice, "/mw/trap", &[("x-trap", "1")]).await.0, "-");
+    assert_eq!(
+        remembered(&sluice, "/mw/b", &[]).await,
+        ("1".to_owned(), "none".to_owned())
+    );
+
+    // Nor one that grew past max-memory.
+    assert_eq!(remembered(&sluice, "/mw/grow", &[("x-grow", "10")]).await.0, "2");
+    assert_eq!(remembered(&sluice, "/mw/c", &[]).await.0, "1");
+}
+
+#[test]
+fn reuse_bounds_are_checked_at_load() {
+    let err = check_config(&format!(
+        "[middleware.mem]\ncomponent = {:?}\nmemory-limit = \"16MiB\"\nreuse = {{ max-requests = 0, max-memory = \"32MiB\" }}\n",
+        component("remember")
+    ));
+    assert!(
+        err.contains(":6:9: `middleware.mem.reuse`: `reuse.max-requests` must be at least 1"),
+        "{err}"
+    );
+    assert!(
+        err.contains(
+            "`reuse.max-memory` (32.0 MiB) is over `memory-limit` (16.0 MiB): an instance never grows that far"
+        ),
+        "{err}"
+    );
+}

@@ -11,7 +11,9 @@ mod snapshot;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-pub use run::{BodyOutcome, ChainRun, Failure, FailureKind, RequestOutcome, ResponseOutcome, request_view};
+pub use run::{
+    BodyOutcome, ChainRun, Failure, FailureKind, IdleInstances, RequestOutcome, ResponseOutcome, request_view,
+};
 pub use snapshot::{Route, Snapshot};
 
 use crate::config::OnError;
@@ -41,7 +43,11 @@ pub struct LoadedMiddleware {
     pub state: Arc<dyn StateBackend>,
     /// The runtime that loaded it.
     pub runtime: Arc<Runtime>,
-    /// When it was loaded, and whether the compiled snapshot came from the artifact cache.
+    /// Instances serve several requests, within these bounds; `None`: a fresh one per request.
+    pub reuse: Option<Reuse>,
+    /// Idle instances, when `reuse` is set.
+    pub idle: IdleInstances,
+    /// When it was loaded.
     pub loaded_at: SystemTime,
     /// Whether the artifact cache served it.
     pub cached: bool,
@@ -55,6 +61,15 @@ impl std::fmt::Debug for LoadedMiddleware {
             .field("registration", &self.registration)
             .finish_non_exhaustive()
     }
+}
+
+/// Bounds on a reused instance (`reuse` in config).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reuse {
+    /// Requests one instance serves before it is retired.
+    pub max_requests: u32,
+    /// Linear memory size past which an instance is retired after its request, in bytes.
+    pub max_memory: u64,
 }
 
 /// The ordered middleware of one route.

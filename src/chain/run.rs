@@ -1,6 +1,6 @@
 //! One request's pass through a chain.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use http::HeaderValue;
@@ -8,7 +8,7 @@ use http::header::HeaderName;
 use pingora::http::{RequestHeader, ResponseHeader};
 use wasmtime::Store;
 
-use super::{Chain, LoadedMiddleware};
+use super::{Chain, LoadedMiddleware, Reuse};
 use crate::config::OnError;
 use crate::runtime::Middleware;
 use crate::runtime::host::HostState;
@@ -92,9 +92,52 @@ pub enum BodyOutcome {
     Fail(Failure),
 }
 
+/// A middleware instance serving a request.
 struct Live {
     store: Store<HostState>,
     bindings: Middleware,
+    /// Requests it served before this one (reused instances).
+    served: u32,
+    /// False while a call runs and after one failed: such an instance is never reused.
+    reusable: bool,
+    /// The middleware to give it back to after the request, when it has `reuse`.
+    home: Option<Arc<LoadedMiddleware>>,
+}
+
+/// A middleware's idle instances, when it has `reuse`: taken by a request, given back after it.
+#[derive(Default)]
+pub struct IdleInstances(Mutex<Vec<Live>>);
+
+impl std::fmt::Debug for IdleInstances {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let idle = self.0.lock().map_or(0, |idle| idle.len());
+        f.debug_tuple("IdleInstances").field(&idle).finish()
+    }
+}
+
+impl IdleInstances {
+    /// Idle instances kept per middleware, at most; more are dropped. Each holds a slot of the
+    /// engine's instance pool.
+    const MAX_IDLE: usize = 64;
+
+    fn take(&self) -> Option<Live> {
+        self.0.lock().ok()?.pop()
+    }
+
+    /// Keeps `live` for another request, unless it failed, served its `max-requests` or grew past
+    /// `max-memory`.
+    fn give_back(&self, mut live: Live, reuse: Reuse) {
+        live.served += 1;
+        let grown = live.store.data().limits.memory_high_water as u64 > reuse.max_memory;
+        if !live.reusable || live.served >= reuse.max_requests || grown {
+            return;
+        }
+        if let Ok(mut idle) = self.0.lock()
+            && idle.len() < Self::MAX_IDLE
+        {
+            idle.push(live);
+        }
+    }
 }
 
 /// One request's pass through a chain: its instances (one per middleware, created on first use and
@@ -125,7 +168,7 @@ impl ChainRun {
                 Ok(live) => {
                     arm(live, link);
                     let result = live.bindings.call_on_request_headers(&mut live.store, &request).await;
-                    result.map_err(|e| classify(live, &e))
+                    settle(live, result)
                 }
                 Err(kind) => Err(kind),
             };
@@ -166,7 +209,7 @@ impl ChainRun {
                         .bindings
                         .call_on_response_headers(&mut live.store, &request, status, &headers)
                         .await;
-                    result.map_err(|e| classify(live, &e))
+                    settle(live, result)
                 }
                 Err(kind) => Err(kind),
             };
@@ -207,7 +250,7 @@ impl ChainRun {
                         .bindings
                         .call_on_request_body(&mut live.store, &request, body)
                         .await;
-                    result.map_err(|e| classify(live, &e))
+                    settle(live, result)
                 }
                 Err(kind) => Err(kind),
             };
@@ -239,7 +282,7 @@ impl ChainRun {
                         .bindings
                         .call_on_response_body(&mut live.store, &request, status, &headers, body)
                         .await;
-                    result.map_err(|e| classify(live, &e))
+                    settle(live, result)
                 }
                 Err(kind) => Err(kind),
             };
@@ -250,7 +293,13 @@ impl ChainRun {
         BodyOutcome::Continue
     }
 
-    async fn instance(&mut self, index: usize, link: &LoadedMiddleware) -> Result<&mut Live, FailureKind> {
+    async fn instance(&mut self, index: usize, link: &Arc<LoadedMiddleware>) -> Result<&mut Live, FailureKind> {
+        if self.instances[index].is_none()
+            && link.reuse.is_some()
+            && let Some(live) = link.idle.take()
+        {
+            self.instances[index] = Some(live);
+        }
         if self.instances[index].is_none() {
             let host = HostState::new(link.name.clone(), link.state.clone(), link.memory_limit as usize);
             let mut store = link.runtime.store(host);
@@ -259,7 +308,13 @@ impl ChainRun {
                 tracing::warn!(middleware = &*link.name, error = %format!("{e:#}"), "cannot instantiate");
                 FailureKind::Instantiate
             })?;
-            self.instances[index] = Some(Live { store, bindings });
+            self.instances[index] = Some(Live {
+                store,
+                bindings,
+                served: 0,
+                reusable: true,
+                home: link.reuse.is_some().then(|| link.clone()),
+            });
         }
         Ok(self.instances[index].as_mut().expect("just created"))
     }
@@ -282,11 +337,36 @@ fn body_decided(
     }
 }
 
+impl Drop for ChainRun {
+    /// Gives reused instances back to their middleware.
+    fn drop(&mut self) {
+        for live in self.instances.iter_mut().filter_map(Option::take) {
+            if let Some(home) = live.home.clone()
+                && let Some(reuse) = home.reuse
+            {
+                home.idle.give_back(live, reuse);
+            }
+        }
+    }
+}
+
 /// Sets the call's deadline.
 fn arm(live: &mut Live, link: &LoadedMiddleware) {
+    live.reusable = false;
     let host = live.store.data_mut();
     host.deadline = Instant::now() + link.timeout;
     host.timed_out = false;
+}
+
+/// A call's result; a successful call leaves its instance reusable.
+fn settle<T>(live: &mut Live, result: wasmtime::Result<T>) -> Result<T, FailureKind> {
+    match result {
+        Ok(value) => {
+            live.reusable = true;
+            Ok(value)
+        }
+        Err(e) => Err(classify(live, &e)),
+    }
 }
 
 fn classify(live: &Live, error: &wasmtime::Error) -> FailureKind {

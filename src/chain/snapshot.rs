@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use crate::chain::{Chain, LoadedMiddleware};
+use crate::chain::{Chain, IdleInstances, LoadedMiddleware, Reuse};
 use crate::config::{Config, ConfigError, ConfigErrors, MiddlewareConfig, StateBackend as StateKind};
 use crate::error::Error;
 use crate::proxy::router::Router;
@@ -181,6 +181,11 @@ async fn load_middleware(
         on_error: mw.on_error,
         state: state.clone(),
         runtime: runtime.clone(),
+        reuse: mw.reuse.as_ref().map(|reuse| Reuse {
+            max_requests: reuse.get_ref().max_requests,
+            max_memory: reuse.get_ref().max_memory.map_or(mw.memory_limit.0 / 2, |m| m.0),
+        }),
+        idle: IdleInstances::default(),
         loaded_at: SystemTime::now(),
         cached: loaded.cached,
     })

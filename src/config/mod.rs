@@ -249,6 +249,28 @@ pub struct MiddlewareConfig {
     pub allow_hosts: Vec<Spanned<Target>>,
     /// A second version taking a share of requests.
     pub canary: Option<CanaryConfig>,
+    /// Reuse instances across requests instead of a fresh one per request.
+    pub reuse: Option<Spanned<ReuseConfig>>,
+}
+
+/// `[middleware.NAME] reuse`: instances serve several requests, within bounds.
+///
+/// ```toml
+/// reuse = { max-requests = 1000, max-memory = "32MiB" }
+/// ```
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ReuseConfig {
+    /// Requests one instance serves before it is retired.
+    #[serde(default = "default_max_requests")]
+    pub max_requests: u32,
+    /// An instance whose linear memory has grown past this is retired after its request;
+    /// default: half of `memory-limit`.
+    pub max_memory: Option<ByteSize>,
+}
+
+fn default_max_requests() -> u32 {
+    1000
 }
 
 fn default_middleware_timeout() -> Duration {
@@ -532,6 +554,22 @@ fn validate(config: &Config, declared: &Declared, loc: &Locator<'_>, errors: &mu
                     mw.memory_limit
                 ),
             );
+        }
+        if let Some(reuse) = &mw.reuse {
+            if reuse.get_ref().max_requests == 0 {
+                err(reuse.span(), "`reuse.max-requests` must be at least 1".into());
+            }
+            if let Some(max) = reuse.get_ref().max_memory
+                && max.0 > mw.memory_limit.0
+            {
+                err(
+                    reuse.span(),
+                    format!(
+                        "`reuse.max-memory` ({max}) is over `memory-limit` ({}): an instance never grows that far",
+                        mw.memory_limit
+                    ),
+                );
+            }
         }
         if let Some(canary) = &mw.canary
             && *canary.weight.get_ref() > 100

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use wasmtime::component::{HasSelf, Linker, ResourceTable};
-use wasmtime::{StoreLimits, StoreLimitsBuilder};
+use wasmtime::{ResourceLimiter, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use crate::runtime::bindings;
@@ -21,7 +21,7 @@ pub struct HostState {
     wasi: WasiCtx,
     table: ResourceTable,
     /// Memory and instance limits, enforced by the store's limiter.
-    pub limits: StoreLimits,
+    pub limits: Limits,
     /// The middleware's name, for logs and state namespacing.
     pub middleware: Arc<str>,
     state: Arc<dyn StateBackend>,
@@ -43,10 +43,13 @@ impl HostState {
         HostState {
             wasi,
             table: ResourceTable::new(),
-            limits: StoreLimitsBuilder::new()
-                .memory_size(memory_limit)
-                .trap_on_grow_failure(true)
-                .build(),
+            limits: Limits {
+                inner: StoreLimitsBuilder::new()
+                    .memory_size(memory_limit)
+                    .trap_on_grow_failure(true)
+                    .build(),
+                memory_high_water: 0,
+            },
             middleware,
             state,
             deadline: Instant::now(),
@@ -57,6 +60,48 @@ impl HostState {
     /// `key` in this middleware's namespace.
     fn namespaced(&self, key: &str) -> String {
         format!("{}\0{key}", self.middleware)
+    }
+}
+
+/// wasmtime's [`StoreLimits`], also recording how large a linear memory has grown (a reused
+/// instance is retired past its `max-memory`).
+pub struct Limits {
+    inner: StoreLimits,
+    /// The largest linear memory size granted so far (initial sizes included), in bytes.
+    pub memory_high_water: usize,
+}
+
+impl ResourceLimiter for Limits {
+    fn memory_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        let granted = self.inner.memory_growing(current, desired, maximum)?;
+        if granted {
+            self.memory_high_water = self.memory_high_water.max(desired);
+        }
+        Ok(granted)
+    }
+
+    fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.inner.memory_grow_failed(error)
+    }
+
+    fn table_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        self.inner.table_growing(current, desired, maximum)
+    }
+
+    fn table_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.inner.table_grow_failed(error)
+    }
+
+    fn instances(&self) -> usize {
+        self.inner.instances()
+    }
+
+    fn tables(&self) -> usize {
+        self.inner.tables()
+    }
+
+    fn memories(&self) -> usize {
+        self.inner.memories()
     }
 }
 
