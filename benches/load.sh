@@ -4,6 +4,7 @@
 #   2. nginx `proxy_pass` in front of that upstream (keep-alive pool)     — the baseline
 #   3. sluice (empty middleware chain) in front of the same upstream      — the subject
 #   4. sluice with a chain of 4 trivial Wasm middleware (header phases)   — the chain's cost
+#   5. the same chain with `reuse` (idle instances serve the next request) — what reuse saves
 # and prints req/s, latency, the sluice / nginx ratio and the chain / empty-chain ratio.
 #
 #   make bench                    # installs nginx and wrk if missing, builds release, runs
@@ -88,6 +89,11 @@ for i in 1 2 3 4; do
 [middleware.m$i]
 component = "$stamp"
 config = { name = "m$i", phases = ["request-headers", "response-headers"] }
+
+[middleware.r$i]
+component = "$stamp"
+config = { name = "m$i", phases = ["request-headers", "response-headers"] }
+reuse = { max-requests = 10000 }
 CONF
 done
 cat >> "$work/sluice.toml" <<CONF
@@ -97,6 +103,12 @@ name = "chain-of-4"
 path-prefix = "/chain"
 upstream = "up"
 middleware = ["m1", "m2", "m3", "m4"]
+
+[[route]]
+name = "chain-of-4-reused"
+path-prefix = "/reused"
+upstream = "up"
+middleware = ["r1", "r2", "r3", "r4"]
 CONF
 RUST_LOG=warn "$root/target/release/sluice" run --config "$work/sluice.toml" 2>"$work/sluice.log" &
 pids+=($!)
@@ -111,7 +123,7 @@ wait_port() {
 for port in $UPSTREAM_PORT $NGINX_PORT $SLUICE_PORT; do wait_port "$port"; done
 
 # Same body through every path, or the comparison means nothing.
-for url in "$UPSTREAM_PORT/" "$NGINX_PORT/" "$SLUICE_PORT/" "$SLUICE_PORT/chain/"; do
+for url in "$UPSTREAM_PORT/" "$NGINX_PORT/" "$SLUICE_PORT/" "$SLUICE_PORT/chain/" "$SLUICE_PORT/reused/"; do
   body=$(curl -fsS "http://127.0.0.1:$url")
   [[ ${#body} -eq 59 ]] || { echo "load.sh: unexpected body from $url: $body" >&2; exit 1; }
 done
@@ -129,8 +141,8 @@ median_row() { # rows of "req/s p50 p99" on stdin -> the row with the median req
 }
 
 declare -A results
-labels=("upstream (direct)" "nginx proxy_pass" "sluice (empty chain)" "sluice (4 Wasm middleware)")
-ports=("$UPSTREAM_PORT/" "$NGINX_PORT/" "$SLUICE_PORT/" "$SLUICE_PORT/chain/")
+labels=("upstream (direct)" "nginx proxy_pass" "sluice (empty chain)" "sluice (4 Wasm middleware)" "sluice (4, reused instances)")
+ports=("$UPSTREAM_PORT/" "$NGINX_PORT/" "$SLUICE_PORT/" "$SLUICE_PORT/chain/" "$SLUICE_PORT/reused/")
 for round in $(seq "$ROUNDS"); do
   for i in "${!labels[@]}"; do
     row=$(measure "${ports[$i]}")
@@ -141,12 +153,13 @@ done
 
 echo
 echo "wrk -t$WRK_THREADS -c$CONNS -d$DURATION, median of $ROUNDS rounds, proxies with $PROXY_WORKERS workers, $(nproc) cores"
-printf '%-28s %12s %10s %10s\n' "target" "req/s" "p50" "p99"
+printf '%-30s %12s %10s %10s\n' "target" "req/s" "p50" "p99"
 for i in "${!labels[@]}"; do
   read -r rps p50 p99 < <(printf '%s' "${results[$i]}" | median_row)
-  printf '%-28s %12s %10s %10s\n' "${labels[$i]}" "$rps" "$p50" "$p99"
+  printf '%-30s %12s %10s %10s\n' "${labels[$i]}" "$rps" "$p50" "$p99"
   medians[$i]=$rps
 done
 echo
 awk -v s="${medians[2]}" -v n="${medians[1]}" 'BEGIN { printf "sluice / nginx proxy_pass = %.2fx (medians)\n", s / n }'
 awk -v c="${medians[3]}" -v e="${medians[2]}" 'BEGIN { printf "4-middleware chain / empty chain = %.2fx (medians)\n", c / e }'
+awk -v c="${medians[4]}" -v e="${medians[2]}" 'BEGIN { printf "4-middleware chain, reused / empty chain = %.2fx (medians)\n", c / e }'

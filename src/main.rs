@@ -139,7 +139,8 @@ fn demo(listen: std::net::SocketAddr) -> ExitCode {
          Try:\n  \
          curl -si http://{listen}/users/42                 # through middleware `block` and `tag`: see x-stamp-* on both sides\n  \
          curl -si -H 'x-block: 1' http://{listen}/users/42 # 403 from the `block` middleware; the upstream never sees it\n  \
-         curl -si -X DELETE http://{listen}/users/42       # 405: route `users` allows GET and HEAD\n\
+         curl -si -X DELETE http://{listen}/users/42       # 405: route `users` allows GET and HEAD\n  \
+         curl -si -d 'forbidden' http://{listen}/orders    # 422 from `guard`, which read the whole body first\n\
          \n\
          Run the first twice to see round-robin across the two echo targets (the `upstream` field);\n\
          Host `acme.demo.test` reaches route `tenants`; a path no route matches gets a 404. Ctrl-C stops.",

@@ -37,7 +37,7 @@ async fn demo_serves_what_it_prints() {
         .take_while(|l| !l.contains("Ctrl-C"))
         .collect();
     let curls: Vec<&String> = printed.iter().filter(|l| l.trim_start().starts_with("curl ")).collect();
-    assert_eq!(curls.len(), 3, "{printed:#?}");
+    assert_eq!(curls.len(), 4, "{printed:#?}");
     assert!(
         curls.iter().all(|l| l.contains(&format!("http://{addr}/"))),
         "{curls:#?}"
@@ -79,4 +79,18 @@ async fn demo_serves_what_it_prints() {
 
     // And what the text says about unrouted paths.
     assert_eq!(client.get(url("/nowhere")).send().await.unwrap().status(), 404);
+
+    // 4. Route `orders`: a body phase decides before anything goes upstream.
+    let resp = client.post(url("/orders")).body("forbidden").send().await.unwrap();
+    assert_eq!(resp.status(), 422);
+    let accepted: Value = client
+        .post(url("/orders"))
+        .body("{\"id\":1}")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(accepted["body-bytes"], 8);
 }

@@ -392,11 +392,24 @@ fn failed(link: &LoadedMiddleware, kind: FailureKind) -> Option<Failure> {
 
 /// The request as `names` lets this middleware see it (all headers when `None`).
 fn view(request: &Request, names: Option<&[String]>) -> Request {
-    let mut view = request.clone();
-    if let Some(names) = names {
-        view.headers.retain(|(name, _)| names.iter().any(|n| n == name));
+    let Some(names) = names else {
+        return request.clone();
+    };
+    Request {
+        method: request.method.clone(),
+        scheme: request.scheme.clone(),
+        authority: request.authority.clone(),
+        path_with_query: request.path_with_query.clone(),
+        headers: request
+            .headers
+            .iter()
+            .filter(|(name, _)| names.iter().any(|n| n == name))
+            .cloned()
+            .collect(),
+        client_addr: request.client_addr.clone(),
+        route: request.route.clone(),
+        context: request.context.clone(),
     }
-    view
 }
 
 fn header_list(headers: &http::HeaderMap, names: Option<&[String]>) -> Vec<(String, Vec<u8>)> {

@@ -135,6 +135,13 @@ async fn load_middleware(
             "canary versions are not available in this build yet",
         ));
     }
+    if let Some(host) = mw.allow_hosts.first() {
+        return Err(config.error_at(
+            host.span(),
+            format!("middleware.{name}.allow-hosts"),
+            "outbound HTTP is not available in this build yet; remove `allow-hosts`",
+        ));
+    }
     let component = mw.component.get_ref();
     if component.starts_with("builtin:") {
         return Err(at_component(format!(

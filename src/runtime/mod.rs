@@ -11,7 +11,8 @@
 //!   snapshot from disk and skips both `init` and Cranelift.
 //! - **Per request** ([`Runtime::instantiate`]): a fresh instance from the snapshot's
 //!   `InstancePre`, with `init`'s work already in its memory. Nothing one request leaves behind is
-//!   visible to the next.
+//!   visible to the next. A middleware with `reuse` keeps idle instances instead (see
+//!   `chain::IdleInstances`), trading that isolation for speed.
 //! - **Capabilities**: WASI clocks and random, nothing else (see [`host::HostState::new`]); the
 //!   `state` and `log` interfaces.
 
