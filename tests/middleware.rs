@@ -286,3 +286,36 @@ fn reuse_bounds_are_checked_at_load() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_phase_answer_replaces_even_a_bodiless_upstream_response() {
+    let up = echo().await;
+    let mw = format!(
+        "[middleware.swap]\ncomponent = {:?}\nconfig = {{ header = \"x-block\", status = 200, replace-status = 204 }}\n",
+        component("short_circuit")
+    );
+    let sluice = Sluice::start(&config(up.addr(), &["swap"], &mw));
+    let client = client(); // one connection, kept alive across the requests
+    for _ in 0..2 {
+        let resp = tokio::time::timeout(
+            Duration::from_secs(5),
+            client.get(sluice.url("/mw")).header("x-echo-status", "204").send(),
+        )
+        .await
+        .expect("answered in time")
+        .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()["content-length"], "15");
+        let body = tokio::time::timeout(Duration::from_secs(5), resp.text())
+            .await
+            .expect("body in time");
+        assert_eq!(body.unwrap(), "replaced a 204\n");
+    }
+    let resp = client
+        .get(sluice.url("/mw"))
+        .header("x-echo-status", "404")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404, "other statuses pass");
+}

@@ -188,8 +188,20 @@ impl ProxyHttp for Sluice {
                     }
                 };
                 if let Some((header, body)) = replacement {
-                    *upstream_response = header;
                     let head_only = session.req_header().method == http::Method::HEAD;
+                    let bodiless = matches!(upstream_response.status.as_u16(), 204 | 304);
+                    if bodiless && !head_only && !body.is_empty() {
+                        // pingora would never ask for a body after a 204 or 304: send the whole
+                        // replacement now. pingora's own write of the head is then ignored.
+                        let mut head = header.clone();
+                        forward_response_headers(&mut head)?;
+                        session.write_response_header(Box::new(head), false).await?;
+                        session.write_response_body(Some(body), true).await?;
+                        ctx.replacement_body = Some(Bytes::new());
+                        *upstream_response = header;
+                        return Ok(());
+                    }
+                    *upstream_response = header;
                     ctx.replacement_body = Some(if head_only { Bytes::new() } else { body });
                 }
             }

@@ -22,16 +22,23 @@ impl Middleware for Remember {
         if req.header("x-trap").is_some() {
             panic!("asked to trap");
         }
-        if let Some(mib) = req.header("x-grow").and_then(|v| std::str::from_utf8(v).ok()?.parse::<usize>().ok()) {
-            self.hoard.lock().unwrap().push(std::hint::black_box(vec![1u8; mib << 20]));
+        if let Some(mib) = req
+            .header("x-grow")
+            .and_then(|v| std::str::from_utf8(v).ok()?.parse::<usize>().ok())
+        {
+            self.hoard
+                .lock()
+                .unwrap()
+                .push(std::hint::black_box(vec![1u8; mib << 20]));
         }
         let mut seen = self.seen.lock().unwrap();
         seen.0 += 1;
         let previous = seen.1.replace(req.path_with_query.clone());
         let mut edits = HeaderEdits::set("x-served", seen.0.to_string());
-        edits
-            .set
-            .push(("x-previous".into(), previous.unwrap_or_else(|| "none".into()).into_bytes()));
+        edits.set.push((
+            "x-previous".into(),
+            previous.unwrap_or_else(|| "none".into()).into_bytes(),
+        ));
         RequestDecision::Next((edits, Vec::new()))
     }
 }

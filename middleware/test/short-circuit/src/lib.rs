@@ -1,11 +1,13 @@
 //! Answers the client itself when the request has header `header`, or (with `body-contains`) when
-//! the request body contains that text; otherwise continues.
-//! Config: `{ "header": "x-block", "status": 403, "body-contains": "forbidden" }`.
+//! the request body contains that text, or (with `replace-status`) replaces an upstream response
+//! of that status; otherwise continues.
+//! Config: `{ "header": "x-block", "status": 403, "body-contains": "forbidden", "replace-status": 204 }`.
 use sluice_sdk::*;
 
 struct ShortCircuit {
     header: String,
     body_contains: Option<String>,
+    replace_status: Option<u16>,
     status: u16,
 }
 
@@ -29,9 +31,16 @@ impl Middleware for ShortCircuit {
                     .to_owned(),
             ),
         };
+        let replace_status = match config.get("replace-status") {
+            None => None,
+            Some(status) => Some(status.as_u64().ok_or("`replace-status` must be a number")? as u16),
+        };
         let mut phases = Phases::REQUEST_HEADERS;
         if body_contains.is_some() {
             phases |= Phases::REQUEST_BODY;
+        }
+        if replace_status.is_some() {
+            phases |= Phases::RESPONSE_HEADERS;
         }
         let mut registration = Registration::phases(phases);
         registration.request_headers = Some(vec![header.clone()]);
@@ -40,6 +49,7 @@ impl Middleware for ShortCircuit {
             ShortCircuit {
                 header,
                 body_contains,
+                replace_status,
                 status,
             },
             registration,
@@ -63,6 +73,13 @@ impl Middleware for ShortCircuit {
             ),
             _ => BodyDecision::Next,
         }
+    }
+
+    fn on_response_headers(&self, _req: Request, status: u16, _headers: Headers) -> ResponseDecision {
+        if self.replace_status == Some(status) {
+            return ResponseDecision::Respond(Response::text(self.status, format!("replaced a {status}\n")));
+        }
+        ResponseDecision::Next(HeaderEdits::none())
     }
 }
 
