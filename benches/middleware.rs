@@ -180,9 +180,48 @@ fn per_request(c: &mut Criterion) {
     group.finish();
 }
 
+/// Loading a middleware: `init` under wizer, the snapshot compiled by Cranelift and written to the
+/// artifact cache (uncached), or the compiled snapshot read back (cached, what a restart or a reload
+/// with an unchanged component does).
+fn load(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut group = c.benchmark_group("load");
+    group.sample_size(10);
+    for (component, config) in [("stamp", r#"{"name":"a"}"#), ("regex_init", "{}")] {
+        let wasm = bytes(component);
+        let state: Arc<dyn StateBackend> = Arc::new(MemoryState::default());
+        group.bench_function(format!("{component}/uncached"), |b| {
+            b.iter(|| {
+                let cache = tempfile::tempdir().unwrap();
+                let runtime = Runtime::new(cache.path().to_owned()).unwrap();
+                let loaded = rt
+                    .block_on(runtime.load("m", &wasm, config, state.clone(), 64 << 20))
+                    .unwrap();
+                assert!(!loaded.cached);
+            })
+        });
+        let cache = tempfile::tempdir().unwrap();
+        let runtime = Runtime::new(cache.path().to_owned()).unwrap();
+        rt.block_on(runtime.load("m", &wasm, config, state.clone(), 64 << 20))
+            .unwrap();
+        group.bench_function(format!("{component}/cached"), |b| {
+            b.iter(|| {
+                let loaded = rt
+                    .block_on(runtime.load("m", &wasm, config, state.clone(), 64 << 20))
+                    .unwrap();
+                assert!(loaded.cached);
+            })
+        });
+    }
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().measurement_time(Duration::from_secs(4)).warm_up_time(Duration::from_secs(1));
-    targets = per_request
+    targets = per_request, load
 }
 criterion_main!(benches);

@@ -169,6 +169,15 @@ async fn unbounded_allocation_stops_at_the_memory_limit() {
     assert!(sluice.is_running());
     assert_eq!(up.requests(), 0);
     assert_eq!(client().get(sluice.url("/plain")).send().await.unwrap().status(), 200);
+
+    let (sluice, up) = misbehaving("hog", "memory-limit = \"16MiB\"\ntimeout = \"2s\"", "allow").await;
+    let resp = client().get(sluice.url("/mw")).send().await.unwrap();
+    assert_eq!(
+        resp.status(),
+        200,
+        "on-error = allow: the request goes on without the middleware"
+    );
+    assert_eq!(up.requests(), 1);
 }
 
 fn check_config(body: &str) -> String {
