@@ -1,5 +1,6 @@
 //! One request's pass through a chain.
 
+use std::borrow::Cow;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -163,14 +164,16 @@ impl ChainRun {
             if !link.registration.request_headers {
                 continue;
             }
-            let request = view(&self.request, link.registration.request_header_names.as_deref());
-            let result = match self.instance(index, link).await {
-                Ok(live) => {
-                    arm(live, link);
-                    let result = live.bindings.call_on_request_headers(&mut live.store, &request).await;
-                    settle(live, result)
+            let result = {
+                let request = view(&self.request, link.registration.request_header_names.as_deref());
+                match instance(&mut self.instances[index], link).await {
+                    Ok(live) => {
+                        arm(live, link);
+                        let result = live.bindings.call_on_request_headers(&mut live.store, &request).await;
+                        settle(live, result)
+                    }
+                    Err(kind) => Err(kind),
                 }
-                Err(kind) => Err(kind),
             };
             match result {
                 Ok(RequestDecision::Next((edits, context))) => {
@@ -199,19 +202,21 @@ impl ChainRun {
             if !link.registration.response_headers {
                 continue;
             }
-            let request = view(&self.request, link.registration.request_header_names.as_deref());
-            let headers = header_list(&response.headers, link.registration.response_header_names.as_deref());
-            let status = response.status.as_u16();
-            let result = match self.instance(index, link).await {
-                Ok(live) => {
-                    arm(live, link);
-                    let result = live
-                        .bindings
-                        .call_on_response_headers(&mut live.store, &request, status, &headers)
-                        .await;
-                    settle(live, result)
+            let result = {
+                let request = view(&self.request, link.registration.request_header_names.as_deref());
+                let headers = header_list(&response.headers, link.registration.response_header_names.as_deref());
+                let status = response.status.as_u16();
+                match instance(&mut self.instances[index], link).await {
+                    Ok(live) => {
+                        arm(live, link);
+                        let result = live
+                            .bindings
+                            .call_on_response_headers(&mut live.store, &request, status, &headers)
+                            .await;
+                        settle(live, result)
+                    }
+                    Err(kind) => Err(kind),
                 }
-                Err(kind) => Err(kind),
             };
             match result {
                 Ok(ResponseDecision::Next(edits)) => {
@@ -242,17 +247,19 @@ impl ChainRun {
             if !link.registration.request_body {
                 continue;
             }
-            let request = view(&self.request, link.registration.request_header_names.as_deref());
-            let result = match self.instance(index, link).await {
-                Ok(live) => {
-                    arm(live, link);
-                    let result = live
-                        .bindings
-                        .call_on_request_body(&mut live.store, &request, body)
-                        .await;
-                    settle(live, result)
+            let result = {
+                let request = view(&self.request, link.registration.request_header_names.as_deref());
+                match instance(&mut self.instances[index], link).await {
+                    Ok(live) => {
+                        arm(live, link);
+                        let result = live
+                            .bindings
+                            .call_on_request_body(&mut live.store, &request, body)
+                            .await;
+                        settle(live, result)
+                    }
+                    Err(kind) => Err(kind),
                 }
-                Err(kind) => Err(kind),
             };
             if let Some(outcome) = body_decided(link, result, body) {
                 return outcome;
@@ -272,19 +279,21 @@ impl ChainRun {
             if !link.registration.response_body {
                 continue;
             }
-            let request = view(&self.request, link.registration.request_header_names.as_deref());
-            let headers = header_list(&response.headers, link.registration.response_header_names.as_deref());
-            let status = response.status.as_u16();
-            let result = match self.instance(index, link).await {
-                Ok(live) => {
-                    arm(live, link);
-                    let result = live
-                        .bindings
-                        .call_on_response_body(&mut live.store, &request, status, &headers, body)
-                        .await;
-                    settle(live, result)
+            let result = {
+                let request = view(&self.request, link.registration.request_header_names.as_deref());
+                let headers = header_list(&response.headers, link.registration.response_header_names.as_deref());
+                let status = response.status.as_u16();
+                match instance(&mut self.instances[index], link).await {
+                    Ok(live) => {
+                        arm(live, link);
+                        let result = live
+                            .bindings
+                            .call_on_response_body(&mut live.store, &request, status, &headers, body)
+                            .await;
+                        settle(live, result)
+                    }
+                    Err(kind) => Err(kind),
                 }
-                Err(kind) => Err(kind),
             };
             if let Some(outcome) = body_decided(link, result, body) {
                 return outcome;
@@ -292,32 +301,33 @@ impl ChainRun {
         }
         BodyOutcome::Continue
     }
+}
 
-    async fn instance(&mut self, index: usize, link: &Arc<LoadedMiddleware>) -> Result<&mut Live, FailureKind> {
-        if self.instances[index].is_none()
-            && link.reuse.is_some()
-            && let Some(live) = link.idle.take()
-        {
-            self.instances[index] = Some(live);
-        }
-        if self.instances[index].is_none() {
-            let host = HostState::new(link.name.clone(), link.state.clone(), link.memory_limit as usize);
-            let mut store = link.runtime.store(host);
-            store.data_mut().deadline = Instant::now() + link.timeout;
-            let bindings = link.pre.instantiate_async(&mut store).await.map_err(|e| {
-                tracing::warn!(middleware = &*link.name, error = %format!("{e:#}"), "cannot instantiate");
-                FailureKind::Instantiate
-            })?;
-            self.instances[index] = Some(Live {
-                store,
-                bindings,
-                served: 0,
-                reusable: true,
-                home: link.reuse.is_some().then(|| link.clone()),
-            });
-        }
-        Ok(self.instances[index].as_mut().expect("just created"))
+/// The request's instance of `link` in `slot`: created (or taken from the idle ones) on first use.
+async fn instance<'a>(slot: &'a mut Option<Live>, link: &Arc<LoadedMiddleware>) -> Result<&'a mut Live, FailureKind> {
+    if slot.is_none()
+        && link.reuse.is_some()
+        && let Some(live) = link.idle.take()
+    {
+        *slot = Some(live);
     }
+    if slot.is_none() {
+        let host = HostState::new(link.name.clone(), link.state.clone(), link.memory_limit as usize);
+        let mut store = link.runtime.store(host);
+        store.data_mut().deadline = Instant::now() + link.timeout;
+        let bindings = link.pre.instantiate_async(&mut store).await.map_err(|e| {
+            tracing::warn!(middleware = &*link.name, error = %format!("{e:#}"), "cannot instantiate");
+            FailureKind::Instantiate
+        })?;
+        *slot = Some(Live {
+            store,
+            bindings,
+            served: 0,
+            reusable: true,
+            home: link.reuse.is_some().then(|| link.clone()),
+        });
+    }
+    Ok(slot.as_mut().expect("just created"))
 }
 
 /// Applies one body call's result: `None` to go on to the next middleware.
@@ -391,11 +401,11 @@ fn failed(link: &LoadedMiddleware, kind: FailureKind) -> Option<Failure> {
 }
 
 /// The request as `names` lets this middleware see it (all headers when `None`).
-fn view(request: &Request, names: Option<&[String]>) -> Request {
+fn view<'a>(request: &'a Request, names: Option<&[String]>) -> Cow<'a, Request> {
     let Some(names) = names else {
-        return request.clone();
+        return Cow::Borrowed(request);
     };
-    Request {
+    Cow::Owned(Request {
         method: request.method.clone(),
         scheme: request.scheme.clone(),
         authority: request.authority.clone(),
@@ -409,7 +419,7 @@ fn view(request: &Request, names: Option<&[String]>) -> Request {
         client_addr: request.client_addr.clone(),
         route: request.route.clone(),
         context: request.context.clone(),
-    }
+    })
 }
 
 fn header_list(headers: &http::HeaderMap, names: Option<&[String]>) -> Vec<(String, Vec<u8>)> {
