@@ -17,6 +17,7 @@ fn main() {
         "middleware/Cargo.toml",
         "middleware/Cargo.lock",
         "middleware/sdk",
+        "middleware/builtin",
         "middleware/test",
     ] {
         println!("cargo:rerun-if-changed={watched}");
@@ -50,11 +51,32 @@ fn main() {
     }
 
     let components = target_dir.join("wasm32-wasip2").join("release");
-    let code = format!(
+    let mut code = format!(
         "/// The directory holding the middleware components this build compiled (`NAME.wasm`, with `-`\n\
          /// in crate names as `_`).\n\
          pub const COMPONENT_DIR: &str = {:?};\n",
         components.display().to_string()
     );
+
+    // Every crate in middleware/builtin/ is embedded in the binary as `builtin:<crate name>`.
+    let mut builtin: Vec<String> = std::fs::read_dir(root.join("middleware").join("builtin"))
+        .expect("read middleware/builtin")
+        .filter_map(|entry| entry.ok())
+        .filter(|entry| entry.path().join("Cargo.toml").is_file())
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .collect();
+    builtin.sort();
+    code.push_str("\n/// The names of the built-in middleware (`builtin:NAME`).\n");
+    code.push_str(&format!("pub const BUILTIN_NAMES: &[&str] = &{builtin:?};\n"));
+    code.push_str("\n/// The built-in middleware components embedded in this binary, by name.\n");
+    code.push_str("pub const BUILTIN: &[(&str, &[u8])] = &[\n");
+    for name in &builtin {
+        let wasm = components.join(format!("{}.wasm", name.replace('-', "_")));
+        code.push_str(&format!(
+            "    ({name:?}, include_bytes!({:?})),\n",
+            wasm.display().to_string()
+        ));
+    }
+    code.push_str("];\n");
     std::fs::write(out.join("artifacts.rs"), code).expect("write OUT_DIR/artifacts.rs");
 }

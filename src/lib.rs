@@ -8,12 +8,15 @@
 //! | phase            | pingora hook (`proxy::Sluice`)        | chain call                       |
 //! | ---------------- | ------------------------------------- | -------------------------------- |
 //! | route            | `request_filter`                      | —                                |
-//! | request headers  | `request_filter`                      | `Chain::on_request_headers`      |
-//! | request body     | `request_body_filter`                 | `Chain::on_request_body`         |
+//! | request headers  | `request_filter`                      | `ChainRun::on_request_headers`  |
+//! | request body     | `request_filter` → `proxy::buffered`  | `ChainRun::on_request_body`      |
 //! | upstream request | `upstream_request_filter`             | — (forwarding headers)           |
-//! | response headers | `response_filter`                     | `Chain::on_response_headers`     |
-//! | response body    | `response_body_filter`                | `Chain::on_response_body`        |
+//! | response headers | `response_filter`                     | `ChainRun::on_response_headers` |
+//! | response body    | `request_filter` → `proxy::buffered`  | `ChainRun::on_response_body`     |
 //! | errors           | `fail_to_proxy`                       | — (problem+json 502/504)         |
+//!
+//! A route whose chain declares a body phase is proxied by sluice itself from `request_filter`
+//! (`proxy::buffered`): the whole request body is decided before anything goes upstream.
 //!
 //! Everything that can be done at load (parsing config, building the route table, resolving
 //! targets) happens in [`chain::Snapshot::build`], off the request path.

@@ -1,5 +1,6 @@
 //! The Snapshot: routes, upstreams and chains built from one config, swapped in as one value.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -143,13 +144,18 @@ async fn load_middleware(
         ));
     }
     let component = mw.component.get_ref();
-    if component.starts_with("builtin:") {
-        return Err(at_component(format!(
-            "built-in middleware `{component}` is not available in this build yet"
-        )));
-    }
-    let path = config.base_dir().join(component);
-    let bytes = std::fs::read(&path).map_err(|e| at_component(format!("cannot read `{}`: {e}", path.display())))?;
+    let bytes: Cow<'static, [u8]> = match component.strip_prefix("builtin:") {
+        Some(builtin) => crate::artifacts::BUILTIN
+            .iter()
+            .find(|(name, _)| *name == builtin)
+            .map(|(_, bytes)| Cow::Borrowed(*bytes))
+            .ok_or_else(|| at_component(format!("unknown built-in middleware `{component}`")))?,
+        None => {
+            let path = config.base_dir().join(component);
+            let bytes = std::fs::read(&path);
+            Cow::Owned(bytes.map_err(|e| at_component(format!("cannot read `{}`: {e}", path.display())))?)
+        }
+    };
     let config_json = serde_json::to_string(mw.config.get_ref()).unwrap_or_else(|_| "{}".to_owned());
 
     let loaded = runtime

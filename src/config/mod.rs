@@ -35,7 +35,7 @@ pub use diagnostic::{ConfigError, ConfigErrors};
 pub use units::{ByteSize, Duration, HostPattern, ListenAddr, Method, PathPrefix, Target};
 
 /// Built-in middleware names, usable as `component = "builtin:<name>"`.
-pub const BUILTIN_MIDDLEWARE: &[&str] = &[];
+pub const BUILTIN_MIDDLEWARE: &[&str] = crate::artifacts::BUILTIN_NAMES;
 
 /// A whole, validated config file.
 #[derive(Debug)]

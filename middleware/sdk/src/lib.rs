@@ -122,6 +122,33 @@ impl Response {
     }
 }
 
+impl Response {
+    /// An RFC 9457 `application/problem+json` response: sluice's own error format.
+    pub fn problem(status: u16, title: &str, detail: &str) -> Self {
+        let body = serde_json::json!({
+            "type": "about:blank",
+            "title": title,
+            "status": status,
+            "detail": detail,
+        })
+        .to_string();
+        Response {
+            status,
+            headers: vec![
+                ("content-type".to_owned(), b"application/problem+json".to_vec()),
+                ("cache-control".to_owned(), b"no-store".to_vec()),
+            ],
+            body: body.into_bytes(),
+        }
+    }
+
+    /// This response with header `name: value` added.
+    pub fn with_header(mut self, name: &str, value: impl AsRef<[u8]>) -> Self {
+        self.headers.push((name.to_owned(), value.as_ref().to_vec()));
+        self
+    }
+}
+
 impl Request {
     /// The first value of header `name` (lowercase), if the component was given it.
     pub fn header(&self, name: &str) -> Option<&[u8]> {
