@@ -2,6 +2,7 @@
 # Installs what building and testing sluice needs and a fresh machine may lack.
 #
 #   scripts/setup.sh          # build + test prerequisites: cmake, the wasm32-wasip2 target, python3
+#                             # with PyJWT and cryptography
 #   scripts/setup.sh bench    # also nginx and wrk, for benches/load.sh
 #
 # Uses apt-get when running as root, pip for cmake otherwise; says what to install by hand when it
@@ -49,6 +50,18 @@ fi
 # python3: the tests run Python's http.server as an upstream sluice did not write.
 if ! command -v python3 >/dev/null; then
   apt_install python3 || { say "python3 is missing: install it (the tests use its http.server)"; exit 1; }
+fi
+
+# PyJWT and cryptography: tests/auth_jwt.rs checks sluice against tokens another JWT library signed.
+if ! python3 -c 'import jwt, cryptography' 2>/dev/null; then
+  say "installing PyJWT and cryptography for the JWT tests"
+  python3 -m pip install --quiet --disable-pip-version-check pyjwt cryptography 2>/dev/null \
+    || python3 -m pip install --quiet --disable-pip-version-check --user pyjwt cryptography 2>/dev/null \
+    || apt_install python3-jwt python3-cryptography \
+    || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages pyjwt cryptography \
+    || true
+  python3 -c 'import jwt, cryptography' 2>/dev/null \
+    || { say "cannot install PyJWT and cryptography for python3: pip install pyjwt cryptography"; exit 1; }
 fi
 
 if $want_bench; then

@@ -156,7 +156,8 @@ async fn load_middleware(
             Cow::Owned(bytes.map_err(|e| at_component(format!("cannot read `{}`: {e}", path.display())))?)
         }
     };
-    let config_json = serde_json::to_string(mw.config.get_ref()).unwrap_or_else(|_| "{}".to_owned());
+    let resolved = resolve_config(config, name, mw)?;
+    let config_json = serde_json::to_string(&resolved).unwrap_or_else(|_| "{}".to_owned());
 
     let loaded = runtime
         .load(name, &bytes, &config_json, state.clone(), mw.memory_limit.0)
@@ -202,4 +203,44 @@ async fn load_middleware(
         loaded_at: SystemTime::now(),
         cached: loaded.cached,
     })
+}
+
+/// A middleware's `config` with the host's indirections resolved, at the top level: `KEY-file` (a
+/// path relative to the config file) becomes `KEY` with the file's content, and `KEY-env` becomes
+/// `KEY` with that environment variable's value. The component itself never gets a file or the
+/// environment.
+fn resolve_config(config: &Config, name: &str, mw: &MiddlewareConfig) -> Result<toml::Table, ConfigError> {
+    let mut resolved = toml::Table::new();
+    for (key, value) in mw.config.get_ref() {
+        let error =
+            |message: String| config.error_at(mw.config.span(), format!("middleware.{name}.config.{key}"), message);
+        let (target, content) = if let Some(base) = key.strip_suffix("-file") {
+            let path = value
+                .as_str()
+                .ok_or_else(|| error(format!("`{key}` must be a path (a string)")))?;
+            let full = config.base_dir().join(path);
+            let content =
+                std::fs::read_to_string(&full).map_err(|e| error(format!("cannot read `{}`: {e}", full.display())))?;
+            (base, content)
+        } else if let Some(base) = key.strip_suffix("-env") {
+            let var = value
+                .as_str()
+                .ok_or_else(|| error(format!("`{key}` must name an environment variable (a string)")))?;
+            let content = std::env::var(var).map_err(|_| error(format!("environment variable `{var}` is not set")))?;
+            (base, content)
+        } else {
+            if resolved.contains_key(key) {
+                return Err(error(format!(
+                    "`{key}` is given twice (directly and through `-file` or `-env`)"
+                )));
+            }
+            resolved.insert(key.clone(), value.clone());
+            continue;
+        };
+        if resolved.contains_key(target) || mw.config.get_ref().contains_key(target) {
+            return Err(error(format!("give one of `{target}` and `{key}`")));
+        }
+        resolved.insert(target.to_owned(), toml::Value::String(content));
+    }
+    Ok(resolved)
 }

@@ -39,9 +39,23 @@ impl Sluice {
         Self::start_raw(&full, addr)
     }
 
+    /// Starts sluice with `config` (everything but `[server]`), with `env` set in its environment,
+    /// and the config file in `dir` (so relative `*-file` paths resolve there).
+    pub fn start_in(config: &str, dir: tempfile::TempDir, env: &[(&str, &str)]) -> Sluice {
+        let addr = free_addr();
+        let full = format!(
+            "[server]\nlisten = [\"{addr}\"]\nthreads = 2\ncache-dir = {:?}\n\n{config}",
+            shared_cache_dir().display().to_string()
+        );
+        Self::spawn(&full, addr, dir, env)
+    }
+
     /// Starts sluice with a whole config that listens on `addr`.
     pub fn start_raw(config: &str, addr: SocketAddr) -> Sluice {
-        let dir = tempfile::tempdir().unwrap();
+        Self::spawn(config, addr, tempfile::tempdir().unwrap(), &[])
+    }
+
+    fn spawn(config: &str, addr: SocketAddr, dir: tempfile::TempDir, env: &[(&str, &str)]) -> Sluice {
         let path = dir.path().join("sluice.toml");
         std::fs::write(&path, config).unwrap();
         let stderr = dir.path().join("stderr.log");
@@ -49,6 +63,7 @@ impl Sluice {
             .args(["run", "--config"])
             .arg(&path)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&stderr).unwrap())
             .spawn()
