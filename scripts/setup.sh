@@ -64,6 +64,21 @@ if ! python3 -c 'import jwt, cryptography' 2>/dev/null; then
     || { say "cannot install PyJWT and cryptography for python3: pip install pyjwt cryptography"; exit 1; }
 fi
 
+# The JSON-Schema-Test-Suite (schemas and cases sluice's authors did not write), for
+# tests/schema_validate.rs: python-jsonschema's source distribution on PyPI vendors it under json/.
+suite="$(cd "$(dirname "$0")/.." && pwd)/target/json-schema-test-suite"
+if [[ ! -d "$suite/tests/draft2020-12" ]]; then
+  say "fetching the JSON-Schema-Test-Suite (from the jsonschema 4.26.0 sdist on PyPI)"
+  tmp=$(mktemp -d)
+  python3 -m pip download --quiet --disable-pip-version-check --no-deps --no-binary :all: \
+    -d "$tmp" "jsonschema==4.26.0" \
+    || { say "cannot download the jsonschema sdist from PyPI (it carries the JSON-Schema-Test-Suite)"; exit 1; }
+  tar -xzf "$tmp"/jsonschema-4.26.0.tar.gz -C "$tmp"
+  mkdir -p "$suite"
+  cp -r "$tmp"/jsonschema-4.26.0/json/. "$suite"/
+  rm -rf "$tmp"
+fi
+
 if $want_bench; then
   missing=()
   command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] || missing+=(nginx)

@@ -79,7 +79,8 @@ impl Sluice {
     }
 
     fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
+        // Generous: a config with many uncached middleware compiles each (seconds apiece).
+        let deadline = Instant::now() + Duration::from_secs(300);
         while Instant::now() < deadline {
             if let Some(status) = self.child.try_wait().unwrap() {
                 panic!("sluice exited with {status} before serving:\n{}", self.stderr());
@@ -89,7 +90,7 @@ impl Sluice {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        panic!("sluice did not listen on {} within 20s:\n{}", self.addr, self.stderr());
+        panic!("sluice did not listen on {} within 300s:\n{}", self.addr, self.stderr());
     }
 
     pub fn url(&self, path: &str) -> String {
