@@ -105,6 +105,25 @@ async fn tokens_from_another_library_are_verified_and_bad_ones_rejected() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_supported_algorithm_verifies_and_only_when_allowed() {
+    let up = echo().await;
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = mint(dir.path());
+    let all = [
+        "HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
+    ];
+    let jwt = format!(
+        "config = {{ algorithms = {all:?}, secret-env = \"JWT_SECRET\", jwks-file = \"jwks-all.json\", audience = \"api\" }}"
+    );
+    let sluice = Sluice::start_in(&config(up.addr(), &jwt), dir, &[("JWT_SECRET", SECRET)]);
+    for alg in all {
+        let resp = call(&sluice, Some(&format!("Bearer {}", tokens[&format!("every/{alg}")]))).await;
+        assert_eq!(resp.status(), 200, "{alg}");
+    }
+    assert_eq!(up.requests(), all.len() as u64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pem_public_key_file_and_claims_in_the_context() {
     let up = echo().await;
     let dir = tempfile::tempdir().unwrap();

@@ -4,8 +4,9 @@ does not use, so the tests check sluice against tokens it did not mint itself.
 
     python3 tests/jwt/sign.py OUTDIR
 
-Writes OUTDIR/jwks.json (RSA `rsa-1`, EC P-256 `ec-1`), OUTDIR/rsa.pem and OUTDIR/ed25519.pem
-(public keys, PEM), and OUTDIR/tokens.json: {name: token}.
+Writes OUTDIR/jwks.json (RSA `rsa-1`, EC P-256 `ec-1`), OUTDIR/jwks-all.json (those, EC P-384
+`ec-384` and Ed25519 `ed-1`), OUTDIR/rsa.pem and OUTDIR/ed25519.pem (public keys, PEM), and
+OUTDIR/tokens.json: {name: token}, with `every/<ALG>` a valid token for each algorithm.
 """
 import base64
 import hashlib
@@ -28,6 +29,7 @@ now = int(time.time())
 rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 other_rsa = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 ec_key = ec.generate_private_key(ec.SECP256R1())
+ec384_key = ec.generate_private_key(ec.SECP384R1())
 ed_key = ed25519.Ed25519PrivateKey.generate()
 
 
@@ -47,8 +49,14 @@ rsa_jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(rsa_key.public_key()))
 rsa_jwk.update(kid="rsa-1", use="sig")
 ec_jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(ec_key.public_key()))
 ec_jwk.update(kid="ec-1", use="sig", alg="ES256")
+ec384_jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(ec384_key.public_key()))
+ec384_jwk.update(kid="ec-384", use="sig", alg="ES384")
+ed_jwk = json.loads(jwt.algorithms.OKPAlgorithm.to_jwk(ed_key.public_key()))
+ed_jwk.update(kid="ed-1", use="sig")
 with open(f"{out}/jwks.json", "w") as f:
     json.dump({"keys": [rsa_jwk, ec_jwk]}, f)
+with open(f"{out}/jwks-all.json", "w") as f:
+    json.dump({"keys": [rsa_jwk, ec_jwk, ec384_jwk, ed_jwk]}, f)
 
 
 def claims(**changes):
@@ -86,5 +94,16 @@ tokens = {
     "alg_none": jwt.encode(claims(), None, algorithm="none"),
     "confusion": hs256_with(rsa_pem, claims()),
 }
+# One valid token per algorithm sluice supports, keys from jwks-all.json (HMAC: SECRET).
+signers = {
+    "HS256": (SECRET, None), "HS384": (SECRET, None), "HS512": (SECRET, None),
+    "RS256": (rsa_key, "rsa-1"), "RS384": (rsa_key, "rsa-1"), "RS512": (rsa_key, "rsa-1"),
+    "PS256": (rsa_key, "rsa-1"), "PS384": (rsa_key, "rsa-1"), "PS512": (rsa_key, "rsa-1"),
+    "ES256": (ec_key, "ec-1"), "ES384": (ec384_key, "ec-384"), "EdDSA": (ed_key, "ed-1"),
+}
+for alg, (key, kid) in signers.items():
+    headers = {"kid": kid} if kid else None
+    tokens[f"every/{alg}"] = jwt.encode(claims(), key, algorithm=alg, headers=headers)
+
 with open(f"{out}/tokens.json", "w") as f:
     json.dump(tokens, f)
