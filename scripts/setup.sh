@@ -2,7 +2,7 @@
 # Installs what building and testing sluice needs and a fresh machine may lack.
 #
 #   scripts/setup.sh          # build + test prerequisites: cmake, the wasm32-wasip2 target, python3
-#                             # with PyJWT and cryptography
+#                             # with PyJWT, cryptography and Faker, the JSON-Schema-Test-Suite
 #   scripts/setup.sh bench    # also nginx and wrk, for benches/load.sh
 #
 # Uses apt-get when running as root, pip for cmake otherwise; says what to install by hand when it
@@ -52,16 +52,18 @@ if ! command -v python3 >/dev/null; then
   apt_install python3 || { say "python3 is missing: install it (the tests use its http.server)"; exit 1; }
 fi
 
-# PyJWT and cryptography: tests/auth_jwt.rs checks sluice against tokens another JWT library signed.
-if ! python3 -c 'import jwt, cryptography' 2>/dev/null; then
-  say "installing PyJWT and cryptography for the JWT tests"
-  python3 -m pip install --quiet --disable-pip-version-check pyjwt cryptography 2>/dev/null \
-    || python3 -m pip install --quiet --disable-pip-version-check --user pyjwt cryptography 2>/dev/null \
-    || apt_install python3-jwt python3-cryptography \
-    || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages pyjwt cryptography \
+# Independent artifacts for the built-in middleware tests: PyJWT and cryptography sign the tokens
+# tests/auth_jwt.rs checks, Faker generates the personal data tests/redact.rs masks.
+if ! python3 -c 'import jwt, cryptography, faker' 2>/dev/null; then
+  say "installing PyJWT, cryptography and Faker for python3"
+  pkgs=(pyjwt cryptography faker)
+  python3 -m pip install --quiet --disable-pip-version-check "${pkgs[@]}" 2>/dev/null \
+    || python3 -m pip install --quiet --disable-pip-version-check --user "${pkgs[@]}" 2>/dev/null \
+    || apt_install python3-jwt python3-cryptography python3-faker \
+    || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages "${pkgs[@]}" \
     || true
-  python3 -c 'import jwt, cryptography' 2>/dev/null \
-    || { say "cannot install PyJWT and cryptography for python3: pip install pyjwt cryptography"; exit 1; }
+  python3 -c 'import jwt, cryptography, faker' 2>/dev/null \
+    || { say "cannot install them: pip install pyjwt cryptography faker"; exit 1; }
 fi
 
 # The JSON-Schema-Test-Suite (schemas and cases sluice's authors did not write), for
