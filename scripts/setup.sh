@@ -53,17 +53,18 @@ if ! command -v python3 >/dev/null; then
 fi
 
 # Independent artifacts for the built-in middleware tests: PyJWT and cryptography sign the tokens
-# tests/auth_jwt.rs checks, Faker generates the personal data tests/redact.rs masks.
-if ! python3 -c 'import jwt, cryptography, faker' 2>/dev/null; then
-  say "installing PyJWT, cryptography and Faker for python3"
-  pkgs=(pyjwt cryptography faker)
+# tests/auth_jwt.rs checks, Faker generates the personal data tests/redact.rs masks, Python's
+# jsonschema gives the verdicts tests/schema_validate.rs compares with.
+if ! python3 -c 'import jwt, cryptography, faker, jsonschema' 2>/dev/null; then
+  say "installing PyJWT, cryptography, Faker and jsonschema for python3"
+  pkgs=(pyjwt cryptography faker jsonschema)
   python3 -m pip install --quiet --disable-pip-version-check "${pkgs[@]}" 2>/dev/null \
     || python3 -m pip install --quiet --disable-pip-version-check --user "${pkgs[@]}" 2>/dev/null \
-    || apt_install python3-jwt python3-cryptography python3-faker \
+    || apt_install python3-jwt python3-cryptography python3-faker python3-jsonschema \
     || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages "${pkgs[@]}" \
     || true
-  python3 -c 'import jwt, cryptography, faker' 2>/dev/null \
-    || { say "cannot install them: pip install pyjwt cryptography faker"; exit 1; }
+  python3 -c 'import jwt, cryptography, faker, jsonschema' 2>/dev/null \
+    || { say "cannot install them: pip install pyjwt cryptography faker jsonschema"; exit 1; }
 fi
 
 # The JSON-Schema-Test-Suite (schemas and cases sluice's authors did not write), for

@@ -213,3 +213,62 @@ async fn the_json_schema_test_suite_cases_pass() {
         wrong.join("\n")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verdicts_agree_with_python_jsonschema_on_generated_instances() {
+    let up = echo().await;
+    let dir = tempfile::tempdir().unwrap();
+    let schema = repo_root().join("tests/schema/order.json");
+    std::fs::copy(&schema, dir.path().join("order.json")).unwrap();
+    let cases_path = dir.path().join("cases.json");
+    let out = std::process::Command::new("python3")
+        .arg(repo_root().join("tests/schema/differential.py"))
+        .args([schema.as_os_str(), cases_path.as_os_str()])
+        .args(["400", "7"])
+        .output()
+        .expect("run python3");
+    assert!(
+        out.status.success(),
+        "tests/schema/differential.py failed (jsonschema comes from scripts/setup.sh):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cases: Vec<Value> = serde_json::from_slice(&std::fs::read(&cases_path).unwrap()).unwrap();
+    let cfg = config(
+        up.addr(),
+        "[middleware.orders]\ncomponent = \"builtin:schema-validate\"\nconfig = { schema-file = \"order.json\" }\n",
+        "[[route]]\nname = \"orders\"\nupstream = \"u\"\nmiddleware = [\"orders\"]\n",
+    );
+    let sluice = Sluice::start_in(&cfg, dir, &[]);
+    let client = client();
+    let (mut valid, mut disagreements) = (0, Vec::new());
+    for case in &cases {
+        let python_valid = case["valid"].as_bool().unwrap();
+        valid += usize::from(python_valid);
+        let status = client
+            .post(sluice.url("/"))
+            .header("content-type", "application/json")
+            .body(case["instance"].to_string())
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16();
+        if status != if python_valid { 200 } else { 400 } {
+            disagreements.push(format!(
+                "{} -> {status}, python says valid={python_valid}",
+                case["instance"]
+            ));
+        }
+    }
+    assert!(
+        valid > 20 && cases.len() - valid > 20,
+        "{valid} of {} valid: the generator should produce both",
+        cases.len()
+    );
+    assert!(
+        disagreements.is_empty(),
+        "{} disagreements:\n{}",
+        disagreements.len(),
+        disagreements.join("\n")
+    );
+}
