@@ -13,16 +13,7 @@ const SECRET: &str = "test-hmac-secret-of-32-bytes-ok!";
 
 /// Fresh keys and tokens from PyJWT, in `dir`.
 fn mint(dir: &Path) -> HashMap<String, String> {
-    let out = std::process::Command::new("python3")
-        .arg(repo_root().join("tests/jwt/sign.py"))
-        .arg(dir)
-        .output()
-        .expect("run python3");
-    assert!(
-        out.status.success(),
-        "tests/jwt/sign.py failed (PyJWT and cryptography come from scripts/setup.sh):\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    python("jwt/sign.py", &[dir.as_os_str()]);
     serde_json::from_slice(&std::fs::read(dir.join("tokens.json")).unwrap()).unwrap()
 }
 

@@ -19,13 +19,6 @@ fn config(upstream: std::net::SocketAddr, chain: &[&str], max_body: &str, middle
     )
 }
 
-fn stamp(name: &str, phases: &str) -> String {
-    format!(
-        "[middleware.{name}]\ncomponent = {:?}\nconfig = {{ name = \"{name}\", phases = [{phases}] }}\n",
-        component("stamp")
-    )
-}
-
 const ALL_PHASES: &str = "\"request-headers\", \"request-body\", \"response-headers\", \"response-body\"";
 
 /// A body streamed in `chunks` pieces of `size` bytes: reqwest sends it chunked, with no length.

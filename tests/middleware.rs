@@ -16,13 +16,6 @@ fn config(upstream: std::net::SocketAddr, chain: &[&str], middleware: &str) -> S
     )
 }
 
-fn stamp(name: &str, phases: &str) -> String {
-    format!(
-        "[middleware.{name}]\ncomponent = {:?}\nconfig = {{ name = \"{name}\", phases = [{phases}] }}\n",
-        component("stamp")
-    )
-}
-
 const HEADER_PHASES: &str = "\"request-headers\", \"response-headers\"";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -18,17 +18,7 @@ fn config(upstream: std::net::SocketAddr, redact: &str) -> String {
 fn generate(seed: u32) -> (String, Vec<String>, Vec<String>) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("pii.json");
-    let out = std::process::Command::new("python3")
-        .arg(repo_root().join("tests/redact/pii.py"))
-        .arg(&path)
-        .arg(seed.to_string())
-        .output()
-        .expect("run python3");
-    assert!(
-        out.status.success(),
-        "tests/redact/pii.py failed (Faker comes from scripts/setup.sh):\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    python("redact/pii.py", &[path.as_os_str(), seed.to_string().as_ref()]);
     let all: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
     let strings = |key: &str| -> Vec<String> {
         all[key]

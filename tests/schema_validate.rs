@@ -221,16 +221,9 @@ async fn verdicts_agree_with_python_jsonschema_on_generated_instances() {
     let schema = repo_root().join("tests/schema/order.json");
     std::fs::copy(&schema, dir.path().join("order.json")).unwrap();
     let cases_path = dir.path().join("cases.json");
-    let out = std::process::Command::new("python3")
-        .arg(repo_root().join("tests/schema/differential.py"))
-        .args([schema.as_os_str(), cases_path.as_os_str()])
-        .args(["400", "7"])
-        .output()
-        .expect("run python3");
-    assert!(
-        out.status.success(),
-        "tests/schema/differential.py failed (jsonschema comes from scripts/setup.sh):\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    python(
+        "schema/differential.py",
+        &[schema.as_os_str(), cases_path.as_os_str(), "400".as_ref(), "7".as_ref()],
     );
     let cases: Vec<Value> = serde_json::from_slice(&std::fs::read(&cases_path).unwrap()).unwrap();
     let cfg = config(

@@ -192,14 +192,16 @@ impl Runtime {
         let (component, registration, cached) = match self.cache.get(&self.engine, &key) {
             Some((component, registration)) => (component, registration, true),
             None => {
-                let mut host = HostState::new(name.into(), state, memory_limit.min(MAX_MEMORY) as usize);
-                host.deadline = Instant::now() + INIT_TIMEOUT;
+                let host = HostState::new(name.into(), state, memory_limit.min(MAX_MEMORY) as usize);
                 let mut store = self.store(host);
                 let mut wizer = wasmtime_wizer::Wizer::new();
                 wizer.init_func(format!("init({})", wave_string(config_json)));
                 let linker = &self.linker;
                 let (snapshot, results) = wizer
                     .run_component(&mut store, bytes, async |store, component| {
+                        // wizer has compiled the component by now (seconds for a large one): the
+                        // deadline covers instantiation and `init` only.
+                        store.data_mut().deadline = Instant::now() + INIT_TIMEOUT;
                         linker.instantiate_async(store, component).await
                     })
                     .await

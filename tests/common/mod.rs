@@ -182,3 +182,27 @@ pub async fn echoed(client: &reqwest::Client, url: &str) -> serde_json::Value {
 pub fn served_by(echo: &EchoServer) -> String {
     format!("echo@{}", echo.addr())
 }
+
+/// A `[middleware.NAME]` section running the `stamp` test component in `phases` (a TOML list body,
+/// e.g. `"\"request-headers\", \"response-headers\""`).
+pub fn stamp(name: &str, phases: &str) -> String {
+    format!(
+        "[middleware.{name}]\ncomponent = {:?}\nconfig = {{ name = \"{name}\", phases = [{phases}] }}\n",
+        component("stamp")
+    )
+}
+
+/// Runs one of the tests' Python helpers (`tests/<script>`) with `args`; panics with its stderr
+/// and where its packages come from when it fails.
+pub fn python(script: &str, args: &[&std::ffi::OsStr]) {
+    let out = Command::new("python3")
+        .arg(repo_root().join("tests").join(script))
+        .args(args)
+        .output()
+        .expect("run python3");
+    assert!(
+        out.status.success(),
+        "tests/{script} failed (its Python packages come from scripts/setup.sh):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

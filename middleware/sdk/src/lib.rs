@@ -149,6 +149,19 @@ impl Response {
     }
 }
 
+/// Whether `media_type` (lowercase, without parameters) is one of `accepted`, where `*` in an
+/// entry matches any run of characters: `application/*+json` matches `application/problem+json`.
+pub fn media_type_matches(accepted: &[String], media_type: &str) -> bool {
+    accepted.iter().any(|a| match a.split_once('*') {
+        Some((prefix, suffix)) => {
+            media_type.len() > prefix.len() + suffix.len()
+                && media_type.starts_with(prefix)
+                && media_type.ends_with(suffix)
+        }
+        None => a == media_type,
+    })
+}
+
 impl Request {
     /// The first value of header `name` (lowercase), if the component was given it.
     pub fn header(&self, name: &str) -> Option<&[u8]> {

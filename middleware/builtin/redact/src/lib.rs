@@ -150,7 +150,7 @@ impl Middleware for Redact {
                 .map(|v| v.trim().to_ascii_lowercase())
         };
         let media_type = header("content-type").map(|ct| ct.split(';').next().unwrap_or("").trim().to_owned());
-        let Some(media_type) = media_type.filter(|mt| matches(&self.content_types, mt)) else {
+        let Some(media_type) = media_type.filter(|mt| media_type_matches(&self.content_types, mt)) else {
             return BodyDecision::Next;
         };
         let gzip = match header("content-encoding").as_deref() {
@@ -245,18 +245,6 @@ impl Redact {
             _ => {}
         }
     }
-}
-
-/// Whether `media_type` is one of `accepted` (`*` matches any run of characters).
-fn matches(accepted: &[String], media_type: &str) -> bool {
-    accepted.iter().any(|a| match a.split_once('*') {
-        Some((prefix, suffix)) => {
-            media_type.len() > prefix.len() + suffix.len()
-                && media_type.starts_with(prefix)
-                && media_type.ends_with(suffix)
-        }
-        None => a == media_type,
-    })
 }
 
 export_middleware!(Redact);

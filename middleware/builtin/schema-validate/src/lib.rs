@@ -67,7 +67,10 @@ impl Middleware for SchemaValidate {
             .header("content-type")
             .and_then(|v| std::str::from_utf8(v).ok())
             .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase());
-        if !content_type.as_deref().is_some_and(|ct| self.accepts(ct)) {
+        if !content_type
+            .as_deref()
+            .is_some_and(|ct| media_type_matches(&self.content_types, ct))
+        {
             let detail = format!(
                 "the request body must be {} (got {})",
                 self.content_types.join(" or "),
@@ -116,21 +119,6 @@ impl Middleware for SchemaValidate {
             ],
             body: body.to_string().into_bytes(),
         })
-    }
-}
-
-impl SchemaValidate {
-    fn accepts(&self, content_type: &str) -> bool {
-        self.content_types
-            .iter()
-            .any(|accepted| match accepted.split_once('*') {
-                Some((prefix, suffix)) => {
-                    content_type.len() > prefix.len() + suffix.len()
-                        && content_type.starts_with(prefix)
-                        && content_type.ends_with(suffix)
-                }
-                None => accepted == content_type,
-            })
     }
 }
 
