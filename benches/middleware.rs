@@ -91,56 +91,34 @@ fn per_request(c: &mut Criterion) {
         .unwrap();
     let cache = tempfile::tempdir().unwrap();
     let runtime = Runtime::new(cache.path().to_owned()).unwrap();
-    let header_phases = r#""phases":["request-headers","response-headers"]"#;
-    let stamps: Vec<_> = ["a", "b", "c", "d"]
-        .iter()
-        .map(|n| {
-            link(
-                &rt,
-                &runtime,
-                n,
-                "stamp",
-                &format!(r#"{{"name":"{n}",{header_phases}}}"#),
-                None,
-            )
-        })
-        .collect();
+    // Four `stamp` middleware (header phases), with fresh or reused instances.
+    let stamps = |reuse: Option<Reuse>| -> Vec<_> {
+        ["a", "b", "c", "d"]
+            .iter()
+            .map(|n| {
+                let config = format!(r#"{{"name":"{n}","phases":["request-headers","response-headers"]}}"#);
+                link(&rt, &runtime, n, "stamp", &config, reuse)
+            })
+            .collect()
+    };
+    let fresh = stamps(None);
 
     let mut group = c.benchmark_group("middleware");
     let empty = Chain::empty();
     group.bench_function("empty-chain", |b| b.iter(|| one_request(&rt, &empty)));
-    let trivial = Chain::new(vec![stamps[0].clone()]);
+    let trivial = Chain::new(vec![fresh[0].clone()]);
     group.bench_function("trivial", |b| b.iter(|| one_request(&rt, &trivial)));
-    let four = Chain::new(stamps.clone());
+    let four = Chain::new(fresh.clone());
     group.bench_function("chain-of-4", |b| b.iter(|| one_request(&rt, &four)));
 
     let reuse = Some(Reuse {
         max_requests: u32::MAX,
         max_memory: 64 << 20,
     });
-    let trivial_reused = Chain::new(vec![link(
-        &rt,
-        &runtime,
-        "a-reused",
-        "stamp",
-        &format!(r#"{{"name":"a",{header_phases}}}"#),
-        reuse,
-    )]);
+    let reused = stamps(reuse);
+    let trivial_reused = Chain::new(vec![reused[0].clone()]);
     group.bench_function("trivial/reused", |b| b.iter(|| one_request(&rt, &trivial_reused)));
-    let four_reused: Vec<_> = ["a", "b", "c", "d"]
-        .iter()
-        .map(|n| {
-            link(
-                &rt,
-                &runtime,
-                n,
-                "stamp",
-                &format!(r#"{{"name":"{n}",{header_phases}}}"#),
-                reuse,
-            )
-        })
-        .collect();
-    let four_reused = Chain::new(four_reused);
+    let four_reused = Chain::new(reused);
     group.bench_function("chain-of-4/reused", |b| b.iter(|| one_request(&rt, &four_reused)));
 
     let regex = Chain::new(vec![link(&rt, &runtime, "re", "regex_init", "{}", None)]);
