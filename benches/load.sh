@@ -5,7 +5,14 @@
 #   3. sluice (empty middleware chain) in front of the same upstream      — the subject
 #   4. sluice with a chain of 4 trivial Wasm middleware (header phases)   — the chain's cost
 #   5. the same chain with `reuse` (idle instances serve the next request) — what reuse saves
-# and prints req/s, latency, the sluice / nginx ratio and the chain / empty-chain ratio.
+# and, with `POST /orders` (an HS256 bearer token, a 1 KiB JSON order; the upstream answers an
+# 842-byte JSON page of customer records full of PII; benches/data/):
+#   6. nginx proxy_pass                                                   — the baseline
+#   7. sluice, empty chain                                                — the subject
+#   8. sluice with the four built-ins: auth-jwt (HS256), rate-limit (never limiting: its state
+#      round trip is what counts), schema-validate (the order), redact (the customers)
+#   9. the same four with `reuse`
+# and prints req/s, latency, the sluice / nginx ratio and the chain / empty-chain ratios.
 #
 #   make bench                    # installs nginx and wrk if missing, builds release, runs
 #   DURATION=30s CONNS=64 benches/load.sh
@@ -67,7 +74,11 @@ CONF
   "$nginx_bin" -p "$work" -c "$work/$1.conf"
 }
 
-nginx_conf upstream 1 "server { listen 127.0.0.1:$UPSTREAM_PORT; location / { default_type text/plain; return 200 'sixty bytes of fixed response body for the load benchmark!!\n'; } }"
+data="$root/benches/data"
+customers=$(tr -d '\n' <"$data/customers.json")
+nginx_conf upstream 1 "server { listen 127.0.0.1:$UPSTREAM_PORT;
+    location / { default_type text/plain; return 200 'sixty bytes of fixed response body for the load benchmark!!\n'; }
+    location /orders { default_type application/json; return 200 '$customers'; } }"
 nginx_conf proxy "$PROXY_WORKERS" "upstream up { server 127.0.0.1:$UPSTREAM_PORT; keepalive 64; }
   server { listen 127.0.0.1:$NGINX_PORT; location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }"
 
@@ -83,6 +94,40 @@ targets = ["127.0.0.1:$UPSTREAM_PORT"]
 name = "empty-chain"
 upstream = "up"
 CONF
+# The four built-ins, once with fresh instances and once reused.
+secret="a 32-byte secret for HS256 tokens"
+for mode in fresh reused; do
+  reuse=""
+  [[ $mode == reused ]] && reuse="reuse = { max-requests = 10000 }"
+  cat >> "$work/sluice.toml" <<CONF
+
+[middleware.jwt-$mode]
+component = "builtin:auth-jwt"
+config = { algorithms = ["HS256"], secret = "$secret", issuer = "https://id.example.com", audience = "orders", forward-claims = { sub = "x-user-id" } }
+$reuse
+
+[middleware.limit-$mode]
+component = "builtin:rate-limit"
+config = { key = "client-ip", rate = 1000000000, per = "1s", burst = 1000000000 }
+$reuse
+
+[middleware.schema-$mode]
+component = "builtin:schema-validate"
+config = { schema-file = "$data/order.schema.json" }
+$reuse
+
+[middleware.redact-$mode]
+component = "builtin:redact"
+config = { patterns = ["email", "credit-card", "phone", "ipv4", "ipv6"], json-fields = ["password"] }
+$reuse
+
+[[route]]
+name = "orders-$mode"
+path-prefix = "/orders/$mode"
+upstream = "up"
+middleware = ["jwt-$mode", "limit-$mode", "schema-$mode", "redact-$mode"]
+CONF
+done
 for i in 1 2 3 4; do
   cat >> "$work/sluice.toml" <<CONF
 
@@ -128,10 +173,41 @@ for url in "$UPSTREAM_PORT/" "$NGINX_PORT/" "$SLUICE_PORT/" "$SLUICE_PORT/chain/
   [[ ${#body} -eq 59 ]] || { echo "load.sh: unexpected body from $url: $body" >&2; exit 1; }
 done
 
-measure() { # port/path -> "req/s p50 p99"
-  wrk -t"$WRK_THREADS" -c"$CONNS" -d"$WARMUP" "http://127.0.0.1:$1" >/dev/null
+# POST /orders: an HS256 token signed here (python's hmac, not sluice's JWT library), the order.
+token=$(SECRET="$secret" python3 - <<'PY'
+import base64, hashlib, hmac, json, os, time
+b64 = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+claims = {"sub": "bench", "iss": "https://id.example.com", "aud": "orders", "exp": int(time.time()) + 86400}
+signing = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode()) + "." + b64(json.dumps(claims).encode())
+print(signing + "." + b64(hmac.new(os.environ["SECRET"].encode(), signing.encode(), hashlib.sha256).digest()))
+PY
+)
+cat > "$work/orders.lua" <<LUA
+wrk.method = "POST"
+wrk.body = io.open("$data/order.json"):read("*a")
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer $token"
+LUA
+post() { curl -fsS -H 'content-type: application/json' -H "authorization: Bearer $token" --data-binary "@$data/order.json" "http://127.0.0.1:$1"; }
+for url in "$NGINX_PORT/orders" "$SLUICE_PORT/orders/empty"; do
+  [[ $(post "$url") == "$customers" ]] || { echo "load.sh: $url did not answer the customers page" >&2; exit 1; }
+done
+for mode in fresh reused; do
+  redacted=$(post "$SLUICE_PORT/orders/$mode")
+  if grep -q "grace.hopper@example.org\|hunter2\|4111 1111" <<<"$redacted" || ! python3 -c 'import json,sys; json.loads(sys.argv[1])' "$redacted"; then
+    echo "load.sh: /orders/$mode is not redacted JSON: $redacted" >&2; exit 1
+  fi
+done
+# The chain must be doing its work: without the token, auth-jwt answers 401.
+status=$(curl -s -o /dev/null -w '%{http_code}' --data-binary "@$data/order.json" -H 'content-type: application/json' "http://127.0.0.1:$SLUICE_PORT/orders/fresh")
+[[ $status == 401 ]] || { echo "load.sh: /orders/fresh without a token answered $status, not 401" >&2; exit 1; }
+
+measure() { # port/path [wrk script] -> "req/s p50 p99"
+  local script=()
+  [[ -n ${2:-} ]] && script=(-s "$2")
+  wrk -t"$WRK_THREADS" -c"$CONNS" -d"$WARMUP" "${script[@]}" "http://127.0.0.1:$1" >/dev/null
   local out
-  out=$(wrk -t"$WRK_THREADS" -c"$CONNS" -d"$DURATION" --latency "http://127.0.0.1:$1")
+  out=$(wrk -t"$WRK_THREADS" -c"$CONNS" -d"$DURATION" --latency "${script[@]}" "http://127.0.0.1:$1")
   if grep -q "Non-2xx" <<<"$out"; then echo "load.sh: $1 answered non-2xx:" >&2; echo "$out" >&2; exit 1; fi
   awk '/^Requests\/sec/ {r=$2} $1 == "50%" {p50=$2} $1 == "99%" {p99=$2} END {print r, p50, p99}' <<<"$out"
 }
@@ -141,11 +217,14 @@ median_row() { # rows of "req/s p50 p99" on stdin -> the row with the median req
 }
 
 declare -A results
-labels=("upstream (direct)" "nginx proxy_pass" "sluice (empty chain)" "sluice (4 Wasm middleware)" "sluice (4, reused instances)")
-ports=("$UPSTREAM_PORT/" "$NGINX_PORT/" "$SLUICE_PORT/" "$SLUICE_PORT/chain/" "$SLUICE_PORT/reused/")
+labels=("upstream (direct)" "nginx proxy_pass" "sluice (empty chain)" "sluice (4 Wasm middleware)" "sluice (4, reused instances)"
+  "POST: nginx proxy_pass" "POST: sluice (empty chain)" "POST: sluice (4 built-ins)" "POST: sluice (4 built-ins, reused)")
+ports=("$UPSTREAM_PORT/" "$NGINX_PORT/" "$SLUICE_PORT/" "$SLUICE_PORT/chain/" "$SLUICE_PORT/reused/"
+  "$NGINX_PORT/orders" "$SLUICE_PORT/orders/empty" "$SLUICE_PORT/orders/fresh" "$SLUICE_PORT/orders/reused")
+scripts=("" "" "" "" "" "$work/orders.lua" "$work/orders.lua" "$work/orders.lua" "$work/orders.lua")
 for round in $(seq "$ROUNDS"); do
   for i in "${!labels[@]}"; do
-    row=$(measure "${ports[$i]}")
+    row=$(measure "${ports[$i]}" "${scripts[$i]}")
     echo "round $round: ${labels[$i]}: $row" >&2
     results[$i]+="$row"$'\n'
   done
@@ -153,13 +232,16 @@ done
 
 echo
 echo "wrk -t$WRK_THREADS -c$CONNS -d$DURATION, median of $ROUNDS rounds, proxies with $PROXY_WORKERS workers, $(nproc) cores"
-printf '%-30s %12s %10s %10s\n' "target" "req/s" "p50" "p99"
+printf '%-36s %12s %10s %10s\n' "target" "req/s" "p50" "p99"
 for i in "${!labels[@]}"; do
   read -r rps p50 p99 < <(printf '%s' "${results[$i]}" | median_row)
-  printf '%-30s %12s %10s %10s\n' "${labels[$i]}" "$rps" "$p50" "$p99"
+  printf '%-36s %12s %10s %10s\n' "${labels[$i]}" "$rps" "$p50" "$p99"
   medians[$i]=$rps
 done
 echo
 awk -v s="${medians[2]}" -v n="${medians[1]}" 'BEGIN { printf "sluice / nginx proxy_pass = %.2fx (medians)\n", s / n }'
 awk -v c="${medians[3]}" -v e="${medians[2]}" 'BEGIN { printf "4-middleware chain / empty chain = %.2fx (medians)\n", c / e }'
 awk -v c="${medians[4]}" -v e="${medians[2]}" 'BEGIN { printf "4-middleware chain, reused / empty chain = %.2fx (medians)\n", c / e }'
+awk -v s="${medians[6]}" -v n="${medians[5]}" 'BEGIN { printf "POST: sluice / nginx proxy_pass = %.2fx (medians)\n", s / n }'
+awk -v c="${medians[7]}" -v e="${medians[6]}" 'BEGIN { printf "POST: 4 built-ins / empty chain = %.2fx (medians)\n", c / e }'
+awk -v c="${medians[8]}" -v e="${medians[6]}" 'BEGIN { printf "POST: 4 built-ins, reused / empty chain = %.2fx (medians)\n", c / e }'

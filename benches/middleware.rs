@@ -13,51 +13,18 @@
 //! - `regex-init/init-per-request`: the same component instantiated without the snapshot, running
 //!   `init` on every request (what fresh instances would cost without pre-initialization).
 
-use std::path::Path;
-use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+mod common;
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{REUSE, current_thread, link, test_component};
 use criterion::{Criterion, criterion_group, criterion_main};
 use pingora::http::{RequestHeader, ResponseHeader};
-use sluice::chain::{Chain, ChainRun, IdleInstances, LoadedMiddleware, Reuse, request_view};
-use sluice::config::OnError;
+use sluice::chain::{Chain, ChainRun, Reuse, request_view};
 use sluice::runtime::Runtime;
 use sluice::runtime::host::HostState;
 use sluice::state::{MemoryState, StateBackend};
-
-fn bytes(name: &str) -> Vec<u8> {
-    std::fs::read(Path::new(sluice::artifacts::COMPONENT_DIR).join(format!("{name}.wasm"))).expect("built component")
-}
-
-fn link(
-    rt: &tokio::runtime::Runtime,
-    runtime: &Arc<Runtime>,
-    name: &str,
-    component: &str,
-    config: &str,
-    reuse: Option<Reuse>,
-) -> Arc<LoadedMiddleware> {
-    let state: Arc<dyn StateBackend> = Arc::new(MemoryState::default());
-    let loaded = rt
-        .block_on(runtime.load(name, &bytes(component), config, state.clone(), 64 << 20))
-        .expect("loads");
-    Arc::new(LoadedMiddleware {
-        name: name.into(),
-        version: None,
-        digest: loaded.digest,
-        registration: loaded.registration,
-        pre: loaded.pre,
-        timeout: Duration::from_secs(1),
-        memory_limit: 64 << 20,
-        on_error: OnError::Deny,
-        state,
-        runtime: runtime.clone(),
-        reuse,
-        idle: IdleInstances::default(),
-        loaded_at: SystemTime::now(),
-        cached: loaded.cached,
-    })
-}
 
 fn request() -> RequestHeader {
     let mut req = RequestHeader::build("GET", b"/api/v3/users/42/profile", None).unwrap();
@@ -85,19 +52,18 @@ fn one_request(rt: &tokio::runtime::Runtime, chain: &Chain) {
 }
 
 fn per_request(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = current_thread();
     let cache = tempfile::tempdir().unwrap();
     let runtime = Runtime::new(cache.path().to_owned()).unwrap();
+    let stamp = test_component("stamp");
+    let regex_wasm = test_component("regex_init");
     // Four `stamp` middleware (header phases), with fresh or reused instances.
     let stamps = |reuse: Option<Reuse>| -> Vec<_> {
         ["a", "b", "c", "d"]
             .iter()
             .map(|n| {
                 let config = format!(r#"{{"name":"{n}","phases":["request-headers","response-headers"]}}"#);
-                link(&rt, &runtime, n, "stamp", &config, reuse)
+                link(&rt, &runtime, n, &stamp, &config, reuse)
             })
             .collect()
     };
@@ -111,23 +77,19 @@ fn per_request(c: &mut Criterion) {
     let four = Chain::new(fresh.clone());
     group.bench_function("chain-of-4", |b| b.iter(|| one_request(&rt, &four)));
 
-    let reuse = Some(Reuse {
-        max_requests: u32::MAX,
-        max_memory: 64 << 20,
-    });
-    let reused = stamps(reuse);
+    let reused = stamps(REUSE);
     let trivial_reused = Chain::new(vec![reused[0].clone()]);
     group.bench_function("trivial/reused", |b| b.iter(|| one_request(&rt, &trivial_reused)));
     let four_reused = Chain::new(reused);
     group.bench_function("chain-of-4/reused", |b| b.iter(|| one_request(&rt, &four_reused)));
 
-    let regex = Chain::new(vec![link(&rt, &runtime, "re", "regex_init", "{}", None)]);
+    let regex = Chain::new(vec![link(&rt, &runtime, "re", &regex_wasm, "{}", None)]);
     group.bench_function("regex-init/pre-initialized", |b| b.iter(|| one_request(&rt, &regex)));
     let warm = Chain::new(vec![link(
         &rt,
         &runtime,
         "re-warm",
-        "regex_init",
+        &regex_wasm,
         r#"{"warm":true}"#,
         None,
     )]);
@@ -135,11 +97,11 @@ fn per_request(c: &mut Criterion) {
         b.iter(|| one_request(&rt, &warm))
     });
 
-    let regex_reused = Chain::new(vec![link(&rt, &runtime, "re-reused", "regex_init", "{}", reuse)]);
+    let regex_reused = Chain::new(vec![link(&rt, &runtime, "re-reused", &regex_wasm, "{}", REUSE)]);
     group.bench_function("regex-init/reused", |b| b.iter(|| one_request(&rt, &regex_reused)));
 
     // Without the snapshot: instantiate the original component and run `init` on every request.
-    let raw = runtime.prepare(&bytes("regex_init")).unwrap();
+    let raw = runtime.prepare(&regex_wasm).unwrap();
     let state: Arc<dyn StateBackend> = Arc::new(MemoryState::default());
     let req = request();
     group.bench_function("regex-init/init-per-request", |b| {
@@ -162,14 +124,11 @@ fn per_request(c: &mut Criterion) {
 /// artifact cache (uncached), or the compiled snapshot read back (cached, what a restart or a reload
 /// with an unchanged component does).
 fn load(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = current_thread();
     let mut group = c.benchmark_group("load");
     group.sample_size(10);
     for (component, config) in [("stamp", r#"{"name":"a"}"#), ("regex_init", "{}")] {
-        let wasm = bytes(component);
+        let wasm = test_component(component);
         let state: Arc<dyn StateBackend> = Arc::new(MemoryState::default());
         group.bench_function(format!("{component}/uncached"), |b| {
             b.iter(|| {

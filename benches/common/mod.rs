@@ -1,0 +1,74 @@
+//! What the in-process benches share: components loaded through the runtime, as `sluice run` does.
+
+#![allow(dead_code)] // each bench uses its own part
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use sluice::chain::{LoadedMiddleware, Reuse};
+use sluice::config::OnError;
+use sluice::runtime::Runtime;
+use sluice::state::{MemoryState, StateBackend};
+
+/// A test component build.rs compiled (`middleware/test/<name>`).
+pub fn test_component(name: &str) -> Vec<u8> {
+    std::fs::read(Path::new(sluice::artifacts::COMPONENT_DIR).join(format!("{name}.wasm"))).expect("built component")
+}
+
+/// A built-in middleware embedded in the binary (`builtin:<name>`).
+pub fn builtin(name: &str) -> Vec<u8> {
+    sluice::artifacts::BUILTIN
+        .iter()
+        .find(|(n, _)| *n == name)
+        .unwrap_or_else(|| panic!("no builtin:{name}"))
+        .1
+        .to_vec()
+}
+
+/// Instances reused for as long as the bench runs.
+pub const REUSE: Option<Reuse> = Some(Reuse {
+    max_requests: u32::MAX,
+    max_memory: 64 << 20,
+});
+
+/// `wasm` loaded as middleware `name` with `config` (JSON, what `init` gets), fresh instances per
+/// request or reused ones.
+pub fn link(
+    rt: &tokio::runtime::Runtime,
+    runtime: &Arc<Runtime>,
+    name: &str,
+    wasm: &[u8],
+    config: &str,
+    reuse: Option<Reuse>,
+) -> Arc<LoadedMiddleware> {
+    let state: Arc<dyn StateBackend> = Arc::new(MemoryState::default());
+    let loaded = rt
+        .block_on(runtime.load(name, wasm, config, state.clone(), 64 << 20))
+        .expect("loads");
+    Arc::new(LoadedMiddleware {
+        name: name.into(),
+        version: None,
+        digest: loaded.digest,
+        registration: loaded.registration,
+        pre: loaded.pre,
+        timeout: Duration::from_secs(1),
+        memory_limit: 64 << 20,
+        on_error: OnError::Deny,
+        state,
+        runtime: runtime.clone(),
+        reuse,
+        idle: IdleInstances::default(),
+        loaded_at: SystemTime::now(),
+        cached: loaded.cached,
+    })
+}
+
+use sluice::chain::IdleInstances;
+
+pub fn current_thread() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
