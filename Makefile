@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: all setup build demo test lint bench check-configs clean
+.PHONY: bench-swap all setup build demo test lint bench check-configs clean
 
 all: build
 
@@ -37,6 +37,11 @@ lint: setup
 bench:
 	@scripts/setup.sh bench
 	benches/load.sh
+
+## Hot swap: trigger-to-serving times and latency during swaps (release build); see benches/swap.sh.
+bench-swap:
+	@scripts/setup.sh bench
+	benches/swap.sh
 
 clean:
 	$(CARGO) clean

@@ -27,11 +27,14 @@ pub mod artifacts {
     //! Where the build put the middleware components it compiled from `middleware/`.
     include!(concat!(env!("OUT_DIR"), "/artifacts.rs"));
 }
+pub mod admin;
 pub mod chain;
 pub mod config;
 pub mod echo;
 pub mod error;
+pub mod metrics;
 pub mod proxy;
+pub mod reload;
 pub mod runtime;
 pub mod server;
 pub mod state;

@@ -64,9 +64,16 @@ fn main() -> ExitCode {
 
 fn run(config: Result<config::Config, sluice::error::Error>) -> ExitCode {
     let server = config.and_then(|config| {
-        let server = sluice::server::build(&config)?;
-        let listen: Vec<String> = config.server.listen.get_ref().iter().map(|a| a.get_ref().to_string()).collect();
-        tracing::info!(config = %config.path.display(), listen = %listen.join(", "), routes = config.routes.len(), "sluice is serving");
+        let listen: Vec<String> = config
+            .server
+            .listen
+            .get_ref()
+            .iter()
+            .map(|a| a.get_ref().to_string())
+            .collect();
+        let (path, routes) = (config.path.clone(), config.routes.len());
+        let server = sluice::server::build(config)?;
+        tracing::info!(config = %path.display(), listen = %listen.join(", "), routes, "sluice is serving");
         Ok(server)
     });
     match server {
@@ -89,7 +96,7 @@ fn check(files: &[PathBuf]) -> ExitCode {
     for file in files {
         let result = config::load(file)
             .map_err(sluice::error::Error::from)
-            .and_then(|config| sluice::server::load(&config).map(|_| config));
+            .and_then(|config| sluice::server::load(config).map(|(snapshot, _)| snapshot.config));
         match result {
             Ok(config) => println!(
                 "{}: ok (routes: {}, upstreams: {}, middleware: {})",
@@ -128,7 +135,8 @@ fn demo(listen: std::net::SocketAddr) -> ExitCode {
         eprintln!("error: cannot start the demo's echo upstream: {e}");
         return ExitCode::FAILURE;
     }
-    let server = match sluice::server::build(&config) {
+    config.server.watch = false; // the embedded config is no file to watch
+    let server = match sluice::server::build(config) {
         Ok(server) => server,
         Err(e) => return report(&e),
     };

@@ -49,6 +49,12 @@ pub fn link(
     Arc::new(LoadedMiddleware {
         name: name.into(),
         version: None,
+        configured: loaded.digest.clone(),
+        calls: sluice::metrics::CallCounters::new(name, "bench", &loaded.registration),
+        load_time: loaded.took,
+        component: bytes::Bytes::copy_from_slice(wasm),
+        source: sluice::chain::Source::Config,
+        config_json: config.to_owned(),
         digest: loaded.digest,
         registration: loaded.registration,
         pre: loaded.pre,

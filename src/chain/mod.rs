@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime};
 pub use run::{
     BodyOutcome, ChainRun, Failure, FailureKind, IdleInstances, RequestOutcome, ResponseOutcome, request_view,
 };
-pub use snapshot::{Route, Snapshot};
+pub use snapshot::{Loader, Pin, Route, Snapshot, digest};
 
 use crate::config::OnError;
 use crate::runtime::host::HostState;
@@ -29,6 +29,8 @@ pub struct LoadedMiddleware {
     pub version: Option<String>,
     /// sha256 of the component, hex.
     pub digest: String,
+    /// sha256 of the component the config names (differs from `digest` for an upload).
+    pub configured: String,
     /// What its `init` declared.
     pub registration: Registration,
     /// Pre-linked and pre-initialized.
@@ -51,6 +53,51 @@ pub struct LoadedMiddleware {
     pub loaded_at: SystemTime,
     /// Whether the artifact cache served it.
     pub cached: bool,
+    /// How long loading it took.
+    pub load_time: Duration,
+    /// The component's bytes, kept to load it again with another config (an uploaded component
+    /// survives reloads) and to roll back to.
+    pub component: bytes::Bytes,
+    /// Where the component came from.
+    pub source: Source,
+    /// The `config` given to `init`, as JSON (with `-file` and `-env` keys resolved).
+    pub config_json: String,
+    /// Calls counted by phase and outcome, labelled with this version.
+    pub calls: crate::metrics::CallCounters,
+}
+
+/// Where a loaded component came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// The `component` (or `canary.component`) the config names.
+    Config,
+    /// Uploaded with `PUT /admin/middleware/NAME/component`.
+    Upload,
+    /// Put back by `POST /admin/middleware/NAME/rollback`.
+    Rollback,
+}
+
+impl Source {
+    /// The name the admin API shows.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Source::Config => "config",
+            Source::Upload => "upload",
+            Source::Rollback => "rollback",
+        }
+    }
+}
+
+impl LoadedMiddleware {
+    /// The version label metrics and logs use: `version` from config, else the digest's start.
+    pub fn version_label(&self) -> String {
+        version_label(self.version.as_deref(), &self.digest)
+    }
+}
+
+/// `version` if given, else `sha256:` and the digest's first 12 hex digits.
+pub fn version_label(version: Option<&str>, digest: &str) -> String {
+    version.map_or_else(|| format!("sha256:{}", &digest[..12.min(digest.len())]), str::to_owned)
 }
 
 impl std::fmt::Debug for LoadedMiddleware {
@@ -72,10 +119,48 @@ pub struct Reuse {
     pub max_memory: u64,
 }
 
+/// A middleware as it serves requests: its primary version and, optionally, a canary version that
+/// takes `weight` percent of requests.
+#[derive(Debug, Clone)]
+pub struct Deployment {
+    /// The version most requests run.
+    pub primary: Arc<LoadedMiddleware>,
+    /// The canary version, if any.
+    pub canary: Option<Canary>,
+}
+
+/// A canary version and its share of requests.
+#[derive(Debug, Clone)]
+pub struct Canary {
+    /// The canary version.
+    pub version: Arc<LoadedMiddleware>,
+    /// Percent of requests (0–100) that run it.
+    pub weight: u8,
+}
+
+impl Deployment {
+    /// A deployment of one version, without a canary.
+    pub fn single(primary: Arc<LoadedMiddleware>) -> Self {
+        Deployment { primary, canary: None }
+    }
+
+    /// The version one request runs: the canary for `weight` percent of requests.
+    fn pick(&self) -> (&Arc<LoadedMiddleware>, bool) {
+        match &self.canary {
+            Some(canary) if fastrand::u8(0..100) < canary.weight => (&canary.version, true),
+            _ => (&self.primary, false),
+        }
+    }
+
+    fn any(&self, phase: impl Fn(&Registration) -> bool) -> bool {
+        phase(&self.primary.registration) || self.canary.as_ref().is_some_and(|c| phase(&c.version.registration))
+    }
+}
+
 /// The ordered middleware of one route.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Chain {
-    links: Vec<Arc<LoadedMiddleware>>,
+    links: Vec<Deployment>,
 }
 
 impl Chain {
@@ -84,8 +169,15 @@ impl Chain {
         Chain::default()
     }
 
-    /// The chain of `links`, in order.
+    /// The chain of `links` (one version each, no canary), in order.
     pub fn new(links: Vec<Arc<LoadedMiddleware>>) -> Self {
+        Chain {
+            links: links.into_iter().map(Deployment::single).collect(),
+        }
+    }
+
+    /// The chain of `links`, in order.
+    pub fn of(links: Vec<Deployment>) -> Self {
         Chain { links }
     }
 
@@ -95,28 +187,28 @@ impl Chain {
     }
 
     /// The middleware, in chain order.
-    pub fn links(&self) -> &[Arc<LoadedMiddleware>] {
+    pub fn links(&self) -> &[Deployment] {
         &self.links
     }
 
     /// Whether any middleware reads the request headers.
     pub fn has_request_headers_phase(&self) -> bool {
-        self.links.iter().any(|l| l.registration.request_headers)
+        self.links.iter().any(|l| l.any(|r| r.request_headers))
     }
 
     /// Whether any middleware reads the response headers.
     pub fn has_response_headers_phase(&self) -> bool {
-        self.links.iter().any(|l| l.registration.response_headers)
+        self.links.iter().any(|l| l.any(|r| r.response_headers))
     }
 
     /// Whether any middleware reads the whole request body.
     pub fn has_request_body_phase(&self) -> bool {
-        self.links.iter().any(|l| l.registration.request_body)
+        self.links.iter().any(|l| l.any(|r| r.request_body))
     }
 
     /// Whether any middleware reads the whole response body.
     pub fn has_response_body_phase(&self) -> bool {
-        self.links.iter().any(|l| l.registration.response_body)
+        self.links.iter().any(|l| l.any(|r| r.response_body))
     }
 
     /// Whether any middleware reads a whole body: the route is then proxied with buffering.

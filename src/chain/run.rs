@@ -9,8 +9,9 @@ use http::header::HeaderName;
 use pingora::http::{RequestHeader, ResponseHeader};
 use wasmtime::Store;
 
-use super::{Chain, LoadedMiddleware, Reuse};
+use super::{Chain, Deployment, LoadedMiddleware, Reuse};
 use crate::config::OnError;
+use crate::metrics::{Outcome, Phase};
 use crate::runtime::Middleware;
 use crate::runtime::host::HostState;
 use crate::runtime::types::{BodyDecision, HeaderEdits, Request, RequestDecision, Response, ResponseDecision};
@@ -31,6 +32,19 @@ pub enum FailureKind {
     Instantiate,
     /// It answered with something sluice cannot use (e.g. an invalid header).
     BadOutput,
+}
+
+impl FailureKind {
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            FailureKind::Timeout => "timeout",
+            FailureKind::MemoryLimit => "memory-limit",
+            FailureKind::Trap => "trap",
+            FailureKind::Instantiate => "instantiate",
+            FailureKind::BadOutput => "bad-output",
+        }
+    }
 }
 
 impl std::fmt::Display for FailureKind {
@@ -144,15 +158,38 @@ impl IdleInstances {
 /// One request's pass through a chain: its instances (one per middleware, created on first use and
 /// kept for every phase of the request) and its view of the request, with the context.
 pub struct ChainRun {
-    instances: Vec<Option<Live>>,
+    slots: Vec<Slot>,
     request: Request,
+}
+
+/// One middleware of the chain, for one request: which version it runs and that version's instance.
+struct Slot {
+    /// The canary version serves this request (picked once, so every phase runs the same version).
+    canary: bool,
+    /// Created on first use.
+    live: Option<Live>,
+}
+
+/// The version of `deployment` a request runs.
+fn chosen(deployment: &Deployment, canary: bool) -> &Arc<LoadedMiddleware> {
+    match &deployment.canary {
+        Some(c) if canary => &c.version,
+        _ => &deployment.primary,
+    }
 }
 
 impl ChainRun {
     /// A run for `chain` over `request`.
     pub fn new(chain: &Chain, request: Request) -> Self {
         ChainRun {
-            instances: (0..chain.links().len()).map(|_| None).collect(),
+            slots: chain
+                .links()
+                .iter()
+                .map(|deployment| Slot {
+                    canary: deployment.pick().1,
+                    live: None,
+                })
+                .collect(),
             request,
         }
     }
@@ -160,13 +197,14 @@ impl ChainRun {
     /// Runs `on-request-headers` in chain order, applying header edits to `upstream` (the request
     /// that will go upstream) and collecting context for later middleware.
     pub async fn on_request_headers(&mut self, chain: &Chain, upstream: &mut RequestHeader) -> RequestOutcome {
-        for (index, link) in chain.links().iter().enumerate() {
+        for (index, deployment) in chain.links().iter().enumerate() {
+            let link = chosen(deployment, self.slots[index].canary);
             if !link.registration.request_headers {
                 continue;
             }
             let result = {
                 let request = view(&self.request, link.registration.request_header_names.as_deref());
-                match instance(&mut self.instances[index], link).await {
+                match instance(&mut self.slots[index].live, link).await {
                     Ok(live) => {
                         arm(live, link);
                         let result = live.bindings.call_on_request_headers(&mut live.store, &request).await;
@@ -175,6 +213,7 @@ impl ChainRun {
                     Err(kind) => Err(kind),
                 }
             };
+            counted(link, Phase::RequestHeaders, &result);
             match result {
                 Ok(RequestDecision::Next((edits, context))) => {
                     if let Err(kind) = apply_request_edits(&edits, upstream, &mut self.request) {
@@ -198,7 +237,8 @@ impl ChainRun {
 
     /// Runs `on-response-headers` in reverse chain order, applying header edits to `response`.
     pub async fn on_response_headers(&mut self, chain: &Chain, response: &mut ResponseHeader) -> ResponseOutcome {
-        for (index, link) in chain.links().iter().enumerate().rev() {
+        for (index, deployment) in chain.links().iter().enumerate().rev() {
+            let link = chosen(deployment, self.slots[index].canary);
             if !link.registration.response_headers {
                 continue;
             }
@@ -206,7 +246,7 @@ impl ChainRun {
                 let request = view(&self.request, link.registration.request_header_names.as_deref());
                 let headers = header_list(&response.headers, link.registration.response_header_names.as_deref());
                 let status = response.status.as_u16();
-                match instance(&mut self.instances[index], link).await {
+                match instance(&mut self.slots[index].live, link).await {
                     Ok(live) => {
                         arm(live, link);
                         let result = live
@@ -218,6 +258,7 @@ impl ChainRun {
                     Err(kind) => Err(kind),
                 }
             };
+            counted(link, Phase::ResponseHeaders, &result);
             match result {
                 Ok(ResponseDecision::Next(edits)) => {
                     if let Err(kind) = apply_edits(&edits, |op| match op {
@@ -243,13 +284,14 @@ impl ChainRun {
     /// Runs `on-request-body` in chain order over the whole request body; a `replace` changes
     /// `body` for the next middleware and the upstream.
     pub async fn on_request_body(&mut self, chain: &Chain, body: &mut Vec<u8>) -> BodyOutcome {
-        for (index, link) in chain.links().iter().enumerate() {
+        for (index, deployment) in chain.links().iter().enumerate() {
+            let link = chosen(deployment, self.slots[index].canary);
             if !link.registration.request_body {
                 continue;
             }
             let result = {
                 let request = view(&self.request, link.registration.request_header_names.as_deref());
-                match instance(&mut self.instances[index], link).await {
+                match instance(&mut self.slots[index].live, link).await {
                     Ok(live) => {
                         arm(live, link);
                         let result = live
@@ -261,6 +303,7 @@ impl ChainRun {
                     Err(kind) => Err(kind),
                 }
             };
+            counted(link, Phase::RequestBody, &result);
             if let Some(outcome) = body_decided(link, result, body) {
                 return outcome;
             }
@@ -275,7 +318,8 @@ impl ChainRun {
         response: &ResponseHeader,
         body: &mut Vec<u8>,
     ) -> BodyOutcome {
-        for (index, link) in chain.links().iter().enumerate().rev() {
+        for (index, deployment) in chain.links().iter().enumerate().rev() {
+            let link = chosen(deployment, self.slots[index].canary);
             if !link.registration.response_body {
                 continue;
             }
@@ -283,7 +327,7 @@ impl ChainRun {
                 let request = view(&self.request, link.registration.request_header_names.as_deref());
                 let headers = header_list(&response.headers, link.registration.response_header_names.as_deref());
                 let status = response.status.as_u16();
-                match instance(&mut self.instances[index], link).await {
+                match instance(&mut self.slots[index].live, link).await {
                     Ok(live) => {
                         arm(live, link);
                         let result = live
@@ -295,6 +339,7 @@ impl ChainRun {
                     Err(kind) => Err(kind),
                 }
             };
+            counted(link, Phase::ResponseBody, &result);
             if let Some(outcome) = body_decided(link, result, body) {
                 return outcome;
             }
@@ -350,7 +395,7 @@ fn body_decided(
 impl Drop for ChainRun {
     /// Gives reused instances back to their middleware.
     fn drop(&mut self) {
-        for live in self.instances.iter_mut().filter_map(Option::take) {
+        for live in self.slots.iter_mut().filter_map(|slot| slot.live.take()) {
             if let Some(home) = live.home.clone()
                 && let Some(reuse) = home.reuse
             {
@@ -358,6 +403,39 @@ impl Drop for ChainRun {
             }
         }
     }
+}
+
+/// Whether a decision answers the client.
+trait Decision {
+    fn responds(&self) -> bool;
+}
+
+impl Decision for RequestDecision {
+    fn responds(&self) -> bool {
+        matches!(self, RequestDecision::Respond(_))
+    }
+}
+
+impl Decision for ResponseDecision {
+    fn responds(&self) -> bool {
+        matches!(self, ResponseDecision::Respond(_))
+    }
+}
+
+impl Decision for BodyDecision {
+    fn responds(&self) -> bool {
+        matches!(self, BodyDecision::Respond(_))
+    }
+}
+
+/// Counts one call of `link` in `phase` by its outcome.
+fn counted<D: Decision>(link: &LoadedMiddleware, phase: Phase, result: &Result<D, FailureKind>) {
+    let outcome = match result {
+        Ok(decision) if decision.responds() => Outcome::Respond,
+        Ok(_) => Outcome::Next,
+        Err(_) => Outcome::Failed,
+    };
+    link.calls.count(phase, outcome);
 }
 
 /// Sets the call's deadline.
@@ -393,6 +471,7 @@ fn classify(live: &Live, error: &wasmtime::Error) -> FailureKind {
 /// Logs a failure and applies `on-error`: `Some` to deny the request, `None` to carry on.
 fn failed(link: &LoadedMiddleware, kind: FailureKind) -> Option<Failure> {
     let deny = link.on_error == OnError::Deny;
+    link.calls.failure(kind.label(), if deny { "deny" } else { "allow" });
     tracing::warn!(middleware = &*link.name, failure = %kind, on_error = if deny { "deny" } else { "allow" }, "middleware call failed");
     deny.then(|| Failure {
         middleware: link.name.clone(),

@@ -1,13 +1,16 @@
 //! The Snapshot: routes, upstreams and chains built from one config, swapped in as one value.
 
-use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use crate::chain::{Chain, IdleInstances, LoadedMiddleware, Reuse};
+use bytes::Bytes;
+use sha2::{Digest, Sha256};
+
+use crate::chain::{Canary, Chain, Deployment, IdleInstances, LoadedMiddleware, Reuse, Source, version_label};
 use crate::config::{Config, ConfigError, ConfigErrors, MiddlewareConfig, StateBackend as StateKind};
 use crate::error::Error;
+use crate::metrics::CallCounters;
 use crate::proxy::router::Router;
 use crate::proxy::upstream::Upstream;
 use crate::runtime::{LoadError, Runtime};
@@ -19,17 +22,21 @@ use crate::state::{MemoryState, StateBackend};
 #[derive(Debug)]
 pub struct Snapshot {
     /// Picks a route for a request.
-    pub router: Router,
+    pub router: Arc<Router>,
     /// The routes, indexed by what the router returns.
     pub routes: Vec<Route>,
-    /// Every `[middleware.NAME]`, loaded.
-    pub middleware: BTreeMap<String, Arc<LoadedMiddleware>>,
+    /// Every `[middleware.NAME]`, loaded, with its canary if it has one.
+    pub middleware: BTreeMap<String, Deployment>,
+    /// The config this was built from.
+    pub config: Arc<Config>,
+    /// The state backend every middleware shares; a reload keeps it (and so the rate limits).
+    pub state: Arc<dyn StateBackend>,
     /// When this snapshot was built.
     pub loaded_at: SystemTime,
 }
 
 /// One route, ready to serve.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Route {
     /// The route's name from config.
     pub name: String,
@@ -41,14 +48,43 @@ pub struct Route {
     pub max_body: u64,
 }
 
+/// A component that replaces the one the config names for a middleware (an upload, or a version
+/// rolled back to), for as long as the config names the same component.
+#[derive(Debug, Clone)]
+pub struct Pin {
+    /// The component.
+    pub component: Bytes,
+    /// Where it came from.
+    pub source: Source,
+    /// sha256 of what the config named when it was pinned: once the config names something else
+    /// (another path, or the same file with new content), the pin is dropped.
+    pub replaces: String,
+}
+
 impl Snapshot {
     /// Builds a snapshot from a validated config: resolves targets, builds the balancers, loads
     /// every middleware (compiled and initialized, or from the artifact cache) and builds the route
     /// table. Nothing here runs per request. Every problem is reported, located in the config.
-    pub async fn build(config: &Config, runtime: &Arc<Runtime>) -> Result<Snapshot, Error> {
+    pub async fn build(config: Config, runtime: &Arc<Runtime>) -> Result<Snapshot, Error> {
+        Snapshot::rebuild(Arc::new(config), runtime, None, &BTreeMap::new()).await
+    }
+
+    /// Builds the snapshot of `config` to replace `current`: a middleware identical to a live
+    /// one (same component, config and settings) is taken over as it is, with its idle
+    /// instances; the state backend is kept; a middleware with a [`Pin`] whose `replaces` still
+    /// matches what the config names loads the pinned component instead.
+    pub async fn rebuild(
+        config: Arc<Config>,
+        runtime: &Arc<Runtime>,
+        current: Option<&Snapshot>,
+        pins: &BTreeMap<String, Pin>,
+    ) -> Result<Snapshot, Error> {
         let mut errors = Vec::new();
         let state: Arc<dyn StateBackend> = match config.state.backend.get_ref() {
-            StateKind::Memory => Arc::new(MemoryState::default()),
+            StateKind::Memory => match current {
+                Some(current) => current.state.clone(),
+                None => Arc::new(MemoryState::default()),
+            },
             StateKind::Redis => {
                 errors.push(config.error_at(
                     config.state.backend.span(),
@@ -78,11 +114,42 @@ impl Snapshot {
 
         let mut middleware = BTreeMap::new();
         for (name, mw) in &config.middleware {
-            match load_middleware(config, name, mw, runtime, &state).await {
-                Ok(loaded) => {
-                    middleware.insert(name.clone(), Arc::new(loaded));
+            let live = current.and_then(|c| c.middleware.get(name));
+            let loader = Loader {
+                config: &config,
+                name,
+                mw,
+                runtime,
+                state: &state,
+            };
+            let primary = loader
+                .load(
+                    &mw.component,
+                    mw.version.clone(),
+                    pins.get(name),
+                    live.map(|d| &d.primary),
+                )
+                .await;
+            let canary = match &mw.canary {
+                None => Ok(None),
+                Some(canary) => {
+                    let live = live.and_then(|d| d.canary.as_ref()).map(|c| &c.version);
+                    loader
+                        .load(&canary.component, canary.version.clone(), None, live)
+                        .await
+                        .map(|version| {
+                            Some(Canary {
+                                version,
+                                weight: *canary.weight.get_ref(),
+                            })
+                        })
                 }
-                Err(e) => errors.push(e),
+            };
+            match (primary, canary) {
+                (Ok(primary), Ok(canary)) => {
+                    middleware.insert(name.clone(), Deployment { primary, canary });
+                }
+                (primary, canary) => errors.extend(primary.err().into_iter().chain(canary.err())),
             }
         }
 
@@ -101,7 +168,7 @@ impl Snapshot {
             routes.push(Route {
                 name: route.name.get_ref().clone(),
                 upstream: upstream.clone(),
-                chain: Chain::new(links),
+                chain: Chain::of(links),
                 max_body: route.max_body.0,
             });
         }
@@ -111,63 +178,133 @@ impl Snapshot {
         }
 
         Ok(Snapshot {
-            router: Router::build(&config.routes),
+            router: Arc::new(Router::build(&config.routes)),
             routes,
             middleware,
+            config,
+            state,
             loaded_at: SystemTime::now(),
         })
     }
+
+    /// This snapshot with middleware `name`'s primary version replaced by `primary` (an upload or
+    /// a rollback), in every chain that runs it. Routes, upstreams and the other middleware are
+    /// shared as they are.
+    pub fn with_primary(&self, name: &str, primary: Arc<LoadedMiddleware>) -> Snapshot {
+        let mut middleware = self.middleware.clone();
+        if let Some(deployment) = middleware.get_mut(name) {
+            deployment.primary = primary.clone();
+        }
+        let routes = self
+            .routes
+            .iter()
+            .map(|route| {
+                let links = route
+                    .chain
+                    .links()
+                    .iter()
+                    .map(|link| match &*link.primary.name == name {
+                        true => Deployment {
+                            primary: primary.clone(),
+                            canary: link.canary.clone(),
+                        },
+                        false => link.clone(),
+                    })
+                    .collect();
+                Route {
+                    chain: Chain::of(links),
+                    ..route.clone()
+                }
+            })
+            .collect();
+        Snapshot {
+            router: self.router.clone(),
+            routes,
+            middleware,
+            config: self.config.clone(),
+            state: self.state.clone(),
+            loaded_at: SystemTime::now(),
+        }
+    }
 }
 
-/// Reads, compiles and initializes one middleware; problems are located at its keys.
-async fn load_middleware(
-    config: &Config,
-    name: &str,
-    mw: &MiddlewareConfig,
-    runtime: &Arc<Runtime>,
-    state: &Arc<dyn StateBackend>,
-) -> Result<LoadedMiddleware, ConfigError> {
-    let at_component =
-        |message: String| config.error_at(mw.component.span(), format!("middleware.{name}.component"), message);
-    if let Some(canary) = &mw.canary {
-        return Err(config.error_at(
-            canary.component.span(),
-            format!("middleware.{name}.canary"),
-            "canary versions are not available in this build yet",
-        ));
-    }
-    if let Some(host) = mw.allow_hosts.first() {
-        return Err(config.error_at(
-            host.span(),
-            format!("middleware.{name}.allow-hosts"),
-            "outbound HTTP is not available in this build yet; remove `allow-hosts`",
-        ));
-    }
-    let component = mw.component.get_ref();
-    let bytes: Cow<'static, [u8]> = match component.strip_prefix("builtin:") {
-        Some(builtin) => crate::artifacts::BUILTIN
-            .iter()
-            .find(|(name, _)| *name == builtin)
-            .map(|(_, bytes)| Cow::Borrowed(*bytes))
-            .ok_or_else(|| at_component(format!("unknown built-in middleware `{component}`")))?,
-        None => {
-            let path = config.base_dir().join(component);
-            let bytes = std::fs::read(&path);
-            Cow::Owned(bytes.map_err(|e| at_component(format!("cannot read `{}`: {e}", path.display())))?)
-        }
-    };
-    let resolved = resolve_config(config, name, mw)?;
-    let config_json = serde_json::to_string(&resolved).unwrap_or_else(|_| "{}".to_owned());
+/// sha256 of `bytes`, hex.
+pub fn digest(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
 
-    let loaded = runtime
-        .load(name, &bytes, &config_json, state.clone(), mw.memory_limit.0)
-        .await
-        .map_err(|e| match e {
+/// Loads the versions of one `[middleware.NAME]`; problems are located at its keys.
+pub struct Loader<'a> {
+    /// The config being loaded.
+    pub config: &'a Config,
+    /// The middleware's name.
+    pub name: &'a str,
+    /// Its config.
+    pub mw: &'a MiddlewareConfig,
+    /// The runtime.
+    pub runtime: &'a Arc<Runtime>,
+    /// The state backend.
+    pub state: &'a Arc<dyn StateBackend>,
+}
+
+impl Loader<'_> {
+    /// Reads, compiles and initializes the version `component` names (or the pinned one), unless
+    /// `live` is already exactly that.
+    async fn load(
+        &self,
+        component: &toml::Spanned<String>,
+        version: Option<String>,
+        pin: Option<&Pin>,
+        live: Option<&Arc<LoadedMiddleware>>,
+    ) -> Result<Arc<LoadedMiddleware>, ConfigError> {
+        let (config, name) = (self.config, self.name);
+        let at_component =
+            |message: String| config.error_at(component.span(), format!("middleware.{name}.component"), message);
+        if let Some(host) = self.mw.allow_hosts.first() {
+            return Err(config.error_at(
+                host.span(),
+                format!("middleware.{name}.allow-hosts"),
+                "outbound HTTP is not available in this build yet; remove `allow-hosts`",
+            ));
+        }
+        let named = component.get_ref();
+        let bytes: Bytes = match named.strip_prefix("builtin:") {
+            Some(builtin) => crate::artifacts::BUILTIN
+                .iter()
+                .find(|(name, _)| *name == builtin)
+                .map(|(_, bytes)| Bytes::from_static(bytes))
+                .ok_or_else(|| at_component(format!("unknown built-in middleware `{named}`")))?,
+            None => {
+                let path = config.base_dir().join(named);
+                let bytes = std::fs::read(&path);
+                Bytes::from(bytes.map_err(|e| at_component(format!("cannot read `{}`: {e}", path.display())))?)
+            }
+        };
+        let configured = digest(&bytes);
+        let (bytes, source) = match pin {
+            Some(pin) if pin.replaces == configured => (pin.component.clone(), pin.source.clone()),
+            _ => (bytes, Source::Config),
+        };
+        let resolved = resolve_config(config, name, self.mw)?;
+        let config_json = serde_json::to_string(&resolved).unwrap_or_else(|_| "{}".to_owned());
+        let wanted = Wanted {
+            digest: digest(&bytes),
+            configured,
+            version,
+            config_json,
+            source,
+        };
+        if let Some(live) = live
+            && wanted.matches(live, self.mw)
+        {
+            return Ok(live.clone());
+        }
+        self.instantiate(bytes, wanted).await.map_err(|e| match e {
             LoadError::InitRejected(message) => {
-                let span = if mw.config.span().is_empty() {
-                    mw.component.span()
+                let span = if self.mw.config.span().is_empty() {
+                    component.span()
                 } else {
-                    mw.config.span()
+                    self.mw.config.span()
                 };
                 config.error_at(
                     span,
@@ -175,33 +312,96 @@ async fn load_middleware(
                     format!("middleware `{name}` rejected its config: {message}"),
                 )
             }
-            other => at_component(format!("middleware `{name}`: component `{component}` {other}")),
-        })?;
-    tracing::info!(
-        middleware = name,
-        digest = &loaded.digest[..12],
-        cached = loaded.cached,
-        took_ms = loaded.took.as_secs_f64() * 1e3,
-        "middleware loaded"
-    );
-    Ok(LoadedMiddleware {
-        name: name.into(),
-        version: mw.version.clone(),
-        digest: loaded.digest,
-        registration: loaded.registration,
-        pre: loaded.pre,
-        timeout: mw.timeout.0,
-        memory_limit: mw.memory_limit.0,
-        on_error: mw.on_error,
-        state: state.clone(),
-        runtime: runtime.clone(),
-        reuse: mw.reuse.as_ref().map(|reuse| Reuse {
-            max_requests: reuse.get_ref().max_requests,
-            max_memory: reuse.get_ref().max_memory.map_or(mw.memory_limit.0 / 2, |m| m.0),
-        }),
-        idle: IdleInstances::default(),
-        loaded_at: SystemTime::now(),
-        cached: loaded.cached,
+            other => at_component(format!("middleware `{name}`: component `{named}` {other}")),
+        })
+    }
+
+    /// Loads `bytes` as an uploaded version of this middleware (the config's `version` label does
+    /// not describe it, so it has none), replacing the component the config names.
+    pub async fn upload(
+        &self,
+        bytes: Bytes,
+        replaces: String,
+        source: Source,
+    ) -> Result<Arc<LoadedMiddleware>, LoadError> {
+        let resolved =
+            resolve_config(self.config, self.name, self.mw).map_err(|e| LoadError::InitRejected(e.message))?;
+        let wanted = Wanted {
+            digest: digest(&bytes),
+            configured: replaces,
+            version: None,
+            config_json: serde_json::to_string(&resolved).unwrap_or_else(|_| "{}".to_owned()),
+            source,
+        };
+        self.instantiate(bytes, wanted).await
+    }
+
+    async fn instantiate(&self, bytes: Bytes, wanted: Wanted) -> Result<Arc<LoadedMiddleware>, LoadError> {
+        let (name, mw) = (self.name, self.mw);
+        let loaded = self
+            .runtime
+            .load(name, &bytes, &wanted.config_json, self.state.clone(), mw.memory_limit.0)
+            .await?;
+        tracing::info!(
+            middleware = name,
+            digest = &loaded.digest[..12],
+            cached = loaded.cached,
+            took_ms = loaded.took.as_secs_f64() * 1e3,
+            "middleware loaded"
+        );
+        let version_label = version_label(wanted.version.as_deref(), &loaded.digest);
+        Ok(Arc::new(LoadedMiddleware {
+            name: name.into(),
+            calls: CallCounters::new(name, &version_label, &loaded.registration),
+            version: wanted.version,
+            digest: loaded.digest,
+            configured: wanted.configured,
+            registration: loaded.registration,
+            pre: loaded.pre,
+            timeout: mw.timeout.0,
+            memory_limit: mw.memory_limit.0,
+            on_error: mw.on_error,
+            state: self.state.clone(),
+            runtime: self.runtime.clone(),
+            reuse: reuse(mw),
+            idle: IdleInstances::default(),
+            loaded_at: SystemTime::now(),
+            cached: loaded.cached,
+            load_time: loaded.took,
+            component: bytes,
+            source: wanted.source,
+            config_json: wanted.config_json,
+        }))
+    }
+}
+
+/// What a middleware version is to be: compared with a live one to skip loading it again.
+struct Wanted {
+    digest: String,
+    configured: String,
+    version: Option<String>,
+    config_json: String,
+    source: Source,
+}
+
+impl Wanted {
+    fn matches(&self, live: &LoadedMiddleware, mw: &MiddlewareConfig) -> bool {
+        live.digest == self.digest
+            && live.configured == self.configured
+            && live.source == self.source
+            && live.version == self.version
+            && live.config_json == self.config_json
+            && live.timeout == mw.timeout.0
+            && live.memory_limit == mw.memory_limit.0
+            && live.on_error == mw.on_error
+            && live.reuse == reuse(mw)
+    }
+}
+
+fn reuse(mw: &MiddlewareConfig) -> Option<Reuse> {
+    mw.reuse.as_ref().map(|reuse| Reuse {
+        max_requests: reuse.get_ref().max_requests,
+        max_memory: reuse.get_ref().max_memory.map_or(mw.memory_limit.0 / 2, |m| m.0),
     })
 }
 

@@ -57,6 +57,11 @@ pub struct Config {
 }
 
 impl Config {
+    /// The file's text, as loaded.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
     /// The directory relative paths in this file are relative to.
     pub fn base_dir(&self) -> &Path {
         self.path.parent().unwrap_or(Path::new(""))
@@ -87,6 +92,8 @@ impl Config {
 /// listen = ["127.0.0.1:8080"]    # one or more
 /// threads = 2                    # worker threads; default: the number of CPUs
 /// admin = "127.0.0.1:9090"       # admin API; absent = disabled
+/// admin-token-env = "SLUICE_ADMIN_TOKEN"  # bearer token for mutating admin calls
+/// watch = true                   # reload when the config or a file it names changes
 /// ```
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -103,6 +110,13 @@ pub struct ServerConfig {
     pub admin_token_env: Option<String>,
     /// Where precompiled component artifacts are kept (relative to the config file).
     pub cache_dir: Option<PathBuf>,
+    /// Reload when the config file or a file it names changes.
+    #[serde(default = "default_watch")]
+    pub watch: bool,
+}
+
+fn default_watch() -> bool {
+    true
 }
 
 impl Default for ServerConfig {
@@ -113,6 +127,7 @@ impl Default for ServerConfig {
             admin: None,
             admin_token_env: None,
             cache_dir: None,
+            watch: true,
         }
     }
 }

@@ -55,7 +55,9 @@ impl Sluice {
         Self::spawn(config, addr, tempfile::tempdir().unwrap(), &[])
     }
 
-    fn spawn(config: &str, addr: SocketAddr, dir: tempfile::TempDir, env: &[(&str, &str)]) -> Sluice {
+    /// Starts sluice with a whole `config` that listens on `addr`, written to `dir/sluice.toml`,
+    /// with `env` set in its environment.
+    pub fn spawn(config: &str, addr: SocketAddr, dir: tempfile::TempDir, env: &[(&str, &str)]) -> Sluice {
         let path = dir.path().join("sluice.toml");
         std::fs::write(&path, config).unwrap();
         let stderr = dir.path().join("stderr.log");
@@ -101,6 +103,16 @@ impl Sluice {
         let mut s = String::new();
         let _ = std::fs::File::open(&self.stderr).and_then(|mut f| f.read_to_string(&mut s));
         s
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The config file's path.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("sluice.toml")
     }
 
     /// Whether the process is still running.

@@ -1,0 +1,3 @@
+//! Test component: stamps `one`; see `versioned.rs`.
+const VERSION: &str = "one";
+include!("versioned.rs");

@@ -1,0 +1,239 @@
+//! The admin API on `[server] admin` (docs/admin.md): health, metrics, the live config and
+//! middleware versions, and the calls that change what is live (reload, upload, rollback).
+//!
+//! Mutating calls (`POST`, `PUT`) need `Authorization: Bearer <token>` when `admin-token-env` names
+//! a token; without one, sluice refuses to serve the admin API on anything but a loopback address.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use tokio::net::TcpListener;
+
+use crate::chain::LoadedMiddleware;
+use crate::reload::{Attempt, Reloader, SwapError, Trigger};
+
+/// Largest component `PUT /admin/middleware/NAME/component` accepts.
+pub const MAX_UPLOAD: usize = 256 << 20;
+
+/// The admin API's settings.
+#[derive(Clone)]
+pub struct Admin {
+    reloader: Arc<Reloader>,
+    /// sha256 of the bearer token mutating calls need; `None`: no token (loopback only).
+    token: Option<[u8; 32]>,
+}
+
+impl Admin {
+    /// An admin API over `reloader`, requiring `token` (if any) for mutating calls.
+    pub fn new(reloader: Arc<Reloader>, token: Option<&str>) -> Self {
+        Admin {
+            reloader,
+            token: token.map(|t| Sha256::digest(t.as_bytes()).into()),
+        }
+    }
+
+    /// Serves on `listener` until the process ends.
+    pub async fn serve(self, listener: std::net::TcpListener) {
+        let listener = match listener
+            .set_nonblocking(true)
+            .and_then(|()| TcpListener::from_std(listener))
+        {
+            Ok(listener) => listener,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot serve the admin API");
+                return;
+            }
+        };
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let admin = self.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |req| {
+                    let admin = admin.clone();
+                    async move { Ok::<_, Infallible>(admin.handle(req).await) }
+                });
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    }
+
+    async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        let path = req.uri().path().trim_end_matches('/').to_owned();
+        let segments: Vec<&str> = path.split('/').skip(1).collect();
+        let mutating = matches!(*req.method(), Method::POST | Method::PUT);
+        if mutating && !self.authorized(&req) {
+            let mut response = problem(StatusCode::UNAUTHORIZED, "a bearer token is required for this call");
+            response.headers_mut().insert(
+                "www-authenticate",
+                "Bearer realm=\"sluice-admin\"".parse().expect("a valid header"),
+            );
+            return response;
+        }
+        match (req.method().clone(), segments.as_slice()) {
+            (Method::GET, ["healthz"]) => text(StatusCode::OK, "text/plain", "ok\n".into()),
+            (Method::GET, ["metrics"]) => text(
+                StatusCode::OK,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                crate::metrics::encode(),
+            ),
+            (Method::GET, ["admin", "config"]) => {
+                let live = self.reloader.live();
+                text(StatusCode::OK, "application/toml", live.config.source().to_owned())
+            }
+            (Method::GET, ["admin", "middleware"]) => self.list().await,
+            (Method::POST, ["admin", "reload"]) => match self.reloader.reload(Trigger::Admin).await {
+                Ok(attempt) => json_response(StatusCode::OK, attempt_json(&attempt)),
+                Err(e) => problem(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    &format!("the config was not loaded; the running one keeps serving:\n{e}"),
+                ),
+            },
+            (Method::PUT, ["admin", "middleware", name, "component"]) => {
+                let name = name.to_string();
+                let body = match Limited::new(req.into_body(), MAX_UPLOAD).collect().await {
+                    Ok(body) => body.to_bytes(),
+                    Err(e) => {
+                        return problem(
+                            StatusCode::PAYLOAD_TOO_LARGE,
+                            &format!("cannot read the component (at most {MAX_UPLOAD} bytes): {e}"),
+                        );
+                    }
+                };
+                swapped(self.reloader.upload(&name, body).await)
+            }
+            (Method::POST, ["admin", "middleware", name, "rollback"]) => swapped(self.reloader.rollback(name).await),
+            (_, ["healthz" | "metrics"] | ["admin", "config" | "middleware" | "reload"])
+            | (_, ["admin", "middleware", _, "component" | "rollback"]) => {
+                problem(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here")
+            }
+            _ => problem(StatusCode::NOT_FOUND, "no such admin endpoint (see docs/admin.md)"),
+        }
+    }
+
+    fn authorized(&self, req: &Request<Incoming>) -> bool {
+        let Some(expected) = &self.token else {
+            return true; // no token configured: loopback only (checked at start)
+        };
+        let given = req
+            .headers()
+            .get(hyper::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim());
+        // Comparing digests: the time taken says nothing about how much of the token matched.
+        given.is_some_and(|token| Sha256::digest(token.as_bytes()).as_slice() == expected)
+    }
+
+    async fn list(&self) -> Response<Full<Bytes>> {
+        let middleware: Vec<Value> = self
+            .reloader
+            .middleware()
+            .await
+            .into_iter()
+            .map(|m| {
+                let mut entry = version_json(&m.primary);
+                entry["name"] = json!(m.name);
+                entry["component"] = json!(
+                    self.reloader
+                        .live()
+                        .config
+                        .middleware
+                        .get(&m.name)
+                        .map(|c| c.component.get_ref().clone())
+                );
+                entry["canary"] = m.canary.map_or(Value::Null, |(version, weight)| {
+                    let mut canary = version_json(&version);
+                    canary["weight"] = json!(weight);
+                    canary
+                });
+                entry["previous"] = m.previous.as_deref().map_or(Value::Null, version_json);
+                entry["last-error"] = json!(m.last_error);
+                entry
+            })
+            .collect();
+        let last = self.reloader.last_attempt();
+        json_response(
+            StatusCode::OK,
+            json!({ "middleware": middleware, "last-reload": last.as_ref().map(attempt_json) }),
+        )
+    }
+}
+
+/// The admin listener's address is acceptable without a token only on loopback.
+pub fn needs_token(addr: SocketAddr) -> bool {
+    !addr.ip().is_loopback()
+}
+
+fn swapped(result: Result<Attempt, SwapError>) -> Response<Full<Bytes>> {
+    match result {
+        Ok(attempt) => json_response(StatusCode::OK, attempt_json(&attempt)),
+        Err(e @ SwapError::UnknownMiddleware(_)) => problem(StatusCode::NOT_FOUND, &e.to_string()),
+        Err(e @ SwapError::Rejected(_)) => problem(StatusCode::BAD_REQUEST, &e.to_string()),
+        Err(e @ SwapError::NoPrevious(_)) => problem(StatusCode::CONFLICT, &e.to_string()),
+    }
+}
+
+fn version_json(version: &LoadedMiddleware) -> Value {
+    json!({
+        "digest": version.digest,
+        "version": version.version,
+        "version-label": version.version_label(),
+        "source": version.source.as_str(),
+        "loaded-at": rfc3339(version.loaded_at),
+        "load-ms": version.load_time.as_secs_f64() * 1e3,
+        "cached": version.cached,
+    })
+}
+
+fn attempt_json(attempt: &Attempt) -> Value {
+    json!({
+        "at": rfc3339(attempt.at),
+        "trigger": attempt.trigger.as_str(),
+        "result": if attempt.error.is_some() { "error" } else { "ok" },
+        "took-ms": attempt.took.as_secs_f64() * 1e3,
+        "changed": attempt.changed,
+        "error": attempt.error,
+    })
+}
+
+fn rfc3339(at: SystemTime) -> String {
+    humantime::format_rfc3339_millis(at).to_string()
+}
+
+fn text(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header("content-type", content_type)
+        .body(Full::new(Bytes::from(body)))
+        .expect("a valid response")
+}
+
+fn json_response(status: StatusCode, body: Value) -> Response<Full<Bytes>> {
+    text(status, "application/json", format!("{body:#}\n"))
+}
+
+fn problem(status: StatusCode, detail: &str) -> Response<Full<Bytes>> {
+    let body = json!({
+        "type": "about:blank",
+        "title": status.canonical_reason().unwrap_or(""),
+        "status": status.as_u16(),
+        "detail": detail,
+    });
+    text(status, "application/problem+json", format!("{body:#}\n"))
+}

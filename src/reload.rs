@@ -1,0 +1,456 @@
+//! Hot swap: every change to what is live (a config reload, an uploaded component, a rollback)
+//! builds a complete new [`Snapshot`] off the request path and stores it with one `ArcSwap::store`.
+//! A request keeps the snapshot it started with, so all its phases run on the same versions. A
+//! build that fails changes nothing: the old snapshot keeps serving, and the error is logged,
+//! counted (`sluice_reloads_total{result="error"}`) and shown by `GET /admin/middleware`.
+//!
+//! Triggers: the config file or a file it references changes ([`watch`]), `SIGHUP`,
+//! `POST /admin/reload`, `PUT /admin/middleware/NAME/component`,
+//! `POST /admin/middleware/NAME/rollback`. One reload runs at a time. Docs: docs/hot-swap.md.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use notify_debouncer_mini::notify::RecursiveMode;
+use tokio::sync::mpsc;
+
+use crate::chain::{Deployment, LoadedMiddleware, Loader, Pin, Snapshot, Source};
+use crate::config;
+use crate::error::Error;
+use crate::metrics::{self, VersionLabels};
+use crate::runtime::Runtime;
+
+/// What started a snapshot build.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    /// The config file or a file it references changed.
+    File,
+    /// `SIGHUP`.
+    Sighup,
+    /// `POST /admin/reload`.
+    Admin,
+    /// `PUT /admin/middleware/NAME/component`.
+    Upload,
+    /// `POST /admin/middleware/NAME/rollback`.
+    Rollback,
+    /// `sluice run` starting.
+    Start,
+}
+
+impl Trigger {
+    /// The metric label and the name in logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::File => "file",
+            Trigger::Sighup => "sighup",
+            Trigger::Admin => "admin",
+            Trigger::Upload => "upload",
+            Trigger::Rollback => "rollback",
+            Trigger::Start => "start",
+        }
+    }
+}
+
+/// The last snapshot build, as the admin API shows it.
+#[derive(Debug, Clone)]
+pub struct Attempt {
+    /// When it finished.
+    pub at: SystemTime,
+    /// What started it.
+    pub trigger: Trigger,
+    /// How long building (and swapping) took.
+    pub took: Duration,
+    /// Why it failed; `None`: it is live.
+    pub error: Option<String>,
+    /// The middleware whose versions it changed.
+    pub changed: Vec<String>,
+}
+
+/// Why an upload or a rollback was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum SwapError {
+    /// No `[middleware.NAME]` is live.
+    #[error("no middleware named `{0}`")]
+    UnknownMiddleware(String),
+    /// The uploaded component cannot serve (not a component, wrong world, `init` rejects the config).
+    #[error("{0}")]
+    Rejected(String),
+    /// Rollback without an earlier version.
+    #[error("middleware `{0}` has no previous version to roll back to")]
+    NoPrevious(String),
+}
+
+/// Builds and swaps snapshots; the only writer of the live [`Snapshot`].
+pub struct Reloader {
+    live: Arc<ArcSwap<Snapshot>>,
+    runtime: Arc<Runtime>,
+    path: PathBuf,
+    /// Held for the whole of a build and swap: one at a time.
+    versions: tokio::sync::Mutex<Versions>,
+    status: Mutex<Status>,
+}
+
+/// What the reloader remembers across snapshots.
+#[derive(Default)]
+struct Versions {
+    /// Components replacing what the config names (uploads, rollbacks), by middleware.
+    pins: BTreeMap<String, Pin>,
+    /// The version each middleware served before its last change, kept loaded for rollback.
+    previous: BTreeMap<String, Arc<LoadedMiddleware>>,
+}
+
+#[derive(Default, Clone)]
+struct Status {
+    last: Option<Attempt>,
+    /// The last failed build's errors about each middleware, until a build succeeds.
+    errors: BTreeMap<String, String>,
+}
+
+/// One middleware as the admin API lists it.
+#[derive(Debug, Clone)]
+pub struct MiddlewareStatus {
+    /// Its name.
+    pub name: String,
+    /// The primary version.
+    pub primary: Arc<LoadedMiddleware>,
+    /// The canary version and its weight.
+    pub canary: Option<(Arc<LoadedMiddleware>, u8)>,
+    /// The version a rollback would restore.
+    pub previous: Option<Arc<LoadedMiddleware>>,
+    /// Why the last build failed for this middleware, if it did.
+    pub last_error: Option<String>,
+}
+
+impl Reloader {
+    /// A reloader for the config file at `path`, whose snapshot `live` serves.
+    pub fn new(live: Arc<ArcSwap<Snapshot>>, runtime: Arc<Runtime>, path: PathBuf) -> Arc<Self> {
+        let reloader = Arc::new(Reloader {
+            live,
+            runtime,
+            path,
+            versions: tokio::sync::Mutex::new(Versions::default()),
+            status: Mutex::new(Status::default()),
+        });
+        reloader.publish_versions(&reloader.live.load());
+        reloader
+    }
+
+    /// The snapshot serving new requests.
+    pub fn live(&self) -> Arc<Snapshot> {
+        self.live.load_full()
+    }
+
+    /// The last build, if any since start.
+    pub fn last_attempt(&self) -> Option<Attempt> {
+        self.status.lock().ok().and_then(|s| s.last.clone())
+    }
+
+    /// Every live middleware with its versions and last error.
+    pub async fn middleware(&self) -> Vec<MiddlewareStatus> {
+        let versions = self.versions.lock().await;
+        let errors = self.status.lock().map(|s| s.errors.clone()).unwrap_or_default();
+        let live = self.live();
+        live.middleware
+            .iter()
+            .map(|(name, deployment)| MiddlewareStatus {
+                name: name.clone(),
+                primary: deployment.primary.clone(),
+                canary: deployment.canary.as_ref().map(|c| (c.version.clone(), c.weight)),
+                previous: versions.previous.get(name).cloned(),
+                last_error: errors.get(name).cloned(),
+            })
+            .collect()
+    }
+
+    /// Reads the config file again and swaps in what it describes. Middleware whose component,
+    /// config and settings did not change keep serving as they are.
+    pub async fn reload(&self, trigger: Trigger) -> Result<Attempt, Error> {
+        let started = Instant::now();
+        let mut versions = self.versions.lock().await;
+        let current = self.live.load_full();
+        let built = match config::load(&self.path) {
+            Ok(config) => Snapshot::rebuild(Arc::new(config), &self.runtime, Some(&current), &versions.pins).await,
+            Err(errors) => Err(Error::Config(errors)),
+        };
+        match built {
+            Ok(next) => {
+                // A pin lasts while the config names what it replaced; the build dropped the others.
+                versions.pins.retain(|name, _| {
+                    next.middleware
+                        .get(name)
+                        .is_some_and(|d| d.primary.source != Source::Config)
+                });
+                Ok(self.swap(&mut versions, &current, next, trigger, started))
+            }
+            Err(error) => {
+                let mut per_middleware = BTreeMap::new();
+                if let Error::Config(errors) = &error {
+                    for e in &errors.0 {
+                        if let Some(name) = e.key.strip_prefix("middleware.").and_then(|k| k.split('.').next()) {
+                            per_middleware.insert(name.to_owned(), e.to_string());
+                        }
+                    }
+                }
+                self.failed(trigger, started, error.to_string(), Some(per_middleware));
+                Err(error)
+            }
+        }
+    }
+
+    /// Swaps in `component` as middleware `name`'s primary version, once it has loaded and its
+    /// `init` accepted the config. It stays until the config names another component for `name`.
+    pub async fn upload(&self, name: &str, component: Bytes) -> Result<Attempt, SwapError> {
+        let started = Instant::now();
+        let mut versions = self.versions.lock().await;
+        let current = self.live.load_full();
+        let (Some(deployment), Some(mw)) = (current.middleware.get(name), current.config.middleware.get(name)) else {
+            return Err(SwapError::UnknownMiddleware(name.to_owned()));
+        };
+        let loader = Loader {
+            config: &current.config,
+            name,
+            mw,
+            runtime: &self.runtime,
+            state: &current.state,
+        };
+        let replaces = deployment.primary.configured.clone();
+        let loaded = match loader.upload(component.clone(), replaces.clone(), Source::Upload).await {
+            Ok(loaded) => loaded,
+            Err(e) => {
+                let message = format!("the uploaded component cannot serve as `{name}`: {e}");
+                self.failed(Trigger::Upload, started, message.clone(), None);
+                return Err(SwapError::Rejected(message));
+            }
+        };
+        versions.pins.insert(
+            name.to_owned(),
+            Pin {
+                component,
+                source: Source::Upload,
+                replaces,
+            },
+        );
+        let next = current.with_primary(name, loaded);
+        Ok(self.swap(&mut versions, &current, next, Trigger::Upload, started))
+    }
+
+    /// Swaps middleware `name`'s previous version back in (it is still loaded: instant).
+    pub async fn rollback(&self, name: &str) -> Result<Attempt, SwapError> {
+        let started = Instant::now();
+        let mut versions = self.versions.lock().await;
+        let current = self.live.load_full();
+        let Some(deployment) = current.middleware.get(name) else {
+            return Err(SwapError::UnknownMiddleware(name.to_owned()));
+        };
+        let Some(previous) = versions.previous.get(name).cloned() else {
+            return Err(SwapError::NoPrevious(name.to_owned()));
+        };
+        let configured = &deployment.primary.configured;
+        if previous.source == Source::Config && previous.configured == *configured {
+            versions.pins.remove(name);
+        } else {
+            let pin = Pin {
+                component: previous.component.clone(),
+                source: Source::Rollback,
+                replaces: configured.clone(),
+            };
+            versions.pins.insert(name.to_owned(), pin);
+        }
+        let next = current.with_primary(name, previous);
+        Ok(self.swap(&mut versions, &current, next, Trigger::Rollback, started))
+    }
+
+    /// Stores `next`; what it replaced becomes each changed middleware's previous version.
+    fn swap(
+        &self,
+        versions: &mut Versions,
+        current: &Snapshot,
+        next: Snapshot,
+        trigger: Trigger,
+        started: Instant,
+    ) -> Attempt {
+        let mut changed = Vec::new();
+        for (name, deployment) in &next.middleware {
+            let before = current.middleware.get(name);
+            if let Some(before) = before
+                && !Arc::ptr_eq(&before.primary, &deployment.primary)
+            {
+                versions.previous.insert(name.clone(), before.primary.clone());
+            }
+            let canary = |d: &Deployment| d.canary.as_ref().map(|c| c.version.clone());
+            let unchanged = before.is_some_and(|before| {
+                Arc::ptr_eq(&before.primary, &deployment.primary)
+                    && match (canary(before), canary(deployment)) {
+                        (Some(a), Some(b)) => Arc::ptr_eq(&a, &b),
+                        (a, b) => a.is_none() && b.is_none(),
+                    }
+            });
+            if !unchanged {
+                changed.push(name.clone());
+            }
+        }
+        versions.previous.retain(|name, _| next.middleware.contains_key(name));
+        self.publish_versions(&next);
+        self.live.store(Arc::new(next));
+        let attempt = Attempt {
+            at: SystemTime::now(),
+            trigger,
+            took: started.elapsed(),
+            error: None,
+            changed,
+        };
+        metrics::count_reload(trigger.as_str(), true);
+        tracing::info!(
+            trigger = trigger.as_str(),
+            changed = %attempt.changed.join(", "),
+            took_ms = attempt.took.as_secs_f64() * 1e3,
+            "new snapshot serving"
+        );
+        if let Ok(mut status) = self.status.lock() {
+            status.last = Some(attempt.clone());
+            status.errors.clear();
+        }
+        attempt
+    }
+
+    fn failed(
+        &self,
+        trigger: Trigger,
+        started: Instant,
+        error: String,
+        per_middleware: Option<BTreeMap<String, String>>,
+    ) {
+        metrics::count_reload(trigger.as_str(), false);
+        tracing::error!(
+            trigger = trigger.as_str(),
+            "reload failed, the running config keeps serving:\n{error}"
+        );
+        if let Ok(mut status) = self.status.lock() {
+            status.last = Some(Attempt {
+                at: SystemTime::now(),
+                trigger,
+                took: started.elapsed(),
+                error: Some(error),
+                changed: Vec::new(),
+            });
+            if let Some(per_middleware) = per_middleware {
+                status.errors = per_middleware;
+            }
+        }
+    }
+
+    /// `sluice_middleware_version_info`: the versions `snapshot` serves.
+    fn publish_versions(&self, snapshot: &Snapshot) {
+        let family = &metrics::metrics().versions;
+        family.clear();
+        for (name, deployment) in &snapshot.middleware {
+            let canary = deployment.canary.as_ref().map(|c| (&c.version, "canary"));
+            for (version, role) in std::iter::once((&deployment.primary, "primary")).chain(canary) {
+                family
+                    .get_or_create(&VersionLabels {
+                        middleware: name.clone(),
+                        version: version.version_label(),
+                        digest: version.digest.clone(),
+                        role: role.to_owned(),
+                    })
+                    .set(1);
+            }
+        }
+    }
+
+    /// The files whose change triggers a reload: the config file, every component file it names
+    /// and every `-file` key in a middleware's `config`.
+    pub fn watched_files(&self) -> BTreeSet<PathBuf> {
+        let live = self.live();
+        let config = &live.config;
+        let base = config.base_dir();
+        let mut files = BTreeSet::from([config.path.clone()]);
+        for mw in config.middleware.values() {
+            let components = std::iter::once(&mw.component).chain(mw.canary.as_ref().map(|c| &c.component));
+            for component in components {
+                if !component.get_ref().starts_with("builtin:") {
+                    files.insert(base.join(component.get_ref()));
+                }
+            }
+            for (key, value) in mw.config.get_ref() {
+                if key.ends_with("-file")
+                    && let Some(path) = value.as_str()
+                {
+                    files.insert(base.join(path));
+                }
+            }
+        }
+        files.into_iter().filter_map(|f| canonical(&f)).collect()
+    }
+}
+
+/// `path` with its directory resolved (the file itself may be replaced, or missing for a while).
+fn canonical(path: &Path) -> Option<PathBuf> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    Some(dir.canonicalize().ok()?.join(path.file_name()?))
+}
+
+/// How long file events are collected before one reload: an editor's save or a deploy's copy
+/// is several events.
+const DEBOUNCE: Duration = Duration::from_millis(100);
+
+/// Reloads whenever a file of [`Reloader::watched_files`] changes (debounced), until the process
+/// ends. Directories are watched, so files replaced by a rename (what editors and deploy tools
+/// do) are seen too.
+pub async fn watch(reloader: Arc<Reloader>) {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let debouncer = notify_debouncer_mini::new_debouncer(DEBOUNCE, move |events| {
+        let _ = tx.send(events);
+    });
+    let mut debouncer = match debouncer {
+        Ok(debouncer) => debouncer,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot watch the config file; reload with SIGHUP or the admin API");
+            return;
+        }
+    };
+    let mut dirs = BTreeSet::new();
+    let mut files = BTreeSet::new();
+    let mut rewatch = |dirs: &mut BTreeSet<PathBuf>, files: &mut BTreeSet<PathBuf>| {
+        *files = reloader.watched_files();
+        for dir in files.iter().filter_map(|f| f.parent()) {
+            if !dirs.contains(dir) {
+                match debouncer.watcher().watch(dir, RecursiveMode::NonRecursive) {
+                    Ok(()) => {
+                        dirs.insert(dir.to_owned());
+                    }
+                    Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "cannot watch"),
+                }
+            }
+        }
+    };
+    rewatch(&mut dirs, &mut files);
+    while let Some(events) = rx.recv().await {
+        let Ok(events) = events else { continue };
+        let relevant = events.iter().any(|event| files.contains(&event.path));
+        if relevant && reloader.reload(Trigger::File).await.is_ok() {
+            rewatch(&mut dirs, &mut files);
+        }
+    }
+}
+
+/// Reloads on every `SIGHUP`, until the process ends.
+pub async fn on_sighup(reloader: Arc<Reloader>) {
+    let mut hangups = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(signal) => signal,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGHUP");
+            return;
+        }
+    };
+    while hangups.recv().await.is_some() {
+        let _ = reloader.reload(Trigger::Sighup).await;
+    }
+}

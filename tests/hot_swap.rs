@@ -1,0 +1,486 @@
+//! Hot swap under load, over real TCP: a component swapped between two versions by file change and
+//! by upload, bad uploads and bad config edits, rollback, SIGHUP and the admin reload, a canary's
+//! share of traffic, and the admin API's guard. Eight connections stay busy throughout; every
+//! request must succeed and carry one version in both of its phases.
+//!
+//! `version_one` and `version_two` are the same middleware built twice: each sets
+//! `x-version-request` for the upstream (the echo upstream shows it back) and `x-version` on the
+//! response.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{EchoServer, Sluice, component, echo, free_addr, shared_cache_dir};
+use serde_json::Value;
+
+const TOKEN: &str = "test-admin-token";
+
+struct Proxy {
+    sluice: Sluice,
+    admin: std::net::SocketAddr,
+    _echo: EchoServer,
+}
+
+fn server(addr: std::net::SocketAddr, admin: std::net::SocketAddr, extra: &str) -> String {
+    format!(
+        "[server]\nlisten = [\"{addr}\"]\nthreads = 2\ncache-dir = {:?}\nadmin = \"{admin}\"\nadmin-token-env = \"SLUICE_ADMIN_TOKEN\"\n{extra}\n",
+        shared_cache_dir().display().to_string()
+    )
+}
+
+fn body(echo: &EchoServer, middleware: &str) -> String {
+    format!(
+        "[upstreams.echo]\ntargets = [\"{}\"]\n\n{middleware}\n[[route]]\nname = \"all\"\nupstream = \"echo\"\nmiddleware = [\"ver\"]\n",
+        echo.addr()
+    )
+}
+
+/// Compiles both versions into the shared artifact cache first, so swap times are what a swap to
+/// a known version costs (the first load of a component compiles it: seconds, not the subject).
+fn prewarm() {
+    for version in ["version_one", "version_two"] {
+        let config = format!(
+            "[server]\ncache-dir = {:?}\n[upstreams.u]\ntargets = [\"127.0.0.1:1\"]\n[middleware.ver]\ncomponent = {:?}\n[[route]]\nname = \"r\"\nupstream = \"u\"\nmiddleware = [\"ver\"]\n",
+            shared_cache_dir().display().to_string(),
+            component(version)
+        );
+        let (_dir, _path, out) = common::run_on_config("check", &config);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+/// sluice with middleware `ver` running `v.wasm` in its directory (a copy of `initial`).
+async fn start(initial: &str, server_extra: &str, middleware_extra: &str) -> Proxy {
+    prewarm();
+    let echo = echo().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(component(initial), dir.path().join("v.wasm")).unwrap();
+    let (addr, admin) = (free_addr(), free_addr());
+    let middleware = format!("[middleware.ver]\ncomponent = \"v.wasm\"\n{middleware_extra}\n");
+    let config = server(addr, admin, server_extra) + &body(&echo, &middleware);
+    let sluice = Sluice::spawn(&config, addr, dir, &[("SLUICE_ADMIN_TOKEN", TOKEN)]);
+    Proxy {
+        sluice,
+        admin,
+        _echo: echo,
+    }
+}
+
+/// Replaces `to` with `from` the way deploy tools do: write beside it, then rename over it.
+fn replace_file(from: &Path, to: &Path) {
+    let tmp = to.with_extension("tmp");
+    std::fs::copy(from, &tmp).unwrap();
+    std::fs::rename(&tmp, to).unwrap();
+}
+
+/// One request's versions: (request phase, response phase); `Err` for a failed request.
+type Seen = Result<(String, String), String>;
+
+async fn versions(client: &reqwest::Client, url: &str) -> Seen {
+    let resp = client.get(url).send().await.map_err(|e| e.to_string())?;
+    let status = resp.status();
+    let response_version = resp
+        .headers()
+        .get("x-version")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    let body: Value = resp.json().await.map_err(|e| e.to_string())?;
+    if status != 200 {
+        return Err(format!("status {status}: {body}"));
+    }
+    let request_version = body["headers"]["x-version-request"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    Ok((request_version, response_version))
+}
+
+/// Eight clients, each on its own connection, sending requests back to back until stopped.
+struct Load {
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<Vec<Seen>>>,
+}
+
+impl Load {
+    fn start(url: String) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let tasks = (0..8)
+            .map(|_| {
+                let (stop, url) = (stop.clone(), url.clone());
+                tokio::spawn(async move {
+                    let client = common::client();
+                    let mut seen = Vec::new();
+                    while !stop.load(Ordering::Relaxed) {
+                        seen.push(versions(&client, &url).await);
+                    }
+                    seen
+                })
+            })
+            .collect();
+        Load { stop, tasks }
+    }
+
+    /// Stops the clients; asserts every request succeeded with one version in both phases, and
+    /// returns how many requests each version served.
+    async fn finish(self) -> BTreeMap<String, usize> {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut served = BTreeMap::new();
+        let mut total = 0;
+        for task in self.tasks {
+            for result in task.await.unwrap() {
+                total += 1;
+                let (request, response) = result.unwrap_or_else(|e| panic!("a request failed during the swaps: {e}"));
+                assert_eq!(request, response, "one request ran two versions");
+                *served.entry(response).or_insert(0) += 1;
+            }
+        }
+        assert!(total > 100, "the load ran only {total} requests");
+        served
+    }
+}
+
+impl Proxy {
+    fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin)
+    }
+
+    async fn admin(&self, method: reqwest::Method, path: &str, body: Vec<u8>) -> (u16, Value) {
+        let resp = common::client()
+            .request(method, self.admin_url(path))
+            .bearer_auth(TOKEN)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn upload(&self, wasm: Vec<u8>) -> (u16, Value) {
+        self.admin(reqwest::Method::PUT, "/admin/middleware/ver/component", wasm)
+            .await
+    }
+
+    async fn middleware(&self) -> Value {
+        self.admin(reqwest::Method::GET, "/admin/middleware", Vec::new())
+            .await
+            .1
+    }
+
+    async fn version_now(&self) -> String {
+        versions(&common::client(), &self.sluice.url("/now")).await.unwrap().1
+    }
+
+    /// Waits until a new request sees `version`; returns how long that took.
+    async fn wait_for(&self, version: &str, within: Duration) -> Duration {
+        let started = Instant::now();
+        loop {
+            if self.version_now().await == version {
+                return started.elapsed();
+            }
+            assert!(
+                started.elapsed() < within,
+                "version `{version}` not serving after {within:?}:\n{}",
+                self.sluice.stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    async fn metric(&self, line_start: &str) -> f64 {
+        let text = common::client()
+            .get(self.admin_url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .filter(|l| l.starts_with(line_start))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+}
+
+fn wasm(name: &str) -> Vec<u8> {
+    std::fs::read(component(name)).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fifty_swaps_by_file_and_fifty_by_upload_lose_no_request() {
+    let proxy = start("version_one", "", "").await;
+    let file = proxy.sluice.dir.path().join("v.wasm");
+    let load = Load::start(proxy.sluice.url("/load"));
+    let mut slowest = Duration::ZERO;
+    for i in 0..50 {
+        let next = if i % 2 == 0 { "version_two" } else { "version_one" };
+        replace_file(Path::new(&component(next)), &file);
+        slowest = slowest.max(
+            proxy
+                .wait_for(&next.replace("version_", ""), Duration::from_secs(5))
+                .await,
+        );
+    }
+    assert!(
+        slowest <= Duration::from_secs(1),
+        "a file swap took {slowest:?} to serve"
+    );
+    for i in 0..50 {
+        let next = if i % 2 == 0 { "version_two" } else { "version_one" };
+        let (status, answer) = proxy.upload(wasm(next)).await;
+        assert_eq!(status, 200, "{answer}");
+        // The upload answers once the new snapshot is live: the very next request runs it.
+        assert_eq!(proxy.version_now().await, next.replace("version_", ""));
+    }
+    let served = load.finish().await;
+    eprintln!("slowest file swap: {slowest:?}; requests served by version: {served:?}");
+    assert!(
+        served.get("one").is_some_and(|&n| n > 0) && served.get("two").is_some_and(|&n| n > 0),
+        "{served:?}"
+    );
+    assert_eq!(
+        proxy
+            .metric("sluice_reloads_total{trigger=\"upload\",result=\"ok\"}")
+            .await,
+        50.0
+    );
+    assert!(
+        proxy
+            .metric("sluice_reloads_total{trigger=\"file\",result=\"ok\"}")
+            .await
+            >= 50.0
+    );
+    let listed = proxy.middleware().await;
+    let ver = &listed["middleware"][0];
+    assert_eq!(ver["source"], "upload", "{listed}");
+    assert_eq!(ver["digest"].as_str().unwrap().len(), 64, "{listed}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_uploads_and_bad_config_edits_change_nothing_and_rollback_is_instant() {
+    let proxy = start("version_one", "", "version = \"v1\"").await;
+    let load = Load::start(proxy.sluice.url("/load"));
+
+    // Not wasm, the wrong world, a component whose `init` rejects this config (`stamp` needs `name`).
+    for (bad, expect) in [
+        (b"not a component".to_vec(), "cannot serve as `ver`"),
+        (wasm("wrong_world"), "cannot serve as `ver`"),
+        (wasm("stamp"), "`name` is required"),
+    ] {
+        let (status, answer) = proxy.upload(bad).await;
+        assert_eq!(status, 400, "{answer}");
+        assert!(answer["detail"].as_str().unwrap().contains(expect), "{answer}");
+        assert_eq!(proxy.version_now().await, "one");
+    }
+    let (status, _) = proxy
+        .admin(
+            reqwest::Method::PUT,
+            "/admin/middleware/nope/component",
+            wasm("version_two"),
+        )
+        .await;
+    assert_eq!(status, 404);
+    let unauthorized = common::client()
+        .put(proxy.admin_url("/admin/middleware/ver/component"))
+        .body(wasm("version_two"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unauthorized.status(), 401);
+    assert!(unauthorized.headers().contains_key("www-authenticate"));
+    assert_eq!(proxy.version_now().await, "one");
+
+    // A broken config edit: the watcher's reload fails, the old snapshot keeps serving, and the
+    // admin API says why, at the file, line and key.
+    let path = proxy.sluice.config_path();
+    let good = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        good.replace("component = \"v.wasm\"", "component = \"v.wasm\"\ntimeout = \"soon\""),
+    )
+    .unwrap();
+    let started = Instant::now();
+    loop {
+        let listed = proxy.middleware().await;
+        if listed["last-reload"]["trigger"] == "file" {
+            assert_eq!(listed["last-reload"]["result"], "error", "{listed}");
+            let error = listed["last-reload"]["error"].as_str().unwrap();
+            assert!(
+                error.contains("sluice.toml:") && error.contains("middleware.ver.timeout"),
+                "{error}"
+            );
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the broken edit was not noticed: {listed}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(proxy.version_now().await, "one");
+    assert_eq!(
+        proxy
+            .metric("sluice_reloads_total{trigger=\"file\",result=\"error\"}")
+            .await,
+        1.0
+    );
+
+    // A config naming a component that fails to load: also nothing changes.
+    std::fs::write(proxy.sluice.dir.path().join("broken.wasm"), b"\0asm broken").unwrap();
+    std::fs::write(&path, good.replace("\"v.wasm\"", "\"broken.wasm\"")).unwrap();
+    let (status, answer) = proxy.admin(reqwest::Method::POST, "/admin/reload", Vec::new()).await;
+    assert_eq!(status, 422, "{answer}");
+    let listed = proxy.middleware().await;
+    assert!(
+        listed["middleware"][0]["last-error"]
+            .as_str()
+            .unwrap()
+            .contains("middleware.ver.component"),
+        "{listed}"
+    );
+    assert_eq!(proxy.version_now().await, "one");
+
+    // A good edit: version two, labelled v2.
+    std::fs::copy(component("version_two"), proxy.sluice.dir.path().join("v2.wasm")).unwrap();
+    std::fs::write(
+        &path,
+        good.replace("\"v.wasm\"", "\"v2.wasm\"").replace("\"v1\"", "\"v2\""),
+    )
+    .unwrap();
+    proxy.wait_for("two", Duration::from_secs(5)).await;
+    let listed = proxy.middleware().await;
+    assert_eq!(listed["middleware"][0]["version"], "v2", "{listed}");
+    assert_eq!(listed["middleware"][0]["previous"]["version"], "v1", "{listed}");
+    assert_eq!(listed["middleware"][0]["last-error"], Value::Null, "{listed}");
+
+    // Rollback: the previous version is still loaded; the next request runs it. Twice: back again.
+    let (status, answer) = proxy
+        .admin(reqwest::Method::POST, "/admin/middleware/ver/rollback", Vec::new())
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(proxy.version_now().await, "one");
+    let (status, _) = proxy
+        .admin(reqwest::Method::POST, "/admin/middleware/ver/rollback", Vec::new())
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(proxy.version_now().await, "two");
+
+    let served = load.finish().await;
+    assert!(served.contains_key("one") && served.contains_key("two"), "{served:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_canary_takes_its_weight_and_metrics_are_split_by_version() {
+    let canary = format!(
+        "version = \"stable\"\n[middleware.ver.canary]\ncomponent = {:?}\nweight = 30\nversion = \"canary\"\n",
+        component("version_two")
+    );
+    let proxy = start("version_one", "", &canary).await;
+    let url = proxy.sluice.url("/canary");
+    let mut served = BTreeMap::new();
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move {
+                let client = common::client();
+                let mut seen = Vec::new();
+                for _ in 0..250 {
+                    seen.push(versions(&client, &url).await.unwrap());
+                }
+                seen
+            })
+        })
+        .collect();
+    for task in tasks {
+        for (request, response) in task.await.unwrap() {
+            assert_eq!(request, response, "one request ran two versions");
+            *served.entry(response).or_insert(0u32) += 1;
+        }
+    }
+    let share = f64::from(served["two"]) / 2000.0 * 100.0;
+    assert!(
+        (25.0..=35.0).contains(&share),
+        "canary share {share:.1}% for weight 30: {served:?}"
+    );
+    let calls = |version: &str| {
+        format!(
+            "sluice_middleware_calls_total{{middleware=\"ver\",version=\"{version}\",phase=\"response-headers\",outcome=\"next\"}}"
+        )
+    };
+    assert_eq!(proxy.metric(&calls("canary")).await, f64::from(served["two"]));
+    assert_eq!(proxy.metric(&calls("stable")).await, f64::from(served["one"]));
+    let listed = proxy.middleware().await;
+    assert_eq!(listed["middleware"][0]["canary"]["weight"], 30, "{listed}");
+    assert_eq!(listed["middleware"][0]["canary"]["version"], "canary", "{listed}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sighup_and_the_admin_api_reload_when_watching_is_off() {
+    let proxy = start("version_one", "watch = false", "").await;
+    let path = proxy.sluice.config_path();
+    let good = std::fs::read_to_string(&path).unwrap();
+    std::fs::copy(component("version_two"), proxy.sluice.dir.path().join("v2.wasm")).unwrap();
+    std::fs::write(&path, good.replace("\"v.wasm\"", "\"v2.wasm\"")).unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(proxy.version_now().await, "one", "reloaded without being asked");
+
+    let hup = std::process::Command::new("kill")
+        .args(["-HUP", &proxy.sluice.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    proxy.wait_for("two", Duration::from_secs(5)).await;
+
+    std::fs::write(&path, &good).unwrap();
+    let (status, answer) = proxy.admin(reqwest::Method::POST, "/admin/reload", Vec::new()).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["changed"][0], "ver", "{answer}");
+    assert_eq!(proxy.version_now().await, "one");
+    assert_eq!(
+        proxy
+            .metric("sluice_reloads_total{trigger=\"sighup\",result=\"ok\"}")
+            .await,
+        1.0
+    );
+
+    // The config as loaded, and health.
+    let config = common::client()
+        .get(proxy.admin_url("/admin/config"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(config.text().await.unwrap(), good);
+    let health = common::client().get(proxy.admin_url("/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+}
+
+#[test]
+fn the_admin_api_is_not_exposed_without_a_token() {
+    let config = |admin: &str, token: &str| {
+        format!(
+            "[server]\nlisten = [\"{}\"]\nadmin = \"{admin}\"\n{token}\n[upstreams.u]\ntargets = [\"127.0.0.1:1\"]\n[[route]]\nname = \"r\"\nupstream = \"u\"\n",
+            free_addr()
+        )
+    };
+    for (config, expect) in [
+        (config("0.0.0.0:0", ""), "needs `admin-token-env`"),
+        (
+            config("127.0.0.1:0", "admin-token-env = \"SLUICE_TEST_UNSET_TOKEN\""),
+            "`SLUICE_TEST_UNSET_TOKEN`, which is not set",
+        ),
+    ] {
+        let (_dir, _path, out) = common::run_on_config("run", &config);
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("sluice.toml:3:") && stderr.contains("server.admin") && stderr.contains(expect),
+            "{stderr}"
+        );
+    }
+}
