@@ -63,19 +63,7 @@ fn main() -> ExitCode {
 }
 
 fn run(config: Result<config::Config, sluice::error::Error>) -> ExitCode {
-    let server = config.and_then(|config| {
-        let listen: Vec<String> = config
-            .server
-            .listen
-            .get_ref()
-            .iter()
-            .map(|a| a.get_ref().to_string())
-            .collect();
-        let (path, routes) = (config.path.clone(), config.routes.len());
-        let server = sluice::server::build(config)?;
-        tracing::info!(config = %path.display(), listen = %listen.join(", "), routes, "sluice is serving");
-        Ok(server)
-    });
+    let server = config.and_then(sluice::server::build);
     match server {
         Ok(server) => server.run_forever(),
         Err(e) => report(&e),

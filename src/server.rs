@@ -58,10 +58,12 @@ pub fn build(config: Config) -> Result<Server, Error> {
         .collect();
     let watch = config.server.watch;
     let path = config.path.clone();
+    let routes = config.routes.len();
     let (snapshot, runtime) = load(config)?;
     let live = Arc::new(ArcSwap::from_pointee(snapshot));
-    let reloader = Reloader::new(live.clone(), runtime, path);
+    let reloader = Reloader::new(live.clone(), runtime, path.clone());
     control_plane(reloader, admin, watch)?;
+    tracing::info!(config = %path.display(), listen = %listen.join(", "), routes, "sluice is serving");
 
     let conf = ServerConf {
         threads,
