@@ -141,6 +141,7 @@ impl Admin {
     }
 
     async fn list(&self) -> Response<Full<Bytes>> {
+        let live = self.reloader.live();
         let middleware: Vec<Value> = self
             .reloader
             .middleware()
@@ -149,14 +150,7 @@ impl Admin {
             .map(|m| {
                 let mut entry = version_json(&m.primary);
                 entry["name"] = json!(m.name);
-                entry["component"] = json!(
-                    self.reloader
-                        .live()
-                        .config
-                        .middleware
-                        .get(&m.name)
-                        .map(|c| c.component.get_ref().clone())
-                );
+                entry["component"] = json!(live.config.middleware.get(&m.name).map(|c| c.component.get_ref()));
                 entry["canary"] = m.canary.map_or(Value::Null, |(version, weight)| {
                     let mut canary = version_json(&version);
                     canary["weight"] = json!(weight);

@@ -114,6 +114,15 @@ impl Snapshot {
 
         let mut middleware = BTreeMap::new();
         for (name, mw) in &config.middleware {
+            if let Some(host) = mw.allow_hosts.first() {
+                // Once, not per version (the primary and the canary share it).
+                errors.push(config.error_at(
+                    host.span(),
+                    format!("middleware.{name}.allow-hosts"),
+                    "outbound HTTP is not available in this build yet; remove `allow-hosts`",
+                ));
+                continue;
+            }
             let live = current.and_then(|c| c.middleware.get(name));
             let loader = Loader {
                 config: &config,
@@ -260,13 +269,6 @@ impl Loader<'_> {
         let (config, name) = (self.config, self.name);
         let at_component =
             |message: String| config.error_at(component.span(), format!("middleware.{name}.component"), message);
-        if let Some(host) = self.mw.allow_hosts.first() {
-            return Err(config.error_at(
-                host.span(),
-                format!("middleware.{name}.allow-hosts"),
-                "outbound HTTP is not available in this build yet; remove `allow-hosts`",
-            ));
-        }
         let named = component.get_ref();
         let bytes: Bytes = match named.strip_prefix("builtin:") {
             Some(builtin) => crate::artifacts::BUILTIN
