@@ -24,7 +24,7 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use sluice::chain::{Chain, ChainRun, Reuse, request_view};
 use sluice::runtime::Runtime;
 use sluice::runtime::host::HostState;
-use sluice::state::{MemoryState, StateBackend};
+use sluice::state::State;
 
 fn request() -> RequestHeader {
     let mut req = RequestHeader::build("GET", b"/api/v3/users/42/profile", None).unwrap();
@@ -102,12 +102,12 @@ fn per_request(c: &mut Criterion) {
 
     // Without the snapshot: instantiate the original component and run `init` on every request.
     let raw = runtime.prepare(&regex_wasm).unwrap();
-    let state: Arc<dyn StateBackend> = Arc::new(MemoryState::default());
+    let state: Arc<State> = Arc::new(State::memory());
     let req = request();
     group.bench_function("regex-init/init-per-request", |b| {
         b.iter(|| {
             rt.block_on(async {
-                let mut host = HostState::new("re".into(), state.clone(), 64 << 20);
+                let mut host = HostState::new("re".into(), state.clone(), 64 << 20, None);
                 host.deadline = std::time::Instant::now() + Duration::from_secs(10);
                 let mut store = runtime.store(host);
                 let instance = raw.instantiate_async(&mut store).await.unwrap();
@@ -129,7 +129,7 @@ fn load(c: &mut Criterion) {
     group.sample_size(10);
     for (component, config) in [("stamp", r#"{"name":"a"}"#), ("regex_init", "{}")] {
         let wasm = test_component(component);
-        let state: Arc<dyn StateBackend> = Arc::new(MemoryState::default());
+        let state: Arc<State> = Arc::new(State::memory());
         group.bench_function(format!("{component}/uncached"), |b| {
             b.iter(|| {
                 let cache = tempfile::tempdir().unwrap();

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use sluice::runtime::{LoadError, Runtime};
-use sluice::state::{MemoryState, StateBackend};
+use sluice::state::State;
 
 fn component(name: &str) -> Vec<u8> {
     let path = PathBuf::from(sluice::artifacts::COMPONENT_DIR).join(format!("{name}.wasm"));
@@ -15,8 +15,8 @@ fn component(name: &str) -> Vec<u8> {
 /// `stamp`'s config for the cache test: two of its four phases.
 const STAMP_A: &str = r#"{"name":"a","phases":["request-headers","response-body"]}"#;
 
-fn state() -> Arc<dyn StateBackend> {
-    Arc::new(MemoryState::default())
+fn state() -> Arc<State> {
+    Arc::new(State::memory())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 use sluice::chain::{LoadedMiddleware, Reuse};
 use sluice::config::OnError;
 use sluice::runtime::Runtime;
-use sluice::state::{MemoryState, StateBackend};
+use sluice::state::State;
 
 /// A test component build.rs compiled (`middleware/test/<name>`).
 pub fn test_component(name: &str) -> Vec<u8> {
@@ -42,7 +42,7 @@ pub fn link(
     config: &str,
     reuse: Option<Reuse>,
 ) -> Arc<LoadedMiddleware> {
-    let state: Arc<dyn StateBackend> = Arc::new(MemoryState::default());
+    let state: Arc<State> = Arc::new(State::memory());
     let loaded = rt
         .block_on(runtime.load(name, wasm, config, state.clone(), 64 << 20))
         .expect("loads");
@@ -62,6 +62,7 @@ pub fn link(
         memory_limit: 64 << 20,
         on_error: OnError::Deny,
         state,
+        outbound: None,
         runtime: runtime.clone(),
         reuse,
         idle: IdleInstances::default(),

@@ -18,8 +18,9 @@ pub use snapshot::{Loader, Pin, Route, Snapshot, digest};
 
 use crate::config::OnError;
 use crate::runtime::host::HostState;
+use crate::runtime::host::Outbound;
 use crate::runtime::{MiddlewarePre, Registration, Runtime};
-use crate::state::StateBackend;
+use crate::state::State;
 
 /// One `[middleware.NAME]`, compiled, initialized and ready to instantiate per request.
 pub struct LoadedMiddleware {
@@ -42,7 +43,9 @@ pub struct LoadedMiddleware {
     /// What a failure does to the request.
     pub on_error: OnError,
     /// Its state backend.
-    pub state: Arc<dyn StateBackend>,
+    pub state: Arc<State>,
+    /// What it may reach with outbound HTTP; `None`: nothing.
+    pub outbound: Option<Arc<Outbound>>,
     /// The runtime that loaded it.
     pub runtime: Arc<Runtime>,
     /// Instances serve several requests, within these bounds; `None`: a fresh one per request.

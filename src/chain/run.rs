@@ -207,7 +207,8 @@ impl ChainRun {
                 match instance(&mut self.slots[index].live, link).await {
                     Ok(live) => {
                         arm(live, link);
-                        let result = live.bindings.call_on_request_headers(&mut live.store, &request).await;
+                        let result =
+                            bounded(link, live.bindings.call_on_request_headers(&mut live.store, &request)).await;
                         settle(live, result)
                     }
                     Err(kind) => Err(kind),
@@ -249,10 +250,12 @@ impl ChainRun {
                 match instance(&mut self.slots[index].live, link).await {
                     Ok(live) => {
                         arm(live, link);
-                        let result = live
-                            .bindings
-                            .call_on_response_headers(&mut live.store, &request, status, &headers)
-                            .await;
+                        let result = bounded(
+                            link,
+                            live.bindings
+                                .call_on_response_headers(&mut live.store, &request, status, &headers),
+                        )
+                        .await;
                         settle(live, result)
                     }
                     Err(kind) => Err(kind),
@@ -294,10 +297,11 @@ impl ChainRun {
                 match instance(&mut self.slots[index].live, link).await {
                     Ok(live) => {
                         arm(live, link);
-                        let result = live
-                            .bindings
-                            .call_on_request_body(&mut live.store, &request, body)
-                            .await;
+                        let result = bounded(
+                            link,
+                            live.bindings.call_on_request_body(&mut live.store, &request, body),
+                        )
+                        .await;
                         settle(live, result)
                     }
                     Err(kind) => Err(kind),
@@ -330,10 +334,12 @@ impl ChainRun {
                 match instance(&mut self.slots[index].live, link).await {
                     Ok(live) => {
                         arm(live, link);
-                        let result = live
-                            .bindings
-                            .call_on_response_body(&mut live.store, &request, status, &headers, body)
-                            .await;
+                        let result = bounded(
+                            link,
+                            live.bindings
+                                .call_on_response_body(&mut live.store, &request, status, &headers, body),
+                        )
+                        .await;
                         settle(live, result)
                     }
                     Err(kind) => Err(kind),
@@ -357,7 +363,12 @@ async fn instance<'a>(slot: &'a mut Option<Live>, link: &Arc<LoadedMiddleware>) 
         *slot = Some(live);
     }
     if slot.is_none() {
-        let host = HostState::new(link.name.clone(), link.state.clone(), link.memory_limit as usize);
+        let host = HostState::new(
+            link.name.clone(),
+            link.state.clone(),
+            link.memory_limit as usize,
+            link.outbound.clone(),
+        );
         let mut store = link.runtime.store(host);
         store.data_mut().deadline = Instant::now() + link.timeout;
         let bindings = link.pre.instantiate_async(&mut store).await.map_err(|e| {
@@ -446,14 +457,30 @@ fn arm(live: &mut Live, link: &LoadedMiddleware) {
     host.timed_out = false;
 }
 
-/// A call's result; a successful call leaves its instance reusable.
-fn settle<T>(live: &mut Live, result: wasmtime::Result<T>) -> Result<T, FailureKind> {
+/// `call`, bounded by the middleware's deadline in wall-clock time as well: the epoch deadline
+/// stops a component that computes, this one a component waiting in the host (on an outbound
+/// request, the state backend, a WASI clock). The timer is only registered if the call does not
+/// finish at its first poll.
+async fn bounded<T>(
+    link: &LoadedMiddleware,
+    call: impl Future<Output = wasmtime::Result<T>>,
+) -> Result<wasmtime::Result<T>, tokio::time::error::Elapsed> {
+    tokio::time::timeout(link.timeout, call).await
+}
+
+/// A call's result; a successful call leaves its instance reusable. A call stopped while waiting
+/// (its future dropped) leaves the instance unusable, and it is never reused.
+fn settle<T>(
+    live: &mut Live,
+    result: Result<wasmtime::Result<T>, tokio::time::error::Elapsed>,
+) -> Result<T, FailureKind> {
     match result {
-        Ok(value) => {
+        Ok(Ok(value)) => {
             live.reusable = true;
             Ok(value)
         }
-        Err(e) => Err(classify(live, &e)),
+        Ok(Err(e)) => Err(classify(live, &e)),
+        Err(_) => Err(FailureKind::Timeout),
     }
 }
 

@@ -8,13 +8,14 @@ use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
 use crate::chain::{Canary, Chain, Deployment, IdleInstances, LoadedMiddleware, Reuse, Source, version_label};
-use crate::config::{Config, ConfigError, ConfigErrors, MiddlewareConfig, StateBackend as StateKind};
+use crate::config::{Config, ConfigError, ConfigErrors, MiddlewareConfig};
 use crate::error::Error;
 use crate::metrics::CallCounters;
 use crate::proxy::router::Router;
 use crate::proxy::upstream::Upstream;
+use crate::runtime::host::Outbound;
 use crate::runtime::{LoadError, Runtime};
-use crate::state::{MemoryState, StateBackend};
+use crate::state::{RedisState, State};
 
 /// Everything a request needs, built at load and never changed after.
 ///
@@ -30,7 +31,7 @@ pub struct Snapshot {
     /// The config this was built from.
     pub config: Arc<Config>,
     /// The state backend every middleware shares; a reload keeps it (and so the rate limits).
-    pub state: Arc<dyn StateBackend>,
+    pub state: Arc<State>,
     /// When this snapshot was built.
     pub loaded_at: SystemTime,
 }
@@ -80,19 +81,30 @@ impl Snapshot {
         pins: &BTreeMap<String, Pin>,
     ) -> Result<Snapshot, Error> {
         let mut errors = Vec::new();
-        let state: Arc<dyn StateBackend> = match config.state.backend.get_ref() {
-            StateKind::Memory => match current {
-                Some(current) => current.state.clone(),
-                None => Arc::new(MemoryState::default()),
+        // The backend is kept across reloads while its settings do not change: in-process rate
+        // limits survive, and Redis keeps its connection.
+        let kept = current
+            .map(|c| &c.state)
+            .filter(|state| match (&***state, config.state.redis()) {
+                (State::Memory(_), None) => true,
+                (State::Redis(redis), Some(settings)) => redis.uses(&settings),
+                _ => false,
+            });
+        let state = match (kept, config.state.redis()) {
+            (Some(state), _) => state.clone(),
+            (None, None) => Arc::new(State::memory()),
+            (None, Some(settings)) => match RedisState::connect(settings) {
+                Ok(redis) => Arc::new(State::Redis(redis)),
+                Err(message) => {
+                    let at = config
+                        .state
+                        .url
+                        .as_ref()
+                        .map_or(config.state.backend.span(), |u| u.span());
+                    errors.push(config.error_at(at, "state.url", message));
+                    Arc::new(State::memory())
+                }
             },
-            StateKind::Redis => {
-                errors.push(config.error_at(
-                    config.state.backend.span(),
-                    "state.backend",
-                    "the `redis` state backend is not available in this build yet; use `memory`",
-                ));
-                Arc::new(MemoryState::default())
-            }
         };
 
         let mut upstreams = BTreeMap::new();
@@ -114,15 +126,6 @@ impl Snapshot {
 
         let mut middleware = BTreeMap::new();
         for (name, mw) in &config.middleware {
-            if let Some(host) = mw.allow_hosts.first() {
-                // Once, not per version (the primary and the canary share it).
-                errors.push(config.error_at(
-                    host.span(),
-                    format!("middleware.{name}.allow-hosts"),
-                    "outbound HTTP is not available in this build yet; remove `allow-hosts`",
-                ));
-                continue;
-            }
             let live = current.and_then(|c| c.middleware.get(name));
             let loader = Loader {
                 config: &config,
@@ -253,7 +256,7 @@ pub struct Loader<'a> {
     /// The runtime.
     pub runtime: &'a Arc<Runtime>,
     /// The state backend.
-    pub state: &'a Arc<dyn StateBackend>,
+    pub state: &'a Arc<State>,
 }
 
 impl Loader<'_> {
@@ -297,7 +300,7 @@ impl Loader<'_> {
             source,
         };
         if let Some(live) = live
-            && wanted.matches(live, self.mw)
+            && wanted.matches(live, self.mw, self.state)
         {
             return Ok(live.clone());
         }
@@ -364,6 +367,7 @@ impl Loader<'_> {
             memory_limit: mw.memory_limit.0,
             on_error: mw.on_error,
             state: self.state.clone(),
+            outbound: outbound(name, mw),
             runtime: self.runtime.clone(),
             reuse: reuse(mw),
             idle: IdleInstances::default(),
@@ -387,7 +391,7 @@ struct Wanted {
 }
 
 impl Wanted {
-    fn matches(&self, live: &LoadedMiddleware, mw: &MiddlewareConfig) -> bool {
+    fn matches(&self, live: &LoadedMiddleware, mw: &MiddlewareConfig, state: &Arc<State>) -> bool {
         live.digest == self.digest
             && live.configured == self.configured
             && live.source == self.source
@@ -397,7 +401,25 @@ impl Wanted {
             && live.memory_limit == mw.memory_limit.0
             && live.on_error == mw.on_error
             && live.reuse == reuse(mw)
+            && live.outbound == outbound(&live.name, mw)
+            && Arc::ptr_eq(&live.state, state)
     }
+}
+
+/// What `mw` may reach with outbound HTTP: `None` without `allow-hosts`.
+fn outbound(name: &str, mw: &MiddlewareConfig) -> Option<Arc<Outbound>> {
+    (!mw.allow_hosts.is_empty()).then(|| {
+        Arc::new(Outbound {
+            middleware: name.into(),
+            allow: mw
+                .allow_hosts
+                .iter()
+                .map(|t| (t.get_ref().host.to_ascii_lowercase(), t.get_ref().port))
+                .collect(),
+            timeout: mw.outbound_timeout.unwrap_or(mw.timeout).0,
+            max_response: mw.outbound_max_response.0,
+        })
+    })
 }
 
 fn reuse(mw: &MiddlewareConfig) -> Option<Reuse> {

@@ -147,6 +147,8 @@ fn default_threads() -> Spanned<usize> {
 /// [state]
 /// backend = "redis"                  # "memory" (default) | "redis"
 /// url = "redis://127.0.0.1:6379/0"   # with backend = "redis"
+/// timeout = "250ms"                  # per Redis operation, connecting included
+/// key-prefix = "sluice:"             # before every key
 /// ```
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -156,6 +158,12 @@ pub struct StateConfig {
     pub backend: Spanned<StateBackend>,
     /// The Redis URL, with `backend = "redis"`.
     pub url: Option<Spanned<String>>,
+    /// Deadline for each Redis operation.
+    #[serde(default = "default_state_timeout")]
+    pub timeout: Duration,
+    /// Put before every Redis key.
+    #[serde(default = "default_key_prefix")]
+    pub key_prefix: String,
 }
 
 impl Default for StateConfig {
@@ -163,8 +171,32 @@ impl Default for StateConfig {
         StateConfig {
             backend: spanned_default(),
             url: None,
+            timeout: default_state_timeout(),
+            key_prefix: default_key_prefix(),
         }
     }
+}
+
+impl StateConfig {
+    /// The Redis settings, with `backend = "redis"`.
+    pub fn redis(&self) -> Option<crate::state::RedisSettings> {
+        match (self.backend.get_ref(), &self.url) {
+            (StateBackend::Redis, Some(url)) => Some(crate::state::RedisSettings {
+                url: url.get_ref().clone(),
+                timeout: self.timeout.0,
+                key_prefix: self.key_prefix.clone(),
+            }),
+            _ => None,
+        }
+    }
+}
+
+fn default_state_timeout() -> Duration {
+    Duration::from_millis(250)
+}
+
+fn default_key_prefix() -> String {
+    "sluice:".to_owned()
 }
 
 /// A default value for a key that was left out (its span is empty).
@@ -238,7 +270,9 @@ pub enum Balance {
 /// on-error = "deny"                # | "allow"
 /// timeout = "20ms"
 /// memory-limit = "32MiB"
-/// allow-hosts = []
+/// allow-hosts = []                  # "host:port" it may call with outbound HTTP
+/// outbound-timeout = "1s"          # connect + response head; default: `timeout`
+/// outbound-max-response = "1MiB"   # largest outbound response body
 /// ```
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -262,6 +296,11 @@ pub struct MiddlewareConfig {
     /// `host:port` pairs the component may reach with outbound HTTP; empty = none.
     #[serde(default)]
     pub allow_hosts: Vec<Spanned<Target>>,
+    /// Deadline for an outbound request's connection and response head; default: `timeout`.
+    pub outbound_timeout: Option<Duration>,
+    /// Largest outbound response body accepted.
+    #[serde(default = "default_outbound_max_response")]
+    pub outbound_max_response: ByteSize,
     /// A second version taking a share of requests.
     pub canary: Option<CanaryConfig>,
     /// Reuse instances across requests instead of a fresh one per request.
@@ -286,6 +325,10 @@ pub struct ReuseConfig {
 
 fn default_max_requests() -> u32 {
     1000
+}
+
+fn default_outbound_max_response() -> ByteSize {
+    ByteSize(1 << 20)
 }
 
 fn default_middleware_timeout() -> Duration {

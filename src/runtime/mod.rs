@@ -14,7 +14,8 @@
 //!   visible to the next. A middleware with `reuse` keeps idle instances instead (see
 //!   `chain::IdleInstances`), trading that isolation for speed.
 //! - **Capabilities**: WASI clocks and random, nothing else (see [`host::HostState::new`]); the
-//!   `state` and `log` interfaces.
+//!   `state` and `log` interfaces; `wasi:http` outbound requests to the middleware's
+//!   `allow-hosts` only, never during `init` (whose memory is snapshotted and cached).
 
 mod bindings;
 mod cache;
@@ -34,7 +35,7 @@ pub use bindings::{Middleware, MiddlewarePre};
 pub use cache::ArtifactCache;
 use host::HostState;
 
-use crate::state::StateBackend;
+use crate::state::State;
 
 /// How often the epoch advances: the granularity of call deadlines.
 const EPOCH_TICK: Duration = Duration::from_millis(1);
@@ -181,7 +182,7 @@ impl Runtime {
         name: &str,
         bytes: &[u8],
         config_json: &str,
-        state: Arc<dyn StateBackend>,
+        state: Arc<State>,
         memory_limit: u64,
     ) -> Result<Loaded, LoadError> {
         let started = Instant::now();
@@ -192,7 +193,7 @@ impl Runtime {
         let (component, registration, cached) = match self.cache.get(&self.engine, &key) {
             Some((component, registration)) => (component, registration, true),
             None => {
-                let host = HostState::new(name.into(), state, memory_limit.min(MAX_MEMORY) as usize);
+                let host = HostState::new(name.into(), state, memory_limit.min(MAX_MEMORY) as usize, None);
                 let mut store = self.store(host);
                 let mut wizer = wasmtime_wizer::Wizer::new();
                 wizer.init_func(format!("init({})", wave_string(config_json)));

@@ -4,8 +4,6 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::StateBackend;
-
 /// How many writes between sweeps of expired entries.
 const SWEEP_EVERY: u32 = 4096;
 
@@ -54,14 +52,14 @@ impl MemoryState {
     fn lock(&self) -> Result<std::sync::MutexGuard<'_, Inner>, String> {
         self.inner.lock().map_err(|_| "state store is poisoned".to_owned())
     }
-}
 
-impl StateBackend for MemoryState {
-    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, String> {
+    /// The value of `key`, if present and not expired.
+    pub fn get(&self, key: &str) -> Result<Option<Vec<u8>>, String> {
         Ok(self.lock()?.live(key, Instant::now()).map(|e| e.value.clone()))
     }
 
-    fn set(&self, key: &str, value: Vec<u8>, ttl_ms: u64) -> Result<(), String> {
+    /// Sets `key`, expiring after `ttl_ms` (0: never).
+    pub fn set(&self, key: &str, value: Vec<u8>, ttl_ms: u64) -> Result<(), String> {
         let now = Instant::now();
         let mut inner = self.lock()?;
         inner.entries.insert(
@@ -75,7 +73,9 @@ impl StateBackend for MemoryState {
         Ok(())
     }
 
-    fn incr(&self, key: &str, delta: i64, ttl_ms: u64) -> Result<i64, String> {
+    /// Adds `delta` to the decimal integer at `key` (absent: 0); `ttl_ms` applies when the key is
+    /// created.
+    pub fn incr(&self, key: &str, delta: i64, ttl_ms: u64) -> Result<i64, String> {
         let now = Instant::now();
         let mut inner = self.lock()?;
         let (current, expires) = match inner.live(key, now) {
@@ -104,7 +104,8 @@ impl StateBackend for MemoryState {
         Ok(next)
     }
 
-    fn compare_and_swap(&self, key: &str, old: Option<&[u8]>, new: Vec<u8>, ttl_ms: u64) -> Result<bool, String> {
+    /// Replaces `key`'s value with `new` if it equals `old` (`None`: absent).
+    pub fn compare_and_swap(&self, key: &str, old: Option<&[u8]>, new: Vec<u8>, ttl_ms: u64) -> Result<bool, String> {
         let now = Instant::now();
         let mut inner = self.lock()?;
         if inner.live(key, now).map(|e| e.value.as_slice()) != old {

@@ -218,3 +218,98 @@ pub fn python(script: &str, args: &[&std::ffi::OsStr]) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// What a [`Canned`] server answers.
+#[derive(Clone, Debug)]
+pub enum Reply {
+    /// This status and body (`application/json`).
+    Body(u16, Vec<u8>),
+    /// Nothing: it reads the request and holds the connection open.
+    Hang,
+}
+
+/// A minimal HTTP/1.1 server answering every request with the current [`Reply`]: an identity
+/// provider serving a JWK set, a service that hangs or answers too much. Counts the requests it
+/// reads; can be stopped (connections refused) and started again on the same port.
+pub struct Canned {
+    pub addr: SocketAddr,
+    reply: std::sync::Arc<std::sync::Mutex<Reply>>,
+    hits: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Canned {
+    pub async fn start(reply: Reply) -> Canned {
+        let mut canned = Canned {
+            addr: free_addr(),
+            reply: std::sync::Arc::new(std::sync::Mutex::new(reply)),
+            hits: Default::default(),
+            task: None,
+        };
+        canned.resume().await;
+        canned
+    }
+
+    /// `http://ADDR{path}`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Answers `reply` from now on.
+    pub fn set(&self, reply: Reply) {
+        *self.reply.lock().unwrap() = reply;
+    }
+
+    /// Requests read so far.
+    pub fn hits(&self) -> u64 {
+        self.hits.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Stops listening: connections are refused until [`Canned::resume`].
+    pub async fn stop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+
+    /// Listens again on the same address.
+    pub async fn resume(&mut self) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind(self.addr).await.unwrap();
+        let (reply, hits) = (self.reply.clone(), self.hits.clone());
+        self.task = Some(tokio::spawn(async move {
+            loop {
+                let Ok((mut stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (reply, hits) = (reply.clone(), hits.clone());
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    hits.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let reply = reply.lock().unwrap().clone();
+                    match reply {
+                        Reply::Hang => {
+                            tokio::time::sleep(Duration::from_secs(3600)).await;
+                        }
+                        Reply::Body(status, body) => {
+                            let head = format!(
+                                "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                                body.len()
+                            );
+                            let _ = stream.write_all(head.as_bytes()).await;
+                            let _ = stream.write_all(&body).await;
+                        }
+                    }
+                });
+            }
+        }));
+    }
+}

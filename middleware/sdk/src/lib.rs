@@ -24,6 +24,8 @@
 //! Build with `cargo build --release --target wasm32-wasip2`; the `.wasm` in
 //! `target/wasm32-wasip2/release/` is the component to name in sluice's config.
 
+pub mod http;
+
 #[doc(hidden)]
 #[allow(clippy::too_many_arguments)] // generated lowering code for the world's exports
 pub mod bindings {

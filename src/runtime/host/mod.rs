@@ -1,10 +1,14 @@
 //! The host side of a middleware instance: what one `Store` holds, and the interfaces it imports.
 //!
-//! One file per WIT interface (`state.rs`, `log.rs`), each an `impl Host for HostState`, put
-//! together by [`add_to_linker`] with WASI (deny-by-default, see [`HostState::new`]).
+//! One file per WIT interface (`state.rs`, `log.rs`), each an `impl Host for HostState`, and
+//! `http.rs` for `wasi:http`'s outbound requests, put together by [`add_to_linker`] with WASI
+//! (deny-by-default, see [`HostState::new`]).
 
+mod http;
 mod log;
 mod state;
+
+pub use http::Outbound;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -12,19 +16,22 @@ use std::time::Instant;
 use wasmtime::component::{HasSelf, Linker, ResourceTable};
 use wasmtime::{ResourceLimiter, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::runtime::bindings;
-use crate::state::StateBackend;
+use crate::state::State;
 
 /// The data of one middleware instance's `Store`.
 pub struct HostState {
     wasi: WasiCtx,
     table: ResourceTable,
+    http: WasiHttpCtx,
+    outbound: http::OutboundHooks,
     /// Memory and instance limits, enforced by the store's limiter.
     pub limits: Limits,
     /// The middleware's name, for logs and state namespacing.
     pub middleware: Arc<str>,
-    state: Arc<dyn StateBackend>,
+    state: Arc<State>,
     /// When the current call must end; checked on every epoch tick.
     pub deadline: Instant,
     /// Set when a call was stopped for exceeding its deadline.
@@ -33,8 +40,9 @@ pub struct HostState {
 
 impl HostState {
     /// A fresh instance's state: WASI with clocks and random only (no preopened directories, no
-    /// environment, no arguments, no sockets, empty stdin, discarded stdout and stderr).
-    pub fn new(middleware: Arc<str>, state: Arc<dyn StateBackend>, memory_limit: usize) -> Self {
+    /// environment, no arguments, no sockets, empty stdin, discarded stdout and stderr), and
+    /// outbound HTTP to what `outbound` allows (`None`: nothing).
+    pub fn new(middleware: Arc<str>, state: Arc<State>, memory_limit: usize, outbound: Option<Arc<Outbound>>) -> Self {
         let wasi = WasiCtxBuilder::new()
             .allow_tcp(false)
             .allow_udp(false)
@@ -43,6 +51,8 @@ impl HostState {
         HostState {
             wasi,
             table: ResourceTable::new(),
+            http: WasiHttpCtx::new(),
+            outbound: http::OutboundHooks(outbound),
             limits: Limits {
                 inner: StoreLimitsBuilder::new()
                     .memory_size(memory_limit)
@@ -57,9 +67,9 @@ impl HostState {
         }
     }
 
-    /// `key` in this middleware's namespace.
+    /// `key` in this middleware's namespace (names have no `:`).
     fn namespaced(&self, key: &str) -> String {
-        format!("{}\0{key}", self.middleware)
+        format!("{}:{key}", self.middleware)
     }
 }
 
@@ -114,11 +124,22 @@ impl WasiView for HostState {
     }
 }
 
+impl WasiHttpView for HostState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.outbound,
+        }
+    }
+}
+
 impl bindings::types::Host for HostState {}
 
-/// Adds WASI and sluice's interfaces to `linker`.
+/// Adds WASI, `wasi:http` and sluice's interfaces to `linker`.
 pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     wasmtime_wasi::p2::add_to_linker_async(linker)?;
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(linker)?;
     bindings::types::add_to_linker::<HostState, HasSelf<HostState>>(linker, |s| s)?;
     bindings::state::add_to_linker::<HostState, HasSelf<HostState>>(linker, |s| s)?;
     bindings::log::add_to_linker::<HostState, HasSelf<HostState>>(linker, |s| s)?;

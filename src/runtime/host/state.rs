@@ -6,15 +6,15 @@ use crate::runtime::bindings::state::Host;
 
 impl Host for HostState {
     async fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, String> {
-        self.state.get(&self.namespaced(&key))
+        self.state.get(&self.namespaced(&key)).await
     }
 
     async fn set(&mut self, key: String, value: Vec<u8>, ttl_ms: u64) -> Result<(), String> {
-        self.state.set(&self.namespaced(&key), value, ttl_ms)
+        self.state.set(&self.namespaced(&key), value, ttl_ms).await
     }
 
     async fn incr(&mut self, key: String, delta: i64, ttl_ms: u64) -> Result<i64, String> {
-        self.state.incr(&self.namespaced(&key), delta, ttl_ms)
+        self.state.incr(&self.namespaced(&key), delta, ttl_ms).await
     }
 
     async fn compare_and_swap(
@@ -26,5 +26,6 @@ impl Host for HostState {
     ) -> Result<bool, String> {
         self.state
             .compare_and_swap(&self.namespaced(&key), old.as_deref(), new, ttl_ms)
+            .await
     }
 }

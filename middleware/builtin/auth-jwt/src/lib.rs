@@ -5,11 +5,19 @@
 //!
 //! Keys are chosen by algorithm family, never by what the token asks for: an HMAC algorithm is
 //! verified only with `secret`, an asymmetric one only with a public key (`public-key-file`,
-//! `jwks`/`jwks-file`, by `kid` when the token names one). A public key can therefore never be
-//! used as an HMAC secret (algorithm confusion).
+//! `jwks`/`jwks-file`/`jwks-url`, by `kid` when the token names one). A public key can therefore
+//! never be used as an HMAC secret (algorithm confusion).
+//!
+//! `jwks-url` is fetched with outbound HTTP (the host must list it in `allow-hosts`) when a
+//! request needs it, and kept in the `state` interface (shared by every instance, and by every
+//! sluice with the Redis backend): fresh for `jwks-cache-ttl`, refetched on a `kid` it does not
+//! know at most once per `jwks-refetch-interval`, and served stale while the identity provider is
+//! down. With no key set at all and the provider down, the call traps and `on-error` decides.
 //!
 //! Docs: docs/middleware/auth-jwt.md.
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header, errors::ErrorKind};
@@ -27,6 +35,14 @@ struct Config {
     jwks: Option<Value>,
     /// A PEM public key; the host puts `public-key-file`'s content here.
     public_key: Option<String>,
+    /// Where to fetch a JWK set from (outbound HTTP).
+    jwks_url: Option<String>,
+    /// How long a fetched JWK set is used before it is fetched again.
+    jwks_cache_ttl: Option<String>,
+    /// At most one refetch per this interval for a token whose `kid` is unknown.
+    jwks_refetch_interval: Option<String>,
+    /// How long past `jwks-cache-ttl` a key set is still used while the provider is down.
+    jwks_max_stale: Option<String>,
     issuer: Option<String>,
     audience: Option<OneOrMany>,
     leeway: Option<String>,
@@ -54,6 +70,7 @@ struct AuthJwt {
     algorithms: Vec<Algorithm>,
     secret: Option<DecodingKey>,
     public: Vec<Key>,
+    remote: Option<Remote>,
     issuer: Option<String>,
     audience: Option<Vec<String>>,
     leeway: u64,
@@ -97,49 +114,39 @@ impl Middleware for AuthJwt {
                 other => serde_json::from_value(other.clone()),
             }
             .map_err(|e| format!("`jwks`: not a JWK set: {e}"))?;
-            for jwk in &set.keys {
-                let key = DecodingKey::from_jwk(jwk).map_err(|e| {
-                    format!(
-                        "`jwks`: key {:?} cannot be used: {e}",
-                        jwk.common.key_id.as_deref().unwrap_or("(no kid)")
-                    )
-                })?;
-                let alg = match jwk.common.key_algorithm {
-                    Some(a) => Some(
-                        a.to_string()
-                            .parse::<Algorithm>()
-                            .map_err(|_| format!("`jwks`: key algorithm {a} is not a signature algorithm"))?,
-                    ),
-                    None => None,
-                };
-                public.push(Key {
-                    kid: jwk.common.key_id.clone(),
-                    alg,
-                    key,
-                });
-            }
+            public.extend(keys_of(&set).map_err(|e| format!("`jwks`: {e}"))?);
         }
+        let remote = match config.jwks_url {
+            Some(url) => {
+                if !(url.starts_with("http://") || url.starts_with("https://")) {
+                    return Err(format!("`jwks-url`: `{url}` is not an http:// or https:// URL"));
+                }
+                Some(Remote {
+                    url,
+                    cache_ttl: duration("jwks-cache-ttl", &config.jwks_cache_ttl, "5m")?,
+                    refetch_interval: duration("jwks-refetch-interval", &config.jwks_refetch_interval, "30s")?,
+                    max_stale: duration("jwks-max-stale", &config.jwks_max_stale, "24h")?,
+                    parsed: Mutex::new(None),
+                })
+            }
+            None => None,
+        };
         for alg in &algorithms {
             let usable = if is_hmac(*alg) {
                 secret.is_some()
             } else {
-                public.iter().any(|k| k.key.family() == alg.family())
+                remote.is_some() || public.iter().any(|k| k.key.family() == alg.family())
             };
             if !usable {
                 let need = if is_hmac(*alg) {
                     "`secret` or `secret-env`"
                 } else {
-                    "a matching key in `public-key-file`, `jwks` or `jwks-file`"
+                    "a matching key in `public-key-file`, `jwks`, `jwks-file` or `jwks-url`"
                 };
                 return Err(format!("`algorithms`: {alg:?} needs {need}"));
             }
         }
-        let leeway = match &config.leeway {
-            Some(text) => humantime::parse_duration(text)
-                .map_err(|e| format!("`leeway`: `{text}` is not a duration ({e})"))?
-                .as_secs(),
-            None => 30,
-        };
+        let leeway = duration("leeway", &config.leeway, "30s")?.as_secs();
         let header = config
             .header
             .unwrap_or_else(|| "authorization".into())
@@ -156,6 +163,7 @@ impl Middleware for AuthJwt {
                 algorithms,
                 secret,
                 public,
+                remote,
                 issuer: config.issuer,
                 audience: config.audience.map(|a| match a {
                     OneOrMany::One(one) => vec![one],
@@ -170,7 +178,22 @@ impl Middleware for AuthJwt {
     }
 
     fn on_request_headers(&self, req: Request) -> RequestDecision {
-        match self.verify(&req) {
+        let fetched = match &self.remote {
+            Some(remote) => remote.keys().unwrap_or_else(|e| {
+                log(Level::Error, &format!("no key set: {e}"));
+                // No keys at all: trapping hands the request to the middleware's `on-error`.
+                panic!("jwks-url: no key set: {e}")
+            }),
+            None => Arc::default(),
+        };
+        let mut verdict = self.verify(&req, &fetched);
+        if let (Err(reason), Some(remote)) = (&verdict, &self.remote)
+            && reason == UNKNOWN_KID
+            && let Some(fresh) = remote.refetch_for_unknown_kid()
+        {
+            verdict = self.verify(&req, &fresh);
+        }
+        match verdict {
             Ok(claims) => {
                 let mut edits = HeaderEdits::none();
                 for (claim, header) in &self.forward {
@@ -193,7 +216,7 @@ impl Middleware for AuthJwt {
 
 impl AuthJwt {
     /// The token's claims, or why it is rejected (plain words, no quotes: it goes in a header).
-    fn verify(&self, req: &Request) -> Result<serde_json::Map<String, Value>, String> {
+    fn verify(&self, req: &Request, fetched: &[Key]) -> Result<serde_json::Map<String, Value>, String> {
         let value = req.header(&self.header).ok_or("no token")?;
         let value = std::str::from_utf8(value).map_err(|_| "malformed token")?.trim();
         let token = match value.split_once(' ') {
@@ -214,12 +237,10 @@ impl AuthJwt {
         let candidates: Vec<&DecodingKey> = if is_hmac(alg) {
             self.secret.iter().collect()
         } else {
-            let matching = self
-                .public
-                .iter()
-                .filter(|k| k.key.family() == alg.family() && k.alg.is_none_or(|a| a == alg));
+            let all = || self.public.iter().chain(fetched);
+            let matching = all().filter(|k| k.key.family() == alg.family() && k.alg.is_none_or(|a| a == alg));
             match &header.kid {
-                Some(kid) if self.public.iter().any(|k| k.kid.is_some()) => matching
+                Some(kid) if all().any(|k| k.kid.is_some()) => matching
                     .filter(|k| k.kid.as_deref() == Some(kid))
                     .map(|k| &k.key)
                     .collect(),
@@ -228,7 +249,7 @@ impl AuthJwt {
         };
         if candidates.is_empty() {
             return Err(match &header.kid {
-                Some(_) => "unknown key id".into(),
+                Some(_) => UNKNOWN_KID.into(),
                 None => format!("no key for algorithm {alg:?}"),
             });
         }
@@ -266,6 +287,157 @@ impl AuthJwt {
         }
         Err(last)
     }
+}
+
+/// The rejection for a token whose `kid` no key has (a `jwks-url` refetch may know it).
+const UNKNOWN_KID: &str = "unknown key id";
+
+/// `jwks-url`: a key set fetched with outbound HTTP, kept in state.
+struct Remote {
+    url: String,
+    cache_ttl: Duration,
+    refetch_interval: Duration,
+    max_stale: Duration,
+    /// The last key set parsed by this instance, with the bytes it was parsed from: a reused
+    /// instance does not parse the same set again.
+    parsed: Mutex<Option<Parsed>>,
+}
+
+/// A key set's bytes, and its keys.
+type Parsed = (Vec<u8>, Arc<Vec<Key>>);
+
+/// State keys (namespaced per middleware by the host).
+const SET: &str = "jwks";
+const REFRESHING: &str = "jwks-refreshing";
+const REFETCHED: &str = "jwks-refetched";
+
+impl Remote {
+    /// The key set to verify with: the cached one while fresh; past `jwks-cache-ttl`, one request
+    /// (across all instances) fetches it again while the others keep using the cached one; if
+    /// that fetch fails the cached one is used until `jwks-max-stale`. `Err` only when there is
+    /// no usable key set and the fetch failed.
+    fn keys(&self) -> Result<Arc<Vec<Key>>, String> {
+        let now = now_ms();
+        let cached = match state::get(SET) {
+            Ok(cached) => cached.and_then(|bytes| split_stored(&bytes).map(|(at, set)| (at, set.to_vec()))),
+            Err(e) => {
+                log(
+                    Level::Warn,
+                    &format!("cannot read the cached key set ({e}); fetching it"),
+                );
+                None
+            }
+        };
+        let Some((fetched_at, set)) = cached else {
+            return self
+                .fetch_and_store()
+                .map_err(|e| format!("fetching {} failed: {e}", self.url));
+        };
+        if now.saturating_sub(fetched_at) < self.cache_ttl.as_millis() as u64 {
+            return self.parse(&set);
+        }
+        // Stale: one fetch per few seconds across every instance; the rest use what is cached.
+        if state::incr(REFRESHING, 1, 5_000) == Ok(1) {
+            match self.fetch_and_store() {
+                Ok(keys) => return Ok(keys),
+                Err(e) => log(
+                    Level::Warn,
+                    &format!(
+                        "refreshing the key set from {} failed ({e}); using the cached one",
+                        self.url
+                    ),
+                ),
+            }
+        }
+        self.parse(&set)
+    }
+
+    /// A token named a `kid` no cached key has: fetch the set again, at most once per
+    /// `jwks-refetch-interval` across every instance.
+    fn refetch_for_unknown_kid(&self) -> Option<Arc<Vec<Key>>> {
+        let interval = self.refetch_interval.as_millis() as u64;
+        if state::incr(REFETCHED, 1, interval.max(1)) != Ok(1) {
+            return None;
+        }
+        self.fetch_and_store()
+            .map_err(|e| {
+                log(
+                    Level::Warn,
+                    &format!("refetching the key set from {} failed: {e}", self.url),
+                )
+            })
+            .ok()
+    }
+
+    fn fetch_and_store(&self) -> Result<Arc<Vec<Key>>, String> {
+        let response = sluice_sdk::http::get(&self.url).map_err(|e| e.to_string())?;
+        if response.status != 200 {
+            return Err(format!("status {}", response.status));
+        }
+        let keys = self.parse(&response.body)?;
+        let mut stored = now_ms().to_be_bytes().to_vec();
+        stored.extend_from_slice(&response.body);
+        let keep = (self.cache_ttl + self.max_stale).as_millis() as u64;
+        if let Err(e) = state::set(SET, &stored, keep.max(1)) {
+            log(Level::Warn, &format!("cannot cache the key set: {e}"));
+        }
+        log(Level::Info, &format!("fetched {} keys from {}", keys.len(), self.url));
+        Ok(keys)
+    }
+
+    fn parse(&self, set: &[u8]) -> Result<Arc<Vec<Key>>, String> {
+        let mut parsed = self.parsed.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((bytes, keys)) = parsed.as_ref()
+            && bytes == set
+        {
+            return Ok(keys.clone());
+        }
+        let jwks: JwkSet = serde_json::from_slice(set).map_err(|e| format!("not a JWK set: {e}"))?;
+        let keys = Arc::new(keys_of(&jwks)?);
+        *parsed = Some((set.to_vec(), keys.clone()));
+        Ok(keys)
+    }
+}
+
+/// The keys of a JWK set; a key that cannot be used is an error naming it.
+fn keys_of(set: &JwkSet) -> Result<Vec<Key>, String> {
+    set.keys
+        .iter()
+        .map(|jwk| {
+            let named = || jwk.common.key_id.as_deref().unwrap_or("(no kid)").to_owned();
+            let key = DecodingKey::from_jwk(jwk).map_err(|e| format!("key {:?} cannot be used: {e}", named()))?;
+            let alg = match jwk.common.key_algorithm {
+                Some(a) => Some(
+                    a.to_string()
+                        .parse::<Algorithm>()
+                        .map_err(|_| format!("key algorithm {a} is not a signature algorithm"))?,
+                ),
+                None => None,
+            };
+            Ok(Key {
+                kid: jwk.common.key_id.clone(),
+                alg,
+                key,
+            })
+        })
+        .collect()
+}
+
+/// A stored key set: when it was fetched (ms since the epoch, 8 bytes big-endian), then the JSON.
+fn split_stored(bytes: &[u8]) -> Option<(u64, &[u8])> {
+    let (at, set) = bytes.split_at_checked(8)?;
+    Some((u64::from_be_bytes(at.try_into().ok()?), set))
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn duration(key: &str, value: &Option<String>, default: &str) -> Result<Duration, String> {
+    let text = value.as_deref().unwrap_or(default);
+    humantime::parse_duration(text).map_err(|e| format!("`{key}`: `{text}` is not a duration ({e})"))
 }
 
 fn is_hmac(alg: Algorithm) -> bool {
