@@ -2,7 +2,8 @@
 # Installs what building and testing sluice needs and a fresh machine may lack.
 #
 #   scripts/setup.sh          # build + test prerequisites: cmake, the wasm32-wasip2 target, python3
-#                             # with PyJWT, cryptography and Faker, the JSON-Schema-Test-Suite
+#                             # with PyJWT, cryptography and Faker, the JSON-Schema-Test-Suite,
+#                             # redis-server
 #   scripts/setup.sh bench    # also nginx and wrk, for benches/load.sh
 #
 # Uses apt-get when running as root, pip for cmake otherwise; says what to install by hand when it
@@ -80,6 +81,14 @@ if [[ ! -d "$suite/tests/draft2020-12" ]]; then
   mkdir -p "$suite"
   cp -r "$tmp"/jsonschema-4.26.0/json/. "$suite"/
   rm -rf "$tmp"
+fi
+
+# redis-server: tests/redis_state.rs starts its own on a free port (the Redis state backend,
+# shared by two sluice processes).
+if ! command -v redis-server >/dev/null && [[ ! -x /usr/bin/redis-server ]]; then
+  apt_install redis-server || { say "install redis-server (the Redis state backend's tests start one)"; exit 1; }
+  # The package starts a system-wide server; the tests start their own.
+  if command -v service >/dev/null; then service redis-server stop >/dev/null 2>&1 || true; fi
 fi
 
 if $want_bench; then

@@ -5,6 +5,7 @@ mod common;
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::time::Duration;
 
 use common::*;
 use serde_json::Value;
@@ -172,4 +173,136 @@ fn configs_it_cannot_use_are_refused_at_load_naming_the_key() {
     );
     let err = check(r#"config = { algorithms = ["RS256"], jwks-file = "missing.json" }"#.into());
     assert!(err.contains("`middleware.jwt.config.jwks-file`: cannot read"), "{err}");
+}
+
+/// A sluice verifying RS256/ES256/ES384 tokens with the key set at `idp`'s `/jwks.json`.
+fn jwks_url_config(upstream: std::net::SocketAddr, idp: &Canned, extra: &str, on_error: &str) -> String {
+    let jwt = format!(
+        "config = {{ algorithms = [\"RS256\", \"ES256\", \"ES384\"], jwks-url = \"{}\", issuer = \"https://issuer.test\", audience = \"api\", {extra} }}\nallow-hosts = [\"{}\"]\ntimeout = \"2s\"\non-error = \"{on_error}\"",
+        idp.url("/jwks.json"),
+        idp.addr
+    );
+    config(upstream, &jwt)
+}
+
+async fn status_of(sluice: &Sluice, token: &str) -> u16 {
+    call(sluice, Some(&format!("Bearer {token}"))).await.status().as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jwks_url_is_fetched_cached_and_refetched_for_an_unknown_kid_at_most_once_per_interval() {
+    let up = echo().await;
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = mint(dir.path());
+    let jwks = std::fs::read(dir.path().join("jwks.json")).unwrap();
+    let jwks_all = std::fs::read(dir.path().join("jwks-all.json")).unwrap();
+    let idp = Canned::start(Reply::Body(200, jwks)).await;
+    let sluice = Sluice::start(&jwks_url_config(
+        up.addr(),
+        &idp,
+        "jwks-cache-ttl = \"1h\", jwks-refetch-interval = \"2s\"",
+        "deny",
+    ));
+
+    for _ in 0..10 {
+        assert_eq!(status_of(&sluice, &tokens["rs256"]).await, 200);
+        assert_eq!(status_of(&sluice, &tokens["es256"]).await, 200);
+    }
+    assert_eq!(idp.hits(), 1, "fetched once, then served from state");
+    assert_eq!(status_of(&sluice, &tokens["bad_signature"]).await, 401);
+
+    // A token signed with a key the set does not have yet: one refetch, still unknown...
+    let resp = call(&sluice, Some(&format!("Bearer {}", tokens["every/ES384"]))).await;
+    assert_eq!(resp.status(), 401);
+    assert!(
+        resp.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .contains("unknown key id"),
+        "{:?}",
+        resp.headers()
+    );
+    assert_eq!(idp.hits(), 2);
+    // ...and more such tokens within the interval do not refetch.
+    for _ in 0..5 {
+        assert_eq!(status_of(&sluice, &tokens["every/ES384"]).await, 401);
+    }
+    assert_eq!(idp.hits(), 2, "at most one refetch per interval");
+
+    // The provider rotates its keys; after the interval the new key is fetched on demand.
+    idp.set(Reply::Body(200, jwks_all));
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(status_of(&sluice, &tokens["every/ES384"]).await, 200);
+    assert_eq!(idp.hits(), 3);
+    assert_eq!(status_of(&sluice, &tokens["every/ES384"]).await, 200);
+    assert_eq!(status_of(&sluice, &tokens["rs256"]).await, 200);
+    assert_eq!(idp.hits(), 3, "the new set is cached");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cached_key_set_keeps_serving_while_the_identity_provider_is_down() {
+    let up = echo().await;
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = mint(dir.path());
+    let jwks = std::fs::read(dir.path().join("jwks.json")).unwrap();
+    let mut idp = Canned::start(Reply::Body(200, jwks)).await;
+    let sluice = Sluice::start(&jwks_url_config(up.addr(), &idp, "jwks-cache-ttl = \"1s\"", "deny"));
+    assert_eq!(status_of(&sluice, &tokens["rs256"]).await, 200);
+    assert_eq!(idp.hits(), 1);
+
+    // Down, and the cached set is past its TTL: requests are still verified with it.
+    idp.stop().await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    for _ in 0..5 {
+        assert_eq!(status_of(&sluice, &tokens["rs256"]).await, 200);
+        assert_eq!(status_of(&sluice, &tokens["bad_signature"]).await, 401);
+    }
+    assert!(
+        sluice.stderr().contains("using the cached one"),
+        "a failed refresh is logged:\n{}",
+        sluice.stderr()
+    );
+
+    // Back up: the next refresh succeeds.
+    idp.resume().await;
+    tokio::time::sleep(Duration::from_millis(5100)).await; // one refresh attempt per 5 s
+    assert_eq!(status_of(&sluice, &tokens["rs256"]).await, 200);
+    assert_eq!(idp.hits(), 2, "refreshed once the provider was back");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_no_key_set_and_the_provider_down_on_error_decides() {
+    let up = echo().await;
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = mint(dir.path());
+    let mut idp = Canned::start(Reply::Body(200, b"{}".to_vec())).await;
+    idp.stop().await;
+
+    let deny = Sluice::start(&jwks_url_config(up.addr(), &idp, "", "deny"));
+    assert_eq!(status_of(&deny, &tokens["rs256"]).await, 500);
+    assert_eq!(up.requests(), 0);
+    let allow = Sluice::start(&jwks_url_config(up.addr(), &idp, "", "allow"));
+    assert_eq!(
+        status_of(&allow, &tokens["rs256"]).await,
+        200,
+        "on-error = allow lets it through"
+    );
+    assert!(deny.stderr().contains("no key set"), "{}", deny.stderr());
+
+    // A provider answering garbage is no better than one that is down.
+    idp.set(Reply::Body(500, b"oops".to_vec()));
+    idp.resume().await;
+    assert_eq!(status_of(&deny, &tokens["rs256"]).await, 500);
+
+    // A jwks-url whose host is not in allow-hosts: denied by the host, so no keys.
+    let other = Canned::start(Reply::Body(200, std::fs::read(dir.path().join("jwks.json")).unwrap())).await;
+    let jwt = format!(
+        "config = {{ algorithms = [\"RS256\"], jwks-url = \"{}\" }}\nallow-hosts = [\"{}\"]",
+        other.url("/jwks.json"),
+        idp.addr
+    );
+    let sluice = Sluice::start(&config(up.addr(), &jwt));
+    assert_eq!(status_of(&sluice, &tokens["rs256"]).await, 500);
+    assert_eq!(other.hits(), 0);
+    assert!(sluice.stderr().contains("outbound HTTP denied"), "{}", sluice.stderr());
 }

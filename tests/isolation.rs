@@ -1,12 +1,17 @@
-//! Isolation under a misbehaving middleware: a component that loops forever is cut at its
-//! deadline, and requests on other routes keep being served meanwhile. A test binary of its own,
-//! so no other test competes for the two cores while eight loops spin.
+//! Isolation under a misbehaving middleware: a component gets no files, environment, sockets or
+//! hosts it was not granted; one that loops forever is cut at its deadline; a storm of traps on one
+//! route leaves another route's latency where it was. (Memory limits and per-request instances:
+//! tests/middleware.rs; waiting in the host past the deadline: tests/outbound.rs.) A test binary
+//! of its own, so no other test competes for the two cores while loops spin.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
 use common::*;
+
+/// The tests here measure time under load: one at a time, so they do not load each other.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn config(upstream: std::net::SocketAddr, middleware: &str) -> String {
     format!(
@@ -25,6 +30,7 @@ async fn misbehaving(component_name: &str, extra: &str, on_error: &str) -> (Slui
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_endless_loop_is_cut_at_its_timeout_and_other_routes_stay_fast() {
+    let _serial = SERIAL.lock().await;
     // The loops are given two seconds: a worker blocked by them would hold plain requests that
     // long. Calls yield at every epoch tick (1 ms), so plain requests only wait their turn.
     let (mut sluice, up) = misbehaving("spin", "timeout = \"2s\"", "deny").await;
@@ -75,4 +81,116 @@ async fn an_endless_loop_is_cut_at_its_timeout_and_other_routes_stay_fast() {
             "on-error = allow"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_component_gets_no_files_environment_sockets_or_hosts_it_was_not_granted() {
+    let _serial = SERIAL.lock().await;
+    let up = echo().await;
+    let mw = format!("[middleware.bad]\ncomponent = {:?}\n", component("snoop"));
+    let sluice = Sluice::start_in(
+        &config(up.addr(), &mw),
+        tempfile::tempdir().unwrap(),
+        &[("SLUICE_TEST_SECRET", "do-not-leak")],
+    );
+    let resp = client()
+        .get(sluice.url("/mw"))
+        .header("x-socket", up.addr().to_string())
+        .header("x-fetch", format!("http://{}/", up.addr()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let report: serde_json::Value = resp.json().await.unwrap();
+    let text = |key: &str| report[key].as_str().unwrap_or_default().to_owned();
+    assert!(text("file").starts_with("denied"), "{report}");
+    for dir in report["dirs"].as_array().unwrap() {
+        assert!(dir.as_str().unwrap().contains("denied"), "{report}");
+    }
+    assert_eq!(report["env"], serde_json::json!([]), "no environment: {report}");
+    assert_eq!(report["args"], serde_json::json!([]), "no arguments: {report}");
+    assert!(text("socket").starts_with("denied"), "{report}");
+    assert!(text("udp").starts_with("denied"), "{report}");
+    assert_eq!(
+        report["http"]["denied"], true,
+        "no allow-hosts, no outbound HTTP: {report}"
+    );
+    assert_eq!(up.requests(), 0, "nothing reached the upstream, by socket or by HTTP");
+    assert!(!report.to_string().contains("do-not-leak"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trap_storm_on_one_route_leaves_another_routes_latency_unchanged() {
+    let _serial = SERIAL.lock().await;
+    let up = echo().await;
+    let (addr, admin) = (free_addr(), free_addr());
+    let mw = format!(
+        "[middleware.bad]\ncomponent = {:?}\non-error = \"deny\"\n",
+        component("trap")
+    );
+    let full = format!(
+        "[server]\nlisten = [\"{addr}\"]\nthreads = 2\nadmin = \"{admin}\"\ncache-dir = {:?}\n\n{}",
+        shared_cache_dir().display().to_string(),
+        config(up.addr(), &mw)
+    );
+    let mut sluice = Sluice::start_raw(&full, addr);
+    let client = client();
+    let plain = sluice.url("/plain");
+    async fn latencies(client: &reqwest::Client, url: &str, n: usize) -> Vec<Duration> {
+        let mut took = Vec::with_capacity(n);
+        for _ in 0..n {
+            let started = Instant::now();
+            assert_eq!(client.get(url).send().await.unwrap().status(), 200);
+            took.push(started.elapsed());
+        }
+        took
+    }
+    latencies(&client, &plain, 50).await; // warm-up
+    let mut quiet = latencies(&client, &plain, 300).await;
+
+    // Two connections trapping a thousand times a second in all (each trap: an instance
+    // created, a panic unwound, the instance discarded, a warning logged, a 500 written).
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let storm: Vec<_> = (0..2)
+        .map(|_| {
+            let (url, stop, client) = (sluice.url("/mw"), stop.clone(), common::client());
+            tokio::spawn(async move {
+                let mut traps = 0u64;
+                let mut pace = tokio::time::interval(Duration::from_millis(2));
+                pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    pace.tick().await;
+                    assert_eq!(client.get(&url).send().await.unwrap().status(), 500);
+                    traps += 1;
+                }
+                traps
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut stormy = latencies(&client, &plain, 300).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut traps = 0;
+    for task in storm {
+        traps += task.await.unwrap();
+    }
+
+    let (p50_quiet, p50_storm) = (quantile(&mut quiet, 0.5), quantile(&mut stormy, 0.5));
+    let (p99_quiet, p99_storm) = (quantile(&mut quiet, 0.99), quantile(&mut stormy, 0.99));
+    eprintln!("{traps} traps; plain p50 {p50_quiet:?} -> {p50_storm:?}, p99 {p99_quiet:?} -> {p99_storm:?}");
+    assert!(traps > 100, "the storm ran ({traps} traps)");
+    // The storm shares the two cores with the clients and the upstream, so some cost is CPU, not
+    // isolation; a route held up by the traps would wait milliseconds per request.
+    assert!(
+        p50_storm < p50_quiet * 2 + Duration::from_millis(1),
+        "plain p50 {p50_quiet:?} -> {p50_storm:?} during {traps} traps"
+    );
+    assert!(
+        p99_storm < p99_quiet * 5 + Duration::from_millis(10),
+        "plain p99 {p99_quiet:?} -> {p99_storm:?} during {traps} traps"
+    );
+    assert!(sluice.is_running());
+    let counted = metric_sum(admin, "sluice_middleware_failures_total", &["kind=\"trap\""]).await;
+    assert_eq!(counted, traps as f64, "every trap counted");
+    assert_eq!(up.requests(), 650, "only plain requests reached the upstream");
 }

@@ -313,3 +313,30 @@ impl Canned {
         }));
     }
 }
+
+/// The sum of every sample of metric `name` whose labels contain all of `labels` (e.g.
+/// `kind="trap"`), read from the admin listener's `/metrics` at `admin`.
+pub async fn metric_sum(admin: SocketAddr, name: &str, labels: &[&str]) -> f64 {
+    let text = client()
+        .get(format!("http://{admin}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|line| {
+            line.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter(|line| labels.iter().all(|label| line.contains(label)))
+        .filter_map(|line| line.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
+}
+
+/// The given quantile (0–1) of `samples`.
+pub fn quantile(samples: &mut [Duration], q: f64) -> Duration {
+    samples.sort();
+    samples[((samples.len() - 1) as f64 * q).round() as usize]
+}
