@@ -97,7 +97,7 @@ fn one_request(rt: &tokio::runtime::Runtime, chain: &Chain, req: &RequestHeader)
     let mut response = response();
     let mut response_body = CUSTOMERS.to_vec();
     rt.block_on(async {
-        let mut run = ChainRun::new(chain, view);
+        let mut run = ChainRun::new(chain, view, tracing::Span::none());
         assert!(matches!(
             run.on_request_headers(chain, &mut upstream).await,
             RequestOutcome::Continue

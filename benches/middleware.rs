@@ -45,7 +45,7 @@ fn one_request(rt: &tokio::runtime::Runtime, chain: &Chain) {
     let mut upstream = req.clone();
     let mut response = ResponseHeader::build(200, None).unwrap();
     rt.block_on(async {
-        let mut run = ChainRun::new(chain, view);
+        let mut run = ChainRun::new(chain, view, tracing::Span::none());
         let _ = run.on_request_headers(chain, &mut upstream).await;
         let _ = run.on_response_headers(chain, &mut response).await;
     });

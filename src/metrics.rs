@@ -3,12 +3,14 @@
 //! Counters a request touches are resolved when a middleware is loaded ([`CallCounters`]), so the
 //! request path only increments an atomic; label sets are built at load, never per request.
 
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::runtime::Registration;
@@ -24,6 +26,95 @@ pub struct Metrics {
     pub failures: Family<FailureLabels, Counter>,
     /// `sluice_middleware_version_info{middleware, version, digest, role}`: 1 per live version.
     pub versions: Family<VersionLabels, Gauge>,
+    /// `sluice_middleware_call_duration_seconds{middleware, version, phase}`
+    pub call_duration: Family<CallTimeLabels, Histogram, fn() -> Histogram>,
+    /// `sluice_middleware_short_circuits_total{middleware, version, phase, status}`
+    pub short_circuits: Family<ShortCircuitLabels, Counter>,
+    /// `sluice_requests_total{route, method, status}`
+    pub requests: Family<RequestLabels, Counter>,
+    /// `sluice_request_duration_seconds{route}`
+    pub request_duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    /// `sluice_upstream_response_seconds{upstream}`: until the response head arrived.
+    pub upstream_duration: Family<UpstreamLabels, Histogram, fn() -> Histogram>,
+    /// `sluice_upstream_errors_total{upstream, kind}`
+    pub upstream_errors: Family<UpstreamErrorLabels, Counter>,
+    /// `sluice_upstream_target_healthy{upstream, target}`: 1 healthy, 0 not.
+    pub target_health: Family<TargetLabels, Gauge>,
+    /// `sluice_access_log_dropped_total`: lines the writer could not keep up with.
+    pub access_log_dropped: Counter,
+}
+
+/// Labels of `sluice_middleware_call_duration_seconds`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CallTimeLabels {
+    /// The middleware's name.
+    pub middleware: String,
+    /// Its version label.
+    pub version: String,
+    /// The phase.
+    pub phase: String,
+}
+
+/// Labels of `sluice_middleware_short_circuits_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ShortCircuitLabels {
+    /// The middleware's name.
+    pub middleware: Arc<String>,
+    /// Its version label.
+    pub version: Arc<String>,
+    /// The phase that answered.
+    pub phase: &'static str,
+    /// The status it answered with.
+    pub status: u16,
+}
+
+/// Labels of `sluice_requests_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// The route's name; `-` when no route matched.
+    pub route: Arc<String>,
+    /// `GET`, `HEAD`, `POST`, `PUT`, `PATCH`, `DELETE`, `OPTIONS`, or `other`.
+    pub method: &'static str,
+    /// The status sent to the client; 0 when the client went away before one was sent.
+    pub status: u16,
+}
+
+/// Labels of `sluice_request_duration_seconds`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    /// The route's name.
+    pub route: Arc<String>,
+}
+
+/// Labels of `sluice_upstream_response_seconds`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamLabels {
+    /// The upstream's name.
+    pub upstream: Arc<String>,
+}
+
+/// Labels of `sluice_upstream_errors_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamErrorLabels {
+    /// The upstream's name.
+    pub upstream: Arc<String>,
+    /// `connect` (refused or unreachable), `timeout`, `broken` (closed or malformed mid-exchange),
+    /// `no-target` (none healthy).
+    pub kind: &'static str,
+}
+
+/// Labels of `sluice_upstream_target_healthy`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TargetLabels {
+    /// The upstream's name.
+    pub upstream: String,
+    /// `ip:port`.
+    pub target: String,
+}
+
+/// Latency buckets: 100 µs to ~6.5 s, doubling.
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.000_1, 2.0, 17))
 }
 
 /// Labels of `sluice_reloads_total`.
@@ -100,12 +191,72 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "The middleware versions serving requests (1 per live version)",
         versions.clone(),
     );
+    let call_duration = Family::<CallTimeLabels, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram);
+    registry.register_with_unit(
+        "sluice_middleware_call_duration",
+        "Middleware phase call latency (instantiation included) by middleware, version and phase",
+        prometheus_client::registry::Unit::Seconds,
+        call_duration.clone(),
+    );
+    let short_circuits = Family::<ShortCircuitLabels, Counter>::default();
+    registry.register(
+        "sluice_middleware_short_circuits",
+        "Requests a middleware answered itself, by middleware, version, phase and status",
+        short_circuits.clone(),
+    );
+    let requests = Family::<RequestLabels, Counter>::default();
+    registry.register(
+        "sluice_requests",
+        "Requests by route, method and the status sent to the client",
+        requests.clone(),
+    );
+    let request_duration = Family::<RouteLabels, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram);
+    registry.register_with_unit(
+        "sluice_request_duration",
+        "Request latency by route, from the request head to the last byte sent",
+        prometheus_client::registry::Unit::Seconds,
+        request_duration.clone(),
+    );
+    let upstream_duration =
+        Family::<UpstreamLabels, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram);
+    registry.register_with_unit(
+        "sluice_upstream_response",
+        "Upstream latency: from choosing a target to the response head",
+        prometheus_client::registry::Unit::Seconds,
+        upstream_duration.clone(),
+    );
+    let upstream_errors = Family::<UpstreamErrorLabels, Counter>::default();
+    registry.register(
+        "sluice_upstream_errors",
+        "Failed upstream exchanges by upstream and kind",
+        upstream_errors.clone(),
+    );
+    let target_health = Family::<TargetLabels, Gauge>::default();
+    registry.register(
+        "sluice_upstream_target_healthy",
+        "Whether each upstream target is in rotation (1) or ejected (0)",
+        target_health.clone(),
+    );
+    let access_log_dropped = Counter::default();
+    registry.register(
+        "sluice_access_log_dropped",
+        "Access log lines dropped because the writer fell behind",
+        access_log_dropped.clone(),
+    );
     Metrics {
         registry,
         reloads,
         calls,
         failures,
         versions,
+        call_duration,
+        short_circuits,
+        requests,
+        request_duration,
+        upstream_duration,
+        upstream_errors,
+        target_health,
+        access_log_dropped,
     }
 });
 
@@ -153,7 +304,8 @@ impl Phase {
         Phase::ResponseBody,
     ];
 
-    fn as_str(self) -> &'static str {
+    /// The phase's name, as in metrics and logs.
+    pub fn as_str(self) -> &'static str {
         match self {
             Phase::RequestHeaders => "request-headers",
             Phase::RequestBody => "request-body",
@@ -185,12 +337,14 @@ pub enum Outcome {
 
 const OUTCOMES: [&str; 3] = ["next", "respond", "failed"];
 
-/// One middleware version's call counters, resolved at load for the phases it implements.
+/// One middleware version's call counters and latency histograms, resolved at load for the
+/// phases it implements.
 #[derive(Debug, Default)]
 pub struct CallCounters {
     phases: [Option<[Counter; 3]>; 4],
-    middleware: String,
-    version: String,
+    durations: [Option<Histogram>; 4],
+    middleware: Arc<String>,
+    version: Arc<String>,
 }
 
 impl CallCounters {
@@ -211,18 +365,52 @@ impl CallCounters {
                 })
             })
         });
+        let durations = Phase::ALL.map(|phase| {
+            phase.registered(registration).then(|| {
+                METRICS
+                    .call_duration
+                    .get_or_create(&CallTimeLabels {
+                        middleware: middleware.to_owned(),
+                        version: version.to_owned(),
+                        phase: phase.as_str().to_owned(),
+                    })
+                    .clone()
+            })
+        });
         CallCounters {
             phases,
-            middleware: middleware.to_owned(),
-            version: version.to_owned(),
+            durations,
+            middleware: Arc::new(middleware.to_owned()),
+            version: Arc::new(version.to_owned()),
         }
     }
 
-    /// Counts one call.
-    pub fn count(&self, phase: Phase, outcome: Outcome) {
+    /// Counts one call that took `took`.
+    pub fn count(&self, phase: Phase, outcome: Outcome, took: Duration) {
         if let Some(counters) = &self.phases[phase as usize] {
             counters[outcome as usize].inc();
         }
+        if let Some(histogram) = &self.durations[phase as usize] {
+            histogram.observe(took.as_secs_f64());
+        }
+    }
+
+    /// The version label.
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    /// Counts a request this middleware answered itself with `status`.
+    pub fn short_circuit(&self, phase: Phase, status: u16) {
+        METRICS
+            .short_circuits
+            .get_or_create(&ShortCircuitLabels {
+                middleware: self.middleware.clone(),
+                version: self.version.clone(),
+                phase: phase.as_str(),
+                status,
+            })
+            .inc();
     }
 
     /// Counts a failed call by kind (rare: the label set is built here).
@@ -230,11 +418,62 @@ impl CallCounters {
         METRICS
             .failures
             .get_or_create(&FailureLabels {
-                middleware: self.middleware.clone(),
-                version: self.version.clone(),
+                middleware: self.middleware.to_string(),
+                version: self.version.to_string(),
                 kind: kind.to_owned(),
                 on_error: on_error.to_owned(),
             })
             .inc();
     }
+}
+
+/// The method label of `sluice_requests_total`.
+pub fn method_class(method: &http::Method) -> &'static str {
+    match *method {
+        http::Method::GET => "GET",
+        http::Method::HEAD => "HEAD",
+        http::Method::POST => "POST",
+        http::Method::PUT => "PUT",
+        http::Method::PATCH => "PATCH",
+        http::Method::DELETE => "DELETE",
+        http::Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
+/// One finished request: counted by route, method and status, timed by route.
+pub fn count_request(route: &Arc<String>, method: &http::Method, status: u16, took: Duration) {
+    METRICS
+        .requests
+        .get_or_create(&RequestLabels {
+            route: route.clone(),
+            method: method_class(method),
+            status,
+        })
+        .inc();
+    METRICS
+        .request_duration
+        .get_or_create(&RouteLabels { route: route.clone() })
+        .observe(took.as_secs_f64());
+}
+
+/// An upstream's response head arrived `took` after its target was chosen.
+pub fn upstream_responded(upstream: &Arc<String>, took: Duration) {
+    METRICS
+        .upstream_duration
+        .get_or_create(&UpstreamLabels {
+            upstream: upstream.clone(),
+        })
+        .observe(took.as_secs_f64());
+}
+
+/// An upstream exchange failed.
+pub fn upstream_failed(upstream: &Arc<String>, kind: &'static str) {
+    METRICS
+        .upstream_errors
+        .get_or_create(&UpstreamErrorLabels {
+            upstream: upstream.clone(),
+            kind,
+        })
+        .inc();
 }

@@ -12,6 +12,7 @@ use crate::chain::Snapshot;
 use crate::config::{Config, ConfigErrors};
 use crate::error::Error;
 use crate::proxy::Sluice;
+use crate::proxy::observe::AccessLogger;
 use crate::reload::{self, Reloader};
 use crate::runtime::Runtime;
 
@@ -57,6 +58,12 @@ pub fn build(config: Config) -> Result<Server, Error> {
         .map(|a| a.get_ref().to_string())
         .collect();
     let watch = config.server.watch;
+    let access = AccessLogger::start(&config.server.access_log, config.base_dir()).map_err(|e| {
+        Error::Runtime(format!(
+            "cannot open the access log {:?}: {e}",
+            config.server.access_log
+        ))
+    })?;
     let path = config.path.clone();
     let routes = config.routes.len();
     let (snapshot, runtime) = load(config)?;
@@ -84,8 +91,11 @@ pub fn build(config: Config) -> Result<Server, Error> {
     reuseport.so_reuseport = Some(true);
     for worker in 0..threads {
         let name = format!("sluice-worker-{worker}");
-        let mut proxy =
-            pingora::proxy::http_proxy_service_with_name(&server.configuration, Sluice::new(live.clone()), &name);
+        let mut proxy = pingora::proxy::http_proxy_service_with_name(
+            &server.configuration,
+            Sluice::new(live.clone(), access.clone()),
+            &name,
+        );
         proxy.threads = Some(1);
         for addr in &listen {
             proxy.add_tcp_with_settings(addr, reuseport.clone());

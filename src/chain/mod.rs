@@ -12,7 +12,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 pub use run::{
-    BodyOutcome, ChainRun, Failure, FailureKind, IdleInstances, RequestOutcome, ResponseOutcome, request_view,
+    BodyOutcome, CallRecord, ChainRun, Failure, FailureKind, IdleInstances, RequestOutcome, ResponseOutcome,
+    request_view,
 };
 pub use snapshot::{Loader, Pin, Route, Snapshot, digest};
 

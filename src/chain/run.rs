@@ -2,11 +2,12 @@
 
 use std::borrow::Cow;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use http::HeaderValue;
 use http::header::HeaderName;
 use pingora::http::{RequestHeader, ResponseHeader};
+use tracing::Instrument;
 use wasmtime::Store;
 
 use super::{Chain, Deployment, LoadedMiddleware, Reuse};
@@ -155,11 +156,56 @@ impl IdleInstances {
     }
 }
 
+/// Calls one phase of `$link` (the chain's `$index`th middleware) on this request's instance of
+/// it (created on first use): sets the deadline, calls with the wall-clock bound, inside a
+/// `middleware` span, and records the call (metrics, the request's call list).
+macro_rules! call_phase {
+    ($run:ident, $index:expr, $link:expr, $phase:expr, $call:ident($($arg:expr),*)) => {{
+        let started = Instant::now();
+        let span = tracing::debug_span!(
+            parent: &$run.span,
+            "middleware",
+            name = &*$link.name,
+            version = $link.calls.version(),
+            phase = $phase.as_str(),
+            outcome = tracing::field::Empty,
+        );
+        let result = match instance(&mut $run.slots[$index].live, $link).await {
+            Ok(live) => {
+                arm(live, $link);
+                let call = live.bindings.$call(&mut live.store, $($arg),*);
+                let result = bounded($link, call).instrument(span.clone()).await;
+                settle(live, result)
+            }
+            Err(kind) => Err(kind),
+        };
+        $run.record($link, $phase, &result, started.elapsed(), &span);
+        result
+    }};
+}
+
 /// One request's pass through a chain: its instances (one per middleware, created on first use and
 /// kept for every phase of the request) and its view of the request, with the context.
 pub struct ChainRun {
     slots: Vec<Slot>,
     request: Request,
+    /// The request's span: each call's `middleware` span is its child.
+    span: tracing::Span,
+    /// Every call made so far, for the access log.
+    calls: Vec<CallRecord>,
+}
+
+/// One middleware call of a request, as the access log shows it.
+#[derive(Debug, Clone)]
+pub struct CallRecord {
+    /// The middleware's name.
+    pub middleware: Arc<str>,
+    /// The phase.
+    pub phase: Phase,
+    /// `next`, `respond`, or the failure: `trap`, `timeout`, `memory-limit`, ...
+    pub outcome: &'static str,
+    /// The status it answered with, for `respond`.
+    pub status: Option<u16>,
 }
 
 /// One middleware of the chain, for one request: which version it runs and that version's instance.
@@ -179,8 +225,8 @@ fn chosen(deployment: &Deployment, canary: bool) -> &Arc<LoadedMiddleware> {
 }
 
 impl ChainRun {
-    /// A run for `chain` over `request`.
-    pub fn new(chain: &Chain, request: Request) -> Self {
+    /// A run for `chain` over `request`, with middleware spans under `span`.
+    pub fn new(chain: &Chain, request: Request, span: tracing::Span) -> Self {
         ChainRun {
             slots: chain
                 .links()
@@ -191,7 +237,43 @@ impl ChainRun {
                 })
                 .collect(),
             request,
+            span,
+            calls: Vec::new(),
         }
+    }
+
+    /// The calls made so far (taken: the run keeps none).
+    pub fn take_calls(&mut self) -> Vec<CallRecord> {
+        std::mem::take(&mut self.calls)
+    }
+
+    /// Counts and records one call of `link` in `phase` that took `took`.
+    fn record<D: Decision>(
+        &mut self,
+        link: &LoadedMiddleware,
+        phase: Phase,
+        result: &Result<D, FailureKind>,
+        took: Duration,
+        span: &tracing::Span,
+    ) {
+        let (outcome, label, status) = match result {
+            Ok(decision) => match decision.responds() {
+                Some(status) => (Outcome::Respond, "respond", Some(status)),
+                None => (Outcome::Next, "next", None),
+            },
+            Err(kind) => (Outcome::Failed, kind.label(), None),
+        };
+        link.calls.count(phase, outcome, took);
+        if let Some(status) = status {
+            link.calls.short_circuit(phase, status);
+        }
+        span.record("outcome", label);
+        self.calls.push(CallRecord {
+            middleware: link.name.clone(),
+            phase,
+            outcome: label,
+            status,
+        });
     }
 
     /// Runs `on-request-headers` in chain order, applying header edits to `upstream` (the request
@@ -204,17 +286,14 @@ impl ChainRun {
             }
             let result = {
                 let request = view(&self.request, link.registration.request_header_names.as_deref());
-                match instance(&mut self.slots[index].live, link).await {
-                    Ok(live) => {
-                        arm(live, link);
-                        let result =
-                            bounded(link, live.bindings.call_on_request_headers(&mut live.store, &request)).await;
-                        settle(live, result)
-                    }
-                    Err(kind) => Err(kind),
-                }
+                call_phase!(
+                    self,
+                    index,
+                    link,
+                    Phase::RequestHeaders,
+                    call_on_request_headers(&request)
+                )
             };
-            counted(link, Phase::RequestHeaders, &result);
             match result {
                 Ok(RequestDecision::Next((edits, context))) => {
                     if let Err(kind) = apply_request_edits(&edits, upstream, &mut self.request) {
@@ -247,21 +326,14 @@ impl ChainRun {
                 let request = view(&self.request, link.registration.request_header_names.as_deref());
                 let headers = header_list(&response.headers, link.registration.response_header_names.as_deref());
                 let status = response.status.as_u16();
-                match instance(&mut self.slots[index].live, link).await {
-                    Ok(live) => {
-                        arm(live, link);
-                        let result = bounded(
-                            link,
-                            live.bindings
-                                .call_on_response_headers(&mut live.store, &request, status, &headers),
-                        )
-                        .await;
-                        settle(live, result)
-                    }
-                    Err(kind) => Err(kind),
-                }
+                call_phase!(
+                    self,
+                    index,
+                    link,
+                    Phase::ResponseHeaders,
+                    call_on_response_headers(&request, status, &headers)
+                )
             };
-            counted(link, Phase::ResponseHeaders, &result);
             match result {
                 Ok(ResponseDecision::Next(edits)) => {
                     if let Err(kind) = apply_edits(&edits, |op| match op {
@@ -294,20 +366,14 @@ impl ChainRun {
             }
             let result = {
                 let request = view(&self.request, link.registration.request_header_names.as_deref());
-                match instance(&mut self.slots[index].live, link).await {
-                    Ok(live) => {
-                        arm(live, link);
-                        let result = bounded(
-                            link,
-                            live.bindings.call_on_request_body(&mut live.store, &request, body),
-                        )
-                        .await;
-                        settle(live, result)
-                    }
-                    Err(kind) => Err(kind),
-                }
+                call_phase!(
+                    self,
+                    index,
+                    link,
+                    Phase::RequestBody,
+                    call_on_request_body(&request, body)
+                )
             };
-            counted(link, Phase::RequestBody, &result);
             if let Some(outcome) = body_decided(link, result, body) {
                 return outcome;
             }
@@ -331,21 +397,14 @@ impl ChainRun {
                 let request = view(&self.request, link.registration.request_header_names.as_deref());
                 let headers = header_list(&response.headers, link.registration.response_header_names.as_deref());
                 let status = response.status.as_u16();
-                match instance(&mut self.slots[index].live, link).await {
-                    Ok(live) => {
-                        arm(live, link);
-                        let result = bounded(
-                            link,
-                            live.bindings
-                                .call_on_response_body(&mut live.store, &request, status, &headers, body),
-                        )
-                        .await;
-                        settle(live, result)
-                    }
-                    Err(kind) => Err(kind),
-                }
+                call_phase!(
+                    self,
+                    index,
+                    link,
+                    Phase::ResponseBody,
+                    call_on_response_body(&request, status, &headers, body)
+                )
             };
-            counted(link, Phase::ResponseBody, &result);
             if let Some(outcome) = body_decided(link, result, body) {
                 return outcome;
             }
@@ -416,37 +475,36 @@ impl Drop for ChainRun {
     }
 }
 
-/// Whether a decision answers the client.
+/// Whether a decision answers the client, and with which status.
 trait Decision {
-    fn responds(&self) -> bool;
+    fn responds(&self) -> Option<u16>;
 }
 
 impl Decision for RequestDecision {
-    fn responds(&self) -> bool {
-        matches!(self, RequestDecision::Respond(_))
+    fn responds(&self) -> Option<u16> {
+        match self {
+            RequestDecision::Respond(response) => Some(response.status),
+            RequestDecision::Next(_) => None,
+        }
     }
 }
 
 impl Decision for ResponseDecision {
-    fn responds(&self) -> bool {
-        matches!(self, ResponseDecision::Respond(_))
+    fn responds(&self) -> Option<u16> {
+        match self {
+            ResponseDecision::Respond(response) => Some(response.status),
+            ResponseDecision::Next(_) => None,
+        }
     }
 }
 
 impl Decision for BodyDecision {
-    fn responds(&self) -> bool {
-        matches!(self, BodyDecision::Respond(_))
+    fn responds(&self) -> Option<u16> {
+        match self {
+            BodyDecision::Respond(response) => Some(response.status),
+            _ => None,
+        }
     }
-}
-
-/// Counts one call of `link` in `phase` by its outcome.
-fn counted<D: Decision>(link: &LoadedMiddleware, phase: Phase, result: &Result<D, FailureKind>) {
-    let outcome = match result {
-        Ok(decision) if decision.responds() => Outcome::Respond,
-        Ok(_) => Outcome::Next,
-        Err(_) => Outcome::Failed,
-    };
-    link.calls.count(phase, outcome);
 }
 
 /// Sets the call's deadline.

@@ -41,6 +41,8 @@ pub struct Snapshot {
 pub struct Route {
     /// The route's name from config.
     pub name: String,
+    /// The same, as the `route` label of its metrics.
+    pub metric_name: Arc<String>,
     /// Where its requests go.
     pub upstream: Arc<Upstream>,
     /// The middleware its requests run through.
@@ -179,6 +181,7 @@ impl Snapshot {
             };
             routes.push(Route {
                 name: route.name.get_ref().clone(),
+                metric_name: Arc::new(route.name.get_ref().clone()),
                 upstream: upstream.clone(),
                 chain: Chain::of(links),
                 max_body: route.max_body.0,

@@ -113,6 +113,33 @@ pub struct ServerConfig {
     /// Reload when the config file or a file it names changes.
     #[serde(default = "default_watch")]
     pub watch: bool,
+    /// Where the access log goes: `off`, `stdout`, or a file path (relative to the config file).
+    #[serde(default)]
+    pub access_log: AccessLog,
+}
+
+/// `[server] access-log`: one JSON line per request.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum AccessLog {
+    /// No access log.
+    #[default]
+    Off,
+    /// To standard output.
+    Stdout,
+    /// Appended to this file.
+    File(PathBuf),
+}
+
+impl<'de> Deserialize<'de> for AccessLog {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        Ok(match text.as_str() {
+            "off" => AccessLog::Off,
+            "stdout" => AccessLog::Stdout,
+            "" => return Err(serde::de::Error::custom("expected \"off\", \"stdout\" or a file path")),
+            path => AccessLog::File(PathBuf::from(path)),
+        })
+    }
 }
 
 fn default_watch() -> bool {
@@ -128,6 +155,7 @@ impl Default for ServerConfig {
             admin_token_env: None,
             cache_dir: None,
             watch: true,
+            access_log: AccessLog::Off,
         }
     }
 }

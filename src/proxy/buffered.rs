@@ -26,8 +26,9 @@ use pingora::prelude::*;
 use pingora::protocols::http::client::HttpSession as UpstreamSession;
 use pingora::proxy::Session;
 
+use super::observe::TraceContext;
 use super::problem::Problem;
-use super::{client_ip, forward_request_headers, forward_response_headers, write_response};
+use super::{Exchange, client_ip, forward_request_headers, forward_response_headers, write_response};
 use crate::chain::{BodyOutcome, ChainRun, ResponseOutcome, Route};
 
 /// Attempts at a request whose pooled upstream connection turned out to be closed.
@@ -40,6 +41,8 @@ pub(super) async fn proxy(
     session: &mut Session,
     route: &Route,
     run: &mut ChainRun,
+    exchange: &mut Exchange,
+    trace: Option<&TraceContext>,
 ) -> Result<()> {
     let chain = &route.chain;
     let request_body = if chain.has_request_body_phase() {
@@ -58,7 +61,7 @@ pub(super) async fn proxy(
     };
 
     let mut request = session.req_header().clone();
-    forward_request_headers(session, &mut request)?;
+    forward_request_headers(session, &mut request, trace)?;
     request.set_version(http::Version::HTTP_11);
     request.remove_header("expect"); // sluice has the body, or streams it unasked
     if let Some(body) = &request_body {
@@ -71,11 +74,13 @@ pub(super) async fn proxy(
     }
 
     let peer = route.upstream.peer(client_ip(session)).ok_or_else(|| {
+        crate::metrics::upstream_failed(&route.upstream.metric_name, "no-target");
         Error::explain(
             HTTPStatus(502),
             format!("upstream `{}` has no available target", route.upstream.name),
         )
     })?;
+    exchange.chose(&peer);
     let mut attempt = 0;
     let mut upstream = loop {
         attempt += 1;
@@ -102,6 +107,7 @@ pub(super) async fn proxy(
         .response_header()
         .cloned()
         .ok_or_else(|| Error::explain(ErrorType::InternalError, "no response header"))?;
+    exchange.responded(&route.upstream.metric_name);
     if chain.has_response_headers_phase() {
         let replacement = match run.on_response_headers(chain, &mut response).await {
             ResponseOutcome::Continue => None,

@@ -3,12 +3,14 @@
 
 mod buffered;
 pub mod headers;
+pub mod observe;
 pub mod problem;
 pub mod router;
 pub mod upstream;
 
-use std::net::IpAddr;
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, LazyLock};
+use std::time::{Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -21,8 +23,9 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use bytes::Bytes;
 use sync_wrapper::SyncWrapper;
 
-use crate::chain::{ChainRun, RequestOutcome, ResponseOutcome, Route, Snapshot, request_view};
+use crate::chain::{CallRecord, ChainRun, RequestOutcome, ResponseOutcome, Route, Snapshot, request_view};
 use crate::runtime::types::Response;
+use observe::{AccessEntry, AccessLogger, TraceContext};
 use problem::Problem;
 use router::RouteMatch;
 
@@ -32,21 +35,104 @@ pub struct Sluice {
     /// Upstream connections for routes sluice proxies itself (body phases); pingora keeps its own
     /// pool for the others. One per worker, like pingora's.
     connector: Connector,
+    /// Where access log lines go, when `[server] access-log` is on.
+    access: Option<Arc<AccessLogger>>,
 }
 
 impl Sluice {
-    /// A proxy serving whatever snapshot `live` holds when each request starts.
-    pub fn new(live: Arc<ArcSwap<Snapshot>>) -> Self {
+    /// A proxy serving whatever snapshot `live` holds when each request starts, logging requests
+    /// to `access` if set.
+    pub fn new(live: Arc<ArcSwap<Snapshot>>, access: Option<Arc<AccessLogger>>) -> Self {
         Sluice {
             live,
             connector: Connector::new(None),
+            access,
+        }
+    }
+}
+
+impl Sluice {
+    /// The request side of the chain: `on-request-headers`, then, when the chain reads a body,
+    /// the whole exchange ([`buffered::proxy`]). `Ok(true)` when the request has been answered.
+    async fn run_request_side(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        route: &Route,
+        run: &mut ChainRun,
+    ) -> Result<bool> {
+        let chain = &route.chain;
+        if chain.has_request_headers_phase() {
+            match run.on_request_headers(chain, session.req_header_mut()).await {
+                RequestOutcome::Continue => {}
+                RequestOutcome::Respond(response) => {
+                    write_response(session, response).await?;
+                    return Ok(true);
+                }
+                RequestOutcome::Fail(failure) => {
+                    Problem::new(500, failure.to_string()).write(session).await?;
+                    return Ok(true);
+                }
+            }
+        }
+        if chain.has_body_phase() {
+            buffered::proxy(
+                &self.connector,
+                session,
+                route,
+                run,
+                &mut ctx.exchange,
+                ctx.trace.as_ref(),
+            )
+            .await?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+}
+
+/// The route label of a request no route matched.
+static NO_ROUTE: LazyLock<Arc<String>> = LazyLock::new(|| Arc::new("-".to_owned()));
+
+/// A request's exchange with its upstream, for metrics and the access log.
+#[derive(Default)]
+pub struct Exchange {
+    /// The target chosen.
+    pub target: Option<SocketAddr>,
+    /// When the target was chosen.
+    pub started: Option<Instant>,
+}
+
+impl Exchange {
+    /// `peer` was chosen for the request.
+    fn chose(&mut self, peer: &HttpPeer) {
+        use pingora::upstreams::peer::Peer;
+        self.target = peer.address().as_inet().copied();
+        self.started = Some(Instant::now());
+    }
+
+    /// The response head arrived from the upstream.
+    fn responded(&self, upstream: &Arc<String>) {
+        if let Some(started) = self.started {
+            crate::metrics::upstream_responded(upstream, started.elapsed());
         }
     }
 }
 
 /// Per-request state, carried across all phases of one request.
-#[derive(Default)]
 pub struct RequestCtx {
+    /// When the request head arrived.
+    started: Instant,
+    /// The same, as wall-clock time, for the access log.
+    time: SystemTime,
+    /// Its trace context (set when routed).
+    trace: Option<TraceContext>,
+    /// Its `request` span; each middleware call's span is a child.
+    span: tracing::Span,
+    /// The middleware calls made, for the access log.
+    calls: Vec<CallRecord>,
+    /// The upstream exchange, if there was one.
+    exchange: Exchange,
     /// The snapshot this request started with; kept to its end so a reload never changes it.
     snapshot: Option<Arc<Snapshot>>,
     /// The index of the route serving this request, in `snapshot.routes`.
@@ -69,7 +155,18 @@ impl ProxyHttp for Sluice {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> RequestCtx {
-        RequestCtx::default()
+        RequestCtx {
+            started: Instant::now(),
+            time: SystemTime::now(),
+            trace: None,
+            span: tracing::Span::none(),
+            calls: Vec::new(),
+            exchange: Exchange::default(),
+            snapshot: None,
+            route: None,
+            run: None,
+            replacement_body: None,
+        }
     }
 
     /// No downstream modules: pingora's default adds a disabled compression module whose filters
@@ -83,46 +180,41 @@ impl ProxyHttp for Sluice {
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let snapshot = self.live.load_full();
         let req = session.req_header();
+        let trace = TraceContext::from_header(req.headers.get("traceparent").map(|v| v.as_bytes()));
+        ctx.trace = Some(trace);
         let host = request_host(req).map(normalize_host);
         match snapshot.router.route(host.as_deref(), req.uri.path(), &req.method) {
             RouteMatch::Found(index) => {
                 ctx.route = Some(index);
                 ctx.snapshot = Some(snapshot.clone());
-                let chain = &snapshot.routes[index].chain;
+                let route = &snapshot.routes[index];
+                let chain = &route.chain;
                 if chain.is_empty() {
                     return Ok(false);
                 }
+                ctx.span = tracing::debug_span!(
+                    "request",
+                    route = %route.name,
+                    method = %req.method,
+                    path = %req.uri,
+                    trace_id = %trace.trace_id(),
+                );
                 let view = request_view(
                     req,
                     request_host(req).unwrap_or_default(),
                     session.client_addr().map(|a| a.to_string()).unwrap_or_default(),
-                    &snapshot.routes[index].name,
+                    &route.name,
                 );
-                let mut chain_run = ChainRun::new(chain, view);
-                if chain.has_request_headers_phase() {
-                    match chain_run.on_request_headers(chain, session.req_header_mut()).await {
-                        RequestOutcome::Continue => {}
-                        RequestOutcome::Respond(response) => {
-                            write_response(session, response).await?;
-                            return Ok(true);
-                        }
-                        RequestOutcome::Fail(failure) => {
-                            Problem::new(500, failure.to_string()).write(session).await?;
-                            return Ok(true);
-                        }
-                    }
-                }
-                if chain.has_body_phase() {
-                    let route = &snapshot.routes[index];
-                    buffered::proxy(&self.connector, session, route, &mut chain_run).await?;
-                    return Ok(true);
-                }
-                // Instances are pooled: keep them through the upstream exchange only if a
-                // response phase will need them.
-                if chain.has_response_headers_phase() {
+                let mut chain_run = ChainRun::new(chain, view, ctx.span.clone());
+                let answered = self.run_request_side(session, ctx, route, &mut chain_run).await;
+                if answered.as_ref().is_ok_and(|answered| !answered) && chain.has_response_headers_phase() {
+                    // Instances are pooled: keep them through the upstream exchange only if a
+                    // response phase will need them.
                     ctx.run = Some(SyncWrapper::new(chain_run));
+                } else {
+                    ctx.calls = chain_run.take_calls();
                 }
-                Ok(false)
+                answered
             }
             RouteMatch::MethodNotAllowed { allow } => {
                 let detail = format!("method `{}` is not allowed here; allowed: {allow}", req.method);
@@ -146,22 +238,38 @@ impl ProxyHttp for Sluice {
             .route()
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route chosen"))?;
         let client = client_ip(session);
-        route.upstream.peer(client).map(Box::new).ok_or_else(|| {
+        let peer = route.upstream.peer(client).ok_or_else(|| {
+            crate::metrics::upstream_failed(&route.upstream.metric_name, "no-target");
             Error::explain(
                 ErrorType::HTTPStatus(502),
                 format!("upstream `{}` has no available target", route.upstream.name),
             )
-        })
+        })?;
+        ctx.exchange.chose(&peer);
+        Ok(Box::new(peer))
     }
 
-    /// Removes hop-by-hop headers and adds the forwarding headers.
+    /// Removes hop-by-hop headers and adds the forwarding headers and `traceparent`.
     async fn upstream_request_filter(
         &self,
         session: &mut Session,
         upstream_request: &mut RequestHeader,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
     ) -> Result<()> {
-        forward_request_headers(session, upstream_request)
+        forward_request_headers(session, upstream_request, ctx.trace.as_ref())
+    }
+
+    /// Times the upstream: its response head arrived.
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        _upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(route) = ctx.route() {
+            ctx.exchange.responded(&route.upstream.metric_name);
+        }
+        Ok(())
     }
 
     /// Runs the chain's response-headers phase (reverse order), removes hop-by-hop headers and
@@ -224,6 +332,41 @@ impl ProxyHttp for Sluice {
         Ok(None)
     }
 
+    /// Counts the request (`sluice_requests_total`, `sluice_request_duration_seconds`) and writes
+    /// its access log line.
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let took = ctx.started.elapsed();
+        let route = ctx.route();
+        let req = session.req_header();
+        crate::metrics::count_request(route.map_or(&*NO_ROUTE, |r| &r.metric_name), &req.method, status, took);
+        let Some(access) = &self.access else {
+            return;
+        };
+        if let Some(run) = ctx.run.as_mut() {
+            ctx.calls.extend(run.get_mut().take_calls());
+        }
+        let route = ctx.route();
+        let entry = AccessEntry {
+            time: ctx.time,
+            route: route.map(|r| r.name.as_str()),
+            method: req.method.as_str(),
+            path: req.uri.path_and_query().map_or("/", |p| p.as_str()),
+            status,
+            duration: took,
+            upstream: route
+                .filter(|_| ctx.exchange.started.is_some())
+                .map(|r| (r.upstream.name.as_str(), ctx.exchange.target)),
+            bytes_in: session.body_bytes_read(),
+            bytes_out: session.body_bytes_sent(),
+            client: session.client_addr().map(|a| a.to_string()),
+            trace_id: ctx.trace.map(|t| t.trace_id()).unwrap_or_default(),
+            calls: &ctx.calls,
+            error: e.map(|e| e.to_string()),
+        };
+        access.log(entry.to_json());
+    }
+
     /// Answers a request that failed: 504 when the upstream timed out, 502 when it was
     /// unreachable or broke off, 400 for a malformed request, as problem+json.
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy
@@ -231,6 +374,16 @@ impl ProxyHttp for Sluice {
         Self::CTX: Send + Sync,
     {
         let upstream = ctx.route().map(|r| r.upstream.name.as_str()).unwrap_or("-");
+        if let Some(route) = ctx.route()
+            && e.esource() == &ErrorSource::Upstream
+        {
+            let kind = match e.etype() {
+                ConnectTimedout | ReadTimedout | WriteTimedout => "timeout",
+                ErrorType::ConnectRefused | ErrorType::ConnectNoRoute | ErrorType::ConnectError => "connect",
+                _ => "broken",
+            };
+            crate::metrics::upstream_failed(&route.upstream.metric_name, kind);
+        }
         let (status, detail) = match (e.etype(), e.esource()) {
             (HTTPStatus(code), _) => (*code, e.context.as_ref().map(|c| c.to_string()).unwrap_or_default()),
             (ConnectTimedout, _) => (
@@ -251,6 +404,9 @@ impl ProxyHttp for Sluice {
             _ => (500, "internal error".to_owned()),
         };
         if status > 0 && session.response_written().is_none() {
+            // The connection is not reused after a failure: say so (`Connection: close`), so a
+            // client does not send its next request on it.
+            session.set_keepalive(None);
             let _ = Problem::new(status, detail).write(session).await;
         }
         FailToProxy {
@@ -261,8 +417,15 @@ impl ProxyHttp for Sluice {
 }
 
 /// Removes hop-by-hop headers from the request going upstream and adds the forwarding headers
-/// (`X-Forwarded-*`, `Via`).
-fn forward_request_headers(session: &Session, upstream_request: &mut RequestHeader) -> Result<()> {
+/// (`X-Forwarded-*`, `Via`) and `traceparent` (this request's trace, sluice's span as parent).
+fn forward_request_headers(
+    session: &Session,
+    upstream_request: &mut RequestHeader,
+    trace: Option<&TraceContext>,
+) -> Result<()> {
+    if let Some(trace) = trace {
+        upstream_request.insert_header("traceparent", trace.traceparent())?;
+    }
     for name in headers::hop_by_hop(&upstream_request.headers) {
         upstream_request.remove_header(&name);
     }

@@ -29,6 +29,8 @@ const MAX_SELECT_ITERATIONS: usize = 256;
 pub struct Upstream {
     /// The upstream's name from config.
     pub name: String,
+    /// The same, as the `upstream` label of its metrics.
+    pub metric_name: std::sync::Arc<String>,
     balancer: Balancer,
     connect_timeout: Duration,
     read_timeout: Duration,
@@ -74,6 +76,7 @@ impl Upstream {
         };
         Ok(Upstream {
             name: name.to_owned(),
+            metric_name: std::sync::Arc::new(name.to_owned()),
             balancer,
             connect_timeout: config.connect_timeout.0,
             read_timeout: config.read_timeout.0,
