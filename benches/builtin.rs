@@ -91,7 +91,7 @@ fn response() -> ResponseHeader {
 
 /// One request through every phase of `chain`, as the proxy's buffered path runs them.
 fn one_request(rt: &tokio::runtime::Runtime, chain: &Chain, req: &RequestHeader) {
-    let view = request_view(req, "api.example.com", "127.0.0.1:1234".into(), "orders");
+    let view = request_view(req, "http", "api.example.com", "127.0.0.1:1234".into(), "orders");
     let mut upstream = req.clone();
     let mut body = ORDER.to_vec();
     let mut response = response();

@@ -41,7 +41,7 @@ fn request() -> RequestHeader {
 
 fn one_request(rt: &tokio::runtime::Runtime, chain: &Chain) {
     let req = request();
-    let view = request_view(&req, "api.example.com", "127.0.0.1:1234".into(), "bench");
+    let view = request_view(&req, "http", "api.example.com", "127.0.0.1:1234".into(), "bench");
     let mut upstream = req.clone();
     let mut response = ResponseHeader::build(200, None).unwrap();
     rt.block_on(async {
@@ -112,7 +112,7 @@ fn per_request(c: &mut Criterion) {
                 let mut store = runtime.store(host);
                 let instance = raw.instantiate_async(&mut store).await.unwrap();
                 instance.call_init(&mut store, "{}").await.unwrap().unwrap();
-                let view = request_view(&req, "api.example.com", "127.0.0.1:1234".into(), "bench");
+                let view = request_view(&req, "http", "api.example.com", "127.0.0.1:1234".into(), "bench");
                 instance.call_on_request_headers(&mut store, &view).await.unwrap();
             })
         })

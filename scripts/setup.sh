@@ -3,8 +3,8 @@
 #
 #   scripts/setup.sh          # build + test prerequisites: cmake, the wasm32-wasip2 target, python3
 #                             # with PyJWT, cryptography and Faker, the JSON-Schema-Test-Suite,
-#                             # redis-server
-#   scripts/setup.sh bench    # also nginx and wrk, for benches/load.sh
+#                             # redis-server, curl
+#   scripts/setup.sh bench    # also nginx, wrk, h2load and openssl, for benches/load.sh
 #
 # Uses apt-get when running as root, pip for cmake otherwise; says what to install by hand when it
 # can do neither. Safe to run again: it only installs what is missing.
@@ -83,6 +83,11 @@ if [[ ! -d "$suite/tests/draft2020-12" ]]; then
   rm -rf "$tmp"
 fi
 
+# curl (with HTTP/2): tests/tls.rs checks ALPN, h2 and h2c with a client sluice did not write.
+if ! command -v curl >/dev/null || ! curl --version | grep -q HTTP2; then
+  apt_install curl || { say "install curl with HTTP/2 support (tests/tls.rs uses it)"; exit 1; }
+fi
+
 # redis-server: tests/redis_state.rs starts its own on a free port (the Redis state backend,
 # shared by two sluice processes).
 if ! command -v redis-server >/dev/null && [[ ! -x /usr/bin/redis-server ]]; then
@@ -95,6 +100,8 @@ if $want_bench; then
   missing=()
   command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] || missing+=(nginx)
   command -v wrk >/dev/null || missing+=(wrk)
+  command -v h2load >/dev/null || missing+=(nghttp2-client)
+  command -v openssl >/dev/null || missing+=(openssl)
   if ((${#missing[@]})); then
     apt_install "${missing[@]}" || { say "install ${missing[*]} to run benches/load.sh"; exit 1; }
   fi

@@ -86,11 +86,14 @@ impl Admin {
         }
         match (req.method().clone(), segments.as_slice()) {
             (Method::GET, ["healthz"]) => text(StatusCode::OK, "text/plain", "ok\n".into()),
-            (Method::GET, ["metrics"]) => text(
-                StatusCode::OK,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                crate::metrics::encode(),
-            ),
+            (Method::GET, ["metrics"]) => {
+                crate::metrics::observe_targets(self.reloader.live().upstreams.values().map(|u| &**u));
+                text(
+                    StatusCode::OK,
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    crate::metrics::encode(),
+                )
+            }
             (Method::GET, ["admin", "config"]) => {
                 let live = self.reloader.live();
                 text(StatusCode::OK, "application/toml", live.config.source().to_owned())

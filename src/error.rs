@@ -17,6 +17,9 @@ pub enum Error {
     /// The WebAssembly runtime could not start (e.g. the cache directory is unusable).
     #[error("{0}")]
     Runtime(String),
+    /// `sluice run --upgrade` found no running sluice to take over from.
+    #[error("cannot upgrade: {0}")]
+    Upgrade(String),
     /// A listen address cannot be bound.
     #[error("cannot listen on `{addr}`: {source}")]
     Listen {

@@ -38,3 +38,4 @@ pub mod reload;
 pub mod runtime;
 pub mod server;
 pub mod state;
+pub mod tls;

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use sluice::config::{self, ListenAddr};
+use sluice::server::Start;
 
 /// A programmable HTTP reverse proxy: pingora in front, a chain of WebAssembly components per route.
 #[derive(Parser)]
@@ -21,6 +22,10 @@ enum Command {
         /// The TOML config file.
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
+        /// Replace the sluice running with this config without dropping a connection: load
+        /// everything, then take over its listening sockets (it finishes its requests and exits).
+        #[arg(long)]
+        upgrade: bool,
     },
     /// Check config files: parse, validate and load everything, report every problem, then exit.
     ///
@@ -56,14 +61,17 @@ fn main() -> ExitCode {
         .init();
 
     match cli.command {
-        Command::Run { config } => run(config::load(&config).map_err(sluice::error::Error::from)),
+        Command::Run { config, upgrade } => {
+            let start = if upgrade { Start::Upgrade } else { Start::Fresh };
+            run(config::load(&config).map_err(sluice::error::Error::from), start)
+        }
         Command::Check { config } => check(&config),
         Command::Demo { listen } => demo(listen),
     }
 }
 
-fn run(config: Result<config::Config, sluice::error::Error>) -> ExitCode {
-    let server = config.and_then(sluice::server::build);
+fn run(config: Result<config::Config, sluice::error::Error>, start: Start) -> ExitCode {
+    let server = config.and_then(|config| sluice::server::build(config, start));
     match server {
         Ok(server) => server.run_forever(),
         Err(e) => report(&e),
@@ -124,7 +132,7 @@ fn demo(listen: std::net::SocketAddr) -> ExitCode {
         return ExitCode::FAILURE;
     }
     config.server.watch = false; // the embedded config is no file to watch
-    let server = match sluice::server::build(config) {
+    let server = match sluice::server::build(config, Start::Fresh) {
         Ok(server) => server,
         Err(e) => return report(&e),
     };

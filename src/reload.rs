@@ -89,6 +89,8 @@ pub struct Reloader {
     live: Arc<ArcSwap<Snapshot>>,
     runtime: Arc<Runtime>,
     path: PathBuf,
+    /// The `[server]` settings the process started with that only a restart changes.
+    started_with: Vec<(&'static str, String)>,
     /// Held for the whole of a build and swap: one at a time.
     versions: tokio::sync::Mutex<Versions>,
     status: Mutex<Status>,
@@ -128,10 +130,12 @@ pub struct MiddlewareStatus {
 impl Reloader {
     /// A reloader for the config file at `path`, whose snapshot `live` serves.
     pub fn new(live: Arc<ArcSwap<Snapshot>>, runtime: Arc<Runtime>, path: PathBuf) -> Arc<Self> {
+        let started_with = restart_only(&live.load().config.server);
         let reloader = Arc::new(Reloader {
             live,
             runtime,
             path,
+            started_with,
             versions: tokio::sync::Mutex::new(Versions::default()),
             status: Mutex::new(Status::default()),
         });
@@ -178,6 +182,18 @@ impl Reloader {
         };
         match built {
             Ok(next) => {
+                let pending: Vec<&str> = restart_only(&next.config.server)
+                    .iter()
+                    .zip(&self.started_with)
+                    .filter(|(now, then)| now != then)
+                    .map(|((key, _), _)| *key)
+                    .collect();
+                if !pending.is_empty() {
+                    tracing::warn!(
+                        keys = %pending.iter().map(|k| format!("server.{k}")).collect::<Vec<_>>().join(", "),
+                        "the reload changed settings that take effect on restart (or `sluice run --upgrade`); the rest is live"
+                    );
+                }
                 // A pin lasts while the config names what it replaced; the build dropped the others.
                 versions.pins.retain(|name, _| {
                     next.middleware
@@ -295,6 +311,7 @@ impl Reloader {
         }
         versions.previous.retain(|name, _| next.middleware.contains_key(name));
         self.publish_versions(&next);
+        start_health_checks(&next);
         self.live.store(Arc::new(next));
         let attempt = Attempt {
             at: SystemTime::now(),
@@ -384,6 +401,15 @@ impl Reloader {
                 }
             }
         }
+        for tls in &config.server.tls {
+            files.insert(base.join(&tls.get_ref().cert));
+            files.insert(base.join(&tls.get_ref().key));
+        }
+        for up in config.upstreams.values() {
+            if let Some(ca) = &up.ca_file {
+                files.insert(base.join(ca.get_ref()));
+            }
+        }
         files.into_iter().filter_map(|f| canonical(&f)).collect()
     }
 }
@@ -453,4 +479,43 @@ pub async fn on_sighup(reloader: Arc<Reloader>) {
     while hangups.recv().await.is_some() {
         let _ = reloader.reload(Trigger::Sighup).await;
     }
+}
+
+/// Starts the active health checks of `snapshot`'s upstreams that are not running yet (a kept
+/// upstream's keep running), on the current runtime: the control plane's.
+pub fn start_health_checks(snapshot: &Snapshot) {
+    for upstream in snapshot.upstreams.values() {
+        upstream.health.start_checks();
+    }
+}
+
+/// The `[server]` settings a reload cannot change (listeners, threads, the admin API, the access
+/// log, process settings), as key and value; TLS certificates reload, the TLS addresses do not.
+fn restart_only(server: &config::ServerConfig) -> Vec<(&'static str, String)> {
+    let tls_addrs: BTreeSet<String> = server.tls.iter().map(|t| t.get_ref().addr.to_string()).collect();
+    vec![
+        (
+            "listen",
+            format!(
+                "{:?}",
+                server
+                    .listen
+                    .get_ref()
+                    .iter()
+                    .map(|a| a.get_ref().0)
+                    .collect::<Vec<_>>()
+            ),
+        ),
+        ("tls", format!("{tls_addrs:?}")),
+        ("threads", server.threads.get_ref().to_string()),
+        ("admin", format!("{:?}", server.admin.as_ref().map(|a| a.get_ref().0))),
+        ("admin-token-env", format!("{:?}", server.admin_token_env)),
+        ("access-log", format!("{:?}", server.access_log)),
+        ("h2c", server.h2c.to_string()),
+        ("grace-period", server.grace_period.to_string()),
+        ("upgrade-sock", format!("{:?}", server.upgrade_sock)),
+        ("pid-file", format!("{:?}", server.pid_file)),
+        ("cache-dir", format!("{:?}", server.cache_dir)),
+        ("watch", server.watch.to_string()),
+    ]
 }

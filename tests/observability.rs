@@ -74,6 +74,12 @@ async fn metrics_count_requests_middleware_calls_and_upstreams_as_they_flow() {
     }
     assert_eq!(client.get(sluice.url("/dead")).send().await.unwrap().status(), 502);
     assert_eq!(client.get(sluice.url("/nowhere")).send().await.unwrap().status(), 404);
+    // A request is counted when it ends, just after its answer went out: wait for all 12.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while requests(&[]).await < 12.0 {
+        assert!(std::time::Instant::now() < deadline, "not every request was counted");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
 
     assert_eq!(
         requests(&["route=\"api\"", "method=\"GET\"", "status=\"200\""]).await,

@@ -594,11 +594,12 @@ fn header_list(headers: &http::HeaderMap, names: Option<&[String]>) -> Vec<(Stri
         .collect()
 }
 
-/// The WIT view of a request head: what every middleware of the chain starts from.
-pub fn request_view(req: &RequestHeader, authority: &str, client_addr: String, route: &str) -> Request {
+/// The WIT view of a request head (`scheme`: `http` or `https`): what every middleware of the
+/// chain starts from.
+pub fn request_view(req: &RequestHeader, scheme: &str, authority: &str, client_addr: String, route: &str) -> Request {
     Request {
         method: req.method.as_str().to_owned(),
-        scheme: "http".to_owned(),
+        scheme: scheme.to_owned(),
         authority: authority.to_owned(),
         path_with_query: req
             .uri

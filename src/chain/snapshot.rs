@@ -12,7 +12,7 @@ use crate::config::{Config, ConfigError, ConfigErrors, MiddlewareConfig};
 use crate::error::Error;
 use crate::metrics::CallCounters;
 use crate::proxy::router::Router;
-use crate::proxy::upstream::Upstream;
+use crate::proxy::upstream::{Upstream, UpstreamTls};
 use crate::runtime::host::Outbound;
 use crate::runtime::{LoadError, Runtime};
 use crate::state::{RedisState, State};
@@ -32,6 +32,10 @@ pub struct Snapshot {
     pub config: Arc<Config>,
     /// The state backend every middleware shares; a reload keeps it (and so the rate limits).
     pub state: Arc<State>,
+    /// Every `[upstreams.NAME]`, by name.
+    pub upstreams: BTreeMap<String, Arc<Upstream>>,
+    /// The TLS listeners' certificates, by address (reloaded with the config).
+    pub certs: BTreeMap<std::net::SocketAddr, Arc<crate::tls::CertSet>>,
     /// When this snapshot was built.
     pub loaded_at: SystemTime,
 }
@@ -109,11 +113,33 @@ impl Snapshot {
             },
         };
 
-        let mut upstreams = BTreeMap::new();
+        let mut upstreams: BTreeMap<String, Arc<Upstream>> = BTreeMap::new();
         for (name, up) in &config.upstreams {
-            match Upstream::build(name, up) {
+            let tls = match (up.tls, &up.ca_file) {
+                (false, _) => None,
+                (true, None) => Some(UpstreamTls {
+                    sni: up.sni.clone(),
+                    ca: None,
+                    ca_pem: None,
+                    verify: up.verify,
+                }),
+                (true, Some(path)) => match crate::tls::load_ca(&config.base_dir().join(path.get_ref())) {
+                    Ok((ca, pem)) => Some(UpstreamTls {
+                        sni: up.sni.clone(),
+                        ca: Some(ca),
+                        ca_pem: Some(pem),
+                        verify: up.verify,
+                    }),
+                    Err(message) => {
+                        errors.push(config.error_at(path.span(), format!("upstreams.{name}.ca-file"), message));
+                        continue;
+                    }
+                },
+            };
+            let previous = current.and_then(|c| c.upstreams.get(name));
+            match Upstream::build(name, up, tls, previous.map(|p| &**p)).await {
                 Ok(upstream) => {
-                    upstreams.insert(name.as_str(), Arc::new(upstream));
+                    upstreams.insert(name.clone(), Arc::new(upstream));
                 }
                 Err(e) => {
                     let target = &up.targets.get_ref()[e.target];
@@ -187,6 +213,19 @@ impl Snapshot {
                 max_body: route.max_body.0,
             });
         }
+        let certs = match crate::tls::load_certs(&config.server.tls, config.base_dir()) {
+            Ok(certs) => certs,
+            Err(problems) => {
+                for (index, message) in problems {
+                    errors.push(config.error_at(
+                        config.server.tls[index].span(),
+                        format!("server.tls[{index}]"),
+                        message,
+                    ));
+                }
+                BTreeMap::new()
+            }
+        };
         if !errors.is_empty() {
             errors.sort_by_key(|e| (e.line, e.column));
             return Err(Error::Config(ConfigErrors(errors)));
@@ -198,6 +237,8 @@ impl Snapshot {
             middleware,
             config,
             state,
+            upstreams,
+            certs,
             loaded_at: SystemTime::now(),
         })
     }
@@ -238,6 +279,8 @@ impl Snapshot {
             middleware,
             config: self.config.clone(),
             state: self.state.clone(),
+            upstreams: self.upstreams.clone(),
+            certs: self.certs.clone(),
             loaded_at: SystemTime::now(),
         }
     }

@@ -116,6 +116,61 @@ pub struct ServerConfig {
     /// Where the access log goes: `off`, `stdout`, or a file path (relative to the config file).
     #[serde(default)]
     pub access_log: AccessLog,
+    /// TLS listeners: one entry per certificate; entries sharing an `addr` are one listener that
+    /// picks the certificate by SNI (the first is the default).
+    #[serde(default)]
+    pub tls: Vec<Spanned<TlsListener>>,
+    /// Plain listeners also accept HTTP/2 with prior knowledge (h2c).
+    #[serde(default)]
+    pub h2c: bool,
+    /// How long `SIGTERM` (and the old process of an upgrade) waits for in-flight requests.
+    #[serde(default = "default_grace_period")]
+    pub grace_period: Duration,
+    /// The Unix socket an upgrade hands the listening sockets over on (default: in the temporary
+    /// directory, named after the config file's path).
+    pub upgrade_sock: Option<PathBuf>,
+    /// Where the running process writes its pid, for `sluice run --upgrade` to find it (default:
+    /// beside the upgrade socket).
+    pub pid_file: Option<PathBuf>,
+}
+
+impl Config {
+    /// `[server] upgrade-sock` and `pid-file`, defaults filled in: both in the temporary directory,
+    /// named after a digest of the config file's absolute path, so every config has its own.
+    pub fn upgrade_paths(&self) -> (PathBuf, PathBuf) {
+        use sha2::Digest;
+        let absolute = std::fs::canonicalize(&self.path).unwrap_or_else(|_| self.path.clone());
+        let digest = sha2::Sha256::digest(absolute.as_os_str().as_encoded_bytes());
+        let stem = std::env::temp_dir().join(format!("sluice-{}", hex::encode(&digest[..6])));
+        let base = self.base_dir();
+        let sock = self
+            .server
+            .upgrade_sock
+            .as_ref()
+            .map_or_else(|| stem.with_extension("sock"), |p| base.join(p));
+        let pid = self
+            .server
+            .pid_file
+            .as_ref()
+            .map_or_else(|| stem.with_extension("pid"), |p| base.join(p));
+        (sock, pid)
+    }
+}
+
+fn default_grace_period() -> Duration {
+    Duration::from_millis(5_000)
+}
+
+/// `[server] tls = [{ addr, cert, key }]`: one certificate of a TLS listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct TlsListener {
+    /// The address to accept TLS on.
+    pub addr: ListenAddr,
+    /// PEM certificate chain, leaf first (relative to the config file).
+    pub cert: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
 }
 
 /// `[server] access-log`: one JSON line per request.
@@ -156,6 +211,11 @@ impl Default for ServerConfig {
             cache_dir: None,
             watch: true,
             access_log: AccessLog::Off,
+            tls: Vec::new(),
+            h2c: false,
+            grace_period: default_grace_period(),
+            upgrade_sock: None,
+            pid_file: None,
         }
     }
 }
@@ -266,6 +326,109 @@ pub struct UpstreamConfig {
     /// Deadline for each read from a target (the response head, and each body chunk).
     #[serde(default = "default_read_timeout")]
     pub read_timeout: Duration,
+    /// Connect to the targets with TLS.
+    #[serde(default)]
+    pub tls: bool,
+    /// The server name to send and verify (default: the target's host as written).
+    pub sni: Option<String>,
+    /// PEM CA certificates to verify the targets with, instead of the system's roots.
+    pub ca_file: Option<Spanned<PathBuf>>,
+    /// Verify the targets' certificates; `false` only by explicit choice.
+    #[serde(default = "default_verify")]
+    pub verify: bool,
+    /// How many times an idempotent request whose connection failed is tried again, each time
+    /// on another target.
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+    /// Active health checks: each target is asked for `path` every `interval`.
+    pub health_check: Option<Spanned<HealthCheckConfig>>,
+    /// Passive health: a target that fails `failures` connections in a row is taken out of
+    /// rotation for `eject-for`.
+    #[serde(default)]
+    pub passive_health: PassiveHealthConfig,
+}
+
+fn default_verify() -> bool {
+    true
+}
+
+fn default_retries() -> u32 {
+    1
+}
+
+/// `[upstreams.NAME] health-check`: active HTTP checks of every target.
+///
+/// ```toml
+/// health-check = { path = "/healthz", interval = "5s", timeout = "1s", healthy = 2, unhealthy = 3 }
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct HealthCheckConfig {
+    /// The path (and query) to `GET`; a 2xx or 3xx answer is a pass.
+    pub path: Spanned<String>,
+    /// Time between the checks of a target.
+    #[serde(default = "default_check_interval")]
+    pub interval: Spanned<Duration>,
+    /// Deadline for one check: connecting, the answer and its body.
+    #[serde(default = "default_check_timeout")]
+    pub timeout: Spanned<Duration>,
+    /// Passes in a row that bring an unhealthy target back.
+    #[serde(default = "default_healthy")]
+    pub healthy: Spanned<u32>,
+    /// Failures in a row that take a healthy target out of rotation.
+    #[serde(default = "default_unhealthy")]
+    pub unhealthy: Spanned<u32>,
+    /// The `Host` header of the check; default: `sni`, else the target's host as written.
+    pub host: Option<String>,
+}
+
+fn default_check_interval() -> Spanned<Duration> {
+    Spanned::new(0..0, Duration::from_millis(5_000))
+}
+
+fn default_check_timeout() -> Spanned<Duration> {
+    Spanned::new(0..0, Duration::from_millis(1_000))
+}
+
+fn default_healthy() -> Spanned<u32> {
+    Spanned::new(0..0, 2)
+}
+
+fn default_unhealthy() -> Spanned<u32> {
+    Spanned::new(0..0, 3)
+}
+
+/// `[upstreams.NAME] passive-health`: ejection after connection failures seen by requests.
+///
+/// ```toml
+/// passive-health = { failures = 1, eject-for = "10s" }   # failures = 0 turns it off
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct PassiveHealthConfig {
+    /// Failed connections in a row that eject a target; 0: never.
+    #[serde(default = "default_passive_failures")]
+    pub failures: u32,
+    /// How long an ejected target stays out of rotation.
+    #[serde(default = "default_eject_for")]
+    pub eject_for: Duration,
+}
+
+impl Default for PassiveHealthConfig {
+    fn default() -> Self {
+        PassiveHealthConfig {
+            failures: default_passive_failures(),
+            eject_for: default_eject_for(),
+        }
+    }
+}
+
+fn default_passive_failures() -> u32 {
+    1
+}
+
+fn default_eject_for() -> Duration {
+    Duration::from_millis(10_000)
 }
 
 fn default_connect_timeout() -> Duration {
@@ -620,6 +783,32 @@ fn validate(config: &Config, declared: &Declared, loc: &Locator<'_>, errors: &mu
                 upstream.targets.span(),
                 "`targets` needs at least one `host:port`".into(),
             );
+        }
+        if let Some(check) = &upstream.health_check {
+            let check = check.get_ref();
+            let path = check.path.get_ref();
+            if !path.starts_with('/') || path.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control()) {
+                err(
+                    check.path.span(),
+                    format!("invalid health-check path `{path}`; it must start with `/` and hold no spaces"),
+                );
+            }
+            for (duration, key) in [(&check.interval, "interval"), (&check.timeout, "timeout")] {
+                if duration.get_ref().0.is_zero() {
+                    err(duration.span(), format!("health-check `{key}` must be more than 0"));
+                }
+            }
+            for (count, key) in [(&check.healthy, "healthy"), (&check.unhealthy, "unhealthy")] {
+                if !(1..=1000).contains(count.get_ref()) {
+                    err(
+                        count.span(),
+                        format!(
+                            "health-check `{key}` must be between 1 and 1000, not `{}`",
+                            count.get_ref()
+                        ),
+                    );
+                }
+            }
         }
     }
 

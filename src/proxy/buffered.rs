@@ -19,7 +19,6 @@
 
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
-use pingora::ErrorType::HTTPStatus;
 use pingora::connectors::http::Connector;
 use pingora::http::RequestHeader;
 use pingora::prelude::*;
@@ -73,18 +72,21 @@ pub(super) async fn proxy(
         }
     }
 
-    let peer = route.upstream.peer(client_ip(session)).ok_or_else(|| {
-        crate::metrics::upstream_failed(&route.upstream.metric_name, "no-target");
-        Error::explain(
-            HTTPStatus(502),
-            format!("upstream `{}` has no available target", route.upstream.name),
-        )
-    })?;
-    exchange.chose(&peer);
+    let client = client_ip(session);
+    let mut peer = exchange.choose(&route.upstream, client)?;
     let mut attempt = 0;
     let mut upstream = loop {
         attempt += 1;
-        let (mut upstream, reused) = connector.get_http_session(&peer).await.map_err(|e| e.into_up())?;
+        let (mut upstream, reused) = match connector.get_http_session(&peer).await {
+            Ok(connected) => connected,
+            // Nothing was sent: an idempotent request may go to another target.
+            Err(e) if exchange.connect_failed(&route.upstream, &session.req_header().method, client, &e) => {
+                peer = exchange.choose(&route.upstream, client)?;
+                continue;
+            }
+            Err(e) => return Err(e.into_up()),
+        };
+        exchange.connected(&route.upstream);
         upstream.set_read_timeout(peer.options.read_timeout);
         upstream.set_write_timeout(peer.options.write_timeout);
         match send_request(session, &mut upstream, &request, request_body.as_ref()).await {

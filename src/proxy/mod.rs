@@ -3,12 +3,14 @@
 
 mod buffered;
 pub mod headers;
+pub mod health;
 pub mod observe;
 pub mod problem;
 pub mod router;
 pub mod upstream;
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::{Instant, SystemTime};
 
@@ -28,6 +30,7 @@ use crate::runtime::types::Response;
 use observe::{AccessEntry, AccessLogger, TraceContext};
 use problem::Problem;
 use router::RouteMatch;
+use upstream::Upstream;
 
 /// The proxy service: one per process, shared by all worker threads.
 pub struct Sluice {
@@ -94,21 +97,72 @@ impl Sluice {
 /// The route label of a request no route matched.
 static NO_ROUTE: LazyLock<Arc<String>> = LazyLock::new(|| Arc::new("-".to_owned()));
 
-/// A request's exchange with its upstream, for metrics and the access log.
+/// A request's exchange with its upstream: the targets tried, for retries, metrics and the
+/// access log.
 #[derive(Default)]
 pub struct Exchange {
-    /// The target chosen.
+    /// The target chosen last.
     pub target: Option<SocketAddr>,
-    /// When the target was chosen.
+    /// The targets whose connection failed, in order (empty unless something failed: no
+    /// allocation on the way of a request that goes well).
+    pub failed: Vec<SocketAddr>,
+    /// When the last target was chosen.
     pub started: Option<Instant>,
+    /// The last attempt's failure is already counted (`sluice_upstream_errors_total`).
+    failure_counted: bool,
 }
 
 impl Exchange {
-    /// `peer` was chosen for the request.
-    fn chose(&mut self, peer: &HttpPeer) {
+    /// Picks a target of `upstream` for the request, one that has not failed it.
+    fn choose(&mut self, upstream: &Upstream, client: Option<IpAddr>) -> Result<HttpPeer> {
+        let peer = upstream.peer(client, &self.failed).ok_or_else(|| {
+            crate::metrics::upstream_failed(&upstream.metric_name, "no-target");
+            Error::explain(
+                ErrorType::HTTPStatus(503),
+                format!("upstream `{}` has no healthy target", upstream.name),
+            )
+        })?;
         use pingora::upstreams::peer::Peer;
         self.target = peer.address().as_inet().copied();
         self.started = Some(Instant::now());
+        self.failure_counted = false;
+        Ok(peer)
+    }
+
+    /// The connection to the chosen target is up.
+    fn connected(&self, upstream: &Upstream) {
+        if let Some(target) = self.target {
+            upstream.health.connected(target);
+        }
+    }
+
+    /// Connecting to the chosen target failed with `e`: counts it, tells passive health, and
+    /// says whether to try another target — for an idempotent `method`, within the upstream's
+    /// `retries`, when an untried healthy target is left.
+    fn connect_failed(
+        &mut self,
+        upstream: &Upstream,
+        method: &http::Method,
+        client: Option<IpAddr>,
+        e: &Error,
+    ) -> bool {
+        let kind = match e.etype() {
+            ConnectTimedout => "timeout",
+            _ => "connect",
+        };
+        crate::metrics::upstream_failed(&upstream.metric_name, kind);
+        self.failure_counted = true;
+        if let Some(target) = self.target {
+            upstream.health.connect_failed(target);
+            self.failed.push(target);
+        }
+        let retry = is_idempotent(method)
+            && self.failed.len() <= upstream.retries as usize
+            && upstream.peer(client, &self.failed).is_some();
+        if retry {
+            tracing::debug!(upstream = %upstream.name, target = ?self.target, error = %e, "connect failed; retrying on another target");
+        }
+        retry
     }
 
     /// The response head arrived from the upstream.
@@ -119,8 +173,43 @@ impl Exchange {
     }
 }
 
+/// Methods a retry cannot make happen twice (RFC 9110 §9.2.2).
+fn is_idempotent(method: &http::Method) -> bool {
+    use http::Method;
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+/// Requests being served right now, on every worker: a graceful shutdown waits for none.
+static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+
+/// How many requests are being served right now.
+pub fn in_flight() -> usize {
+    IN_FLIGHT.load(Ordering::Acquire)
+}
+
+/// Counts one request in [`IN_FLIGHT`] for as long as it lives.
+struct InFlight;
+
+impl InFlight {
+    fn start() -> InFlight {
+        IN_FLIGHT.fetch_add(1, Ordering::AcqRel);
+        InFlight
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        IN_FLIGHT.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// Per-request state, carried across all phases of one request.
 pub struct RequestCtx {
+    /// Counted in flight until the request is done.
+    _in_flight: InFlight,
     /// When the request head arrived.
     started: Instant,
     /// The same, as wall-clock time, for the access log.
@@ -156,6 +245,7 @@ impl ProxyHttp for Sluice {
 
     fn new_ctx(&self) -> RequestCtx {
         RequestCtx {
+            _in_flight: InFlight::start(),
             started: Instant::now(),
             time: SystemTime::now(),
             trace: None,
@@ -189,9 +279,6 @@ impl ProxyHttp for Sluice {
                 ctx.snapshot = Some(snapshot.clone());
                 let route = &snapshot.routes[index];
                 let chain = &route.chain;
-                if chain.is_empty() {
-                    return Ok(false);
-                }
                 ctx.span = tracing::debug_span!(
                     "request",
                     route = %route.name,
@@ -199,8 +286,12 @@ impl ProxyHttp for Sluice {
                     path = %req.uri,
                     trace_id = %trace.trace_id(),
                 );
+                if chain.is_empty() {
+                    return Ok(false);
+                }
                 let view = request_view(
                     req,
+                    scheme(session),
                     request_host(req).unwrap_or_default(),
                     session.client_addr().map(|a| a.to_string()).unwrap_or_default(),
                     &route.name,
@@ -232,21 +323,59 @@ impl ProxyHttp for Sluice {
         }
     }
 
-    /// Picks a target from the route's upstream.
+    /// Picks a target from the route's upstream: one in rotation, and on a retry one not tried
+    /// yet for this request. No healthy target: 503.
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
-        let route = ctx
-            .route()
+        let snapshot = ctx
+            .snapshot
+            .clone()
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route chosen"))?;
-        let client = client_ip(session);
-        let peer = route.upstream.peer(client).ok_or_else(|| {
-            crate::metrics::upstream_failed(&route.upstream.metric_name, "no-target");
-            Error::explain(
-                ErrorType::HTTPStatus(502),
-                format!("upstream `{}` has no available target", route.upstream.name),
-            )
-        })?;
-        ctx.exchange.chose(&peer);
+        let route = ctx
+            .route
+            .map(|index| &snapshot.routes[index])
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route chosen"))?;
+        let peer = ctx.exchange.choose(&route.upstream, client_ip(session))?;
         Ok(Box::new(peer))
+    }
+
+    /// The connection to the target is up: passive health forgets its earlier failures.
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        _reused: bool,
+        _peer: &HttpPeer,
+        #[cfg(unix)] _fd: std::os::unix::io::RawFd,
+        #[cfg(windows)] _sock: std::os::windows::io::RawSocket,
+        _digest: Option<&pingora::protocols::Digest>,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(route) = ctx.route() {
+            ctx.exchange.connected(&route.upstream);
+        }
+        Ok(())
+    }
+
+    /// Connecting to the target failed: passive health counts it, and an idempotent request is
+    /// retried on another target (pingora calls `upstream_peer` again) within `retries`.
+    fn fail_to_connect(
+        &self,
+        session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        let Some(snapshot) = ctx.snapshot.clone() else {
+            return e;
+        };
+        let Some(route) = ctx.route.map(|index| &snapshot.routes[index]) else {
+            return e;
+        };
+        let method = &session.req_header().method;
+        let retry = ctx
+            .exchange
+            .connect_failed(&route.upstream, method, client_ip(session), &e);
+        e.set_retry(retry);
+        e
     }
 
     /// Removes hop-by-hop headers and adds the forwarding headers and `traceparent`.
@@ -376,6 +505,7 @@ impl ProxyHttp for Sluice {
         let upstream = ctx.route().map(|r| r.upstream.name.as_str()).unwrap_or("-");
         if let Some(route) = ctx.route()
             && e.esource() == &ErrorSource::Upstream
+            && !ctx.exchange.failure_counted
         {
             let kind = match e.etype() {
                 ConnectTimedout | ReadTimedout | WriteTimedout => "timeout",
@@ -436,7 +566,7 @@ fn forward_request_headers(
         );
         upstream_request.insert_header("x-forwarded-for", xff)?;
     }
-    upstream_request.insert_header("x-forwarded-proto", "http")?;
+    upstream_request.insert_header("x-forwarded-proto", scheme(session))?;
     if let Some(host) = request_host(session.req_header()) {
         upstream_request.insert_header("x-forwarded-host", host.to_owned())?;
     }
@@ -518,6 +648,14 @@ fn normalize_host(host: &str) -> String {
         host.split_once(':').map_or(host, |(h, _)| h)
     };
     host.trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// `https` on a TLS listener, else `http`.
+fn scheme(session: &Session) -> &'static str {
+    match session.digest().and_then(|d| d.ssl_digest.as_ref()) {
+        Some(_) => "https",
+        None => "http",
+    }
 }
 
 fn client_ip(session: &Session) -> Option<IpAddr> {

@@ -174,7 +174,14 @@ const QUEUE: usize = 64 * 1024;
 /// counted (`sluice_access_log_dropped_total`).
 #[derive(Clone)]
 pub struct AccessLogger {
-    queue: SyncSender<String>,
+    queue: SyncSender<Queued>,
+}
+
+/// What the writer thread is given.
+enum Queued {
+    Line(String),
+    /// Write everything before this, flush, then say so.
+    Flush(SyncSender<()>),
 }
 
 impl AccessLogger {
@@ -199,7 +206,7 @@ impl AccessLogger {
 
     /// Queues one line.
     pub fn log(&self, line: String) {
-        match self.queue.try_send(line) {
+        match self.queue.try_send(Queued::Line(line)) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
                 crate::metrics::metrics().access_log_dropped.inc();
@@ -207,18 +214,35 @@ impl AccessLogger {
             Err(TrySendError::Disconnected(_)) => {}
         }
     }
+
+    /// Waits (up to `timeout`) until every line queued so far is written and flushed: before the
+    /// process exits.
+    pub fn flush(&self, timeout: Duration) {
+        let (done, flushed) = std::sync::mpsc::sync_channel(1);
+        if self.queue.send(Queued::Flush(done)).is_ok() {
+            let _ = flushed.recv_timeout(timeout);
+        }
+    }
 }
 
 /// Writes lines as they come, flushing whenever the queue is empty.
-fn write_lines(lines: Receiver<String>, out: Box<dyn Write + Send>) {
+fn write_lines(queue: Receiver<Queued>, out: Box<dyn Write + Send>) {
     let mut out = std::io::BufWriter::with_capacity(64 << 10, out);
-    while let Ok(line) = lines.recv() {
-        let _ = writeln!(out, "{line}");
-        while let Ok(line) = lines.try_recv() {
-            let _ = writeln!(out, "{line}");
+    while let Ok(first) = queue.recv() {
+        let mut flushed = Vec::new();
+        for item in std::iter::once(first).chain(std::iter::from_fn(|| queue.try_recv().ok())) {
+            match item {
+                Queued::Line(line) => {
+                    let _ = writeln!(out, "{line}");
+                }
+                Queued::Flush(done) => flushed.push(done),
+            }
         }
         if out.flush().is_err() {
             tracing::warn!("cannot write the access log");
+        }
+        for done in flushed {
+            let _ = done.send(());
         }
     }
 }
