@@ -12,7 +12,12 @@
 #   8. sluice with the four built-ins: auth-jwt (HS256), rate-limit (never limiting: its state
 #      round trip is what counts), schema-validate (the order), redact (the customers)
 #   9. the same four with `reuse`
-# and prints req/s, latency, the sluice / nginx ratio and the chain / empty-chain ratios.
+# and, terminating TLS (an ECDSA P-256 certificate made here with openssl; keep-alive connections,
+# so the handshakes are amortized):
+#  10. HTTPS (HTTP/1.1 over TLS 1.3), wrk: nginx proxy_pass vs sluice, empty chain
+#  11. HTTP/2 over TLS (ALPN h2), h2load with H2_STREAMS concurrent streams per connection:
+#      nginx proxy_pass vs sluice, empty chain
+# and prints req/s, latency, the sluice / nginx ratios and the chain / empty-chain ratios.
 #
 #   make bench                    # installs nginx and wrk if missing, builds release, runs
 #   DURATION=30s CONNS=64 benches/load.sh
@@ -31,6 +36,9 @@ PROXY_WORKERS=${PROXY_WORKERS:-2}
 UPSTREAM_PORT=${UPSTREAM_PORT:-18081}
 NGINX_PORT=${NGINX_PORT:-18082}
 SLUICE_PORT=${SLUICE_PORT:-18083}
+NGINX_TLS_PORT=${NGINX_TLS_PORT:-18084}
+SLUICE_TLS_PORT=${SLUICE_TLS_PORT:-18085}
+H2_STREAMS=${H2_STREAMS:-4}
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 work=$(mktemp -d /tmp/sluice-bench.XXXXXX)
@@ -45,7 +53,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-command -v wrk >/dev/null || { echo "load.sh: wrk is missing; run 'scripts/setup.sh bench'" >&2; exit 1; }
+for tool in wrk h2load openssl; do
+  command -v $tool >/dev/null || { echo "load.sh: $tool is missing; run 'scripts/setup.sh bench'" >&2; exit 1; }
+done
 [[ -x "$nginx_bin" ]] || { echo "load.sh: nginx is missing; run 'scripts/setup.sh bench'" >&2; exit 1; }
 
 echo "building sluice (release)..." >&2
@@ -74,17 +84,25 @@ CONF
   "$nginx_bin" -p "$work" -c "$work/$1.conf"
 }
 
+# One certificate for both proxies' TLS listeners.
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj /CN=bench.test \
+  -addext subjectAltName=DNS:bench.test,IP:127.0.0.1 -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
+
 data="$root/benches/data"
 customers=$(tr -d '\n' <"$data/customers.json")
 nginx_conf upstream 1 "server { listen 127.0.0.1:$UPSTREAM_PORT;
     location / { default_type text/plain; return 200 'sixty bytes of fixed response body for the load benchmark!!\n'; }
     location /orders { default_type application/json; return 200 '$customers'; } }"
 nginx_conf proxy "$PROXY_WORKERS" "upstream up { server 127.0.0.1:$UPSTREAM_PORT; keepalive 64; }
-  server { listen 127.0.0.1:$NGINX_PORT; location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }"
+  server { listen 127.0.0.1:$NGINX_PORT; location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }
+  server { listen 127.0.0.1:$NGINX_TLS_PORT ssl http2; ssl_certificate $work/cert.pem; ssl_certificate_key $work/key.pem;
+    ssl_protocols TLSv1.2 TLSv1.3; keepalive_requests 1000000;
+    location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }"
 
 cat > "$work/sluice.toml" <<CONF
 [server]
 listen = ["127.0.0.1:$SLUICE_PORT"]
+tls = [{ addr = "127.0.0.1:$SLUICE_TLS_PORT", cert = "$work/cert.pem", key = "$work/key.pem" }]
 threads = $PROXY_WORKERS
 
 [upstreams.up]
@@ -158,19 +176,27 @@ CONF
 RUST_LOG=warn "$root/target/release/sluice" run --config "$work/sluice.toml" 2>"$work/sluice.log" &
 pids+=($!)
 
-wait_port() {
-  for _ in $(seq 100); do
+wait_port() { # sluice compiles every component on its first start (no artifact cache yet): allow a minute
+  for _ in $(seq 600); do
     if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
     sleep 0.1
   done
   echo "load.sh: nothing listens on port $1" >&2; cat "$work"/*.log >&2; exit 1
 }
-for port in $UPSTREAM_PORT $NGINX_PORT $SLUICE_PORT; do wait_port "$port"; done
+for port in $UPSTREAM_PORT $NGINX_PORT $SLUICE_PORT $NGINX_TLS_PORT $SLUICE_TLS_PORT; do wait_port "$port"; done
 
 # Same body through every path, or the comparison means nothing.
 for url in "$UPSTREAM_PORT/" "$NGINX_PORT/" "$SLUICE_PORT/" "$SLUICE_PORT/chain/" "$SLUICE_PORT/reused/"; do
   body=$(curl -fsS "http://127.0.0.1:$url")
   [[ ${#body} -eq 59 ]] || { echo "load.sh: unexpected body from $url: $body" >&2; exit 1; }
+done
+
+# Over TLS too, and over HTTP/2 when the client offers it.
+for port in $NGINX_TLS_PORT $SLUICE_TLS_PORT; do
+  for version in --http1.1 --http2; do
+    out=$(curl -fsS -k "$version" -w ' %{http_version}' "https://127.0.0.1:$port/")
+    [[ $out == *"load benchmark!!"*" ${version#--http}" ]] || { echo "load.sh: unexpected answer over $version from $port: $out" >&2; exit 1; }
+  done
 done
 
 # POST /orders: an HS256 token signed here (python's hmac, not sluice's JWT library), the order.
@@ -202,12 +228,24 @@ done
 status=$(curl -s -o /dev/null -w '%{http_code}' --data-binary "@$data/order.json" -H 'content-type: application/json' "http://127.0.0.1:$SLUICE_PORT/orders/fresh")
 [[ $status == 401 ]] || { echo "load.sh: /orders/fresh without a token answered $status, not 401" >&2; exit 1; }
 
-measure() { # port/path [wrk script] -> "req/s p50 p99"
+measure() { # [h2:|https:]port/path [wrk script] -> "req/s p50 p99" (h2load: "req/s mean -")
+  if [[ $1 == h2:* ]]; then
+    local url="https://127.0.0.1:${1#h2:}" out
+    h2load -c"$CONNS" -m"$H2_STREAMS" -t"$WRK_THREADS" -D"${WARMUP%s}" "$url" >/dev/null
+    out=$(h2load -c"$CONNS" -m"$H2_STREAMS" -t"$WRK_THREADS" -D"${DURATION%s}" "$url")
+    grep -q "status codes: [0-9]* 2xx, 0 3xx, 0 4xx, 0 5xx" <<<"$out" && grep -q " 0 failed, 0 errored" <<<"$out" \
+      || { echo "load.sh: $url failed requests over h2:" >&2; echo "$out" >&2; exit 1; }
+    grep -q "Application protocol: h2" <<<"$out" || { echo "load.sh: $url did not speak h2" >&2; exit 1; }
+    awk '/^finished in/ {r=$4} /^time for request:/ {m=$6} END {print r, m, "-"}' <<<"$out"
+    return
+  fi
+  local scheme=http port=$1
+  [[ $1 == https:* ]] && scheme=https port=${1#https:}
   local script=()
   [[ -n ${2:-} ]] && script=(-s "$2")
-  wrk -t"$WRK_THREADS" -c"$CONNS" -d"$WARMUP" "${script[@]}" "http://127.0.0.1:$1" >/dev/null
+  wrk -t"$WRK_THREADS" -c"$CONNS" -d"$WARMUP" "${script[@]}" "$scheme://127.0.0.1:$port" >/dev/null
   local out
-  out=$(wrk -t"$WRK_THREADS" -c"$CONNS" -d"$DURATION" --latency "${script[@]}" "http://127.0.0.1:$1")
+  out=$(wrk -t"$WRK_THREADS" -c"$CONNS" -d"$DURATION" --latency "${script[@]}" "$scheme://127.0.0.1:$port")
   if grep -q "Non-2xx" <<<"$out"; then echo "load.sh: $1 answered non-2xx:" >&2; echo "$out" >&2; exit 1; fi
   awk '/^Requests\/sec/ {r=$2} $1 == "50%" {p50=$2} $1 == "99%" {p99=$2} END {print r, p50, p99}' <<<"$out"
 }
@@ -218,10 +256,12 @@ median_row() { # rows of "req/s p50 p99" on stdin -> the row with the median req
 
 declare -A results
 labels=("upstream (direct)" "nginx proxy_pass" "sluice (empty chain)" "sluice (4 Wasm middleware)" "sluice (4, reused instances)"
-  "POST: nginx proxy_pass" "POST: sluice (empty chain)" "POST: sluice (4 built-ins)" "POST: sluice (4 built-ins, reused)")
+  "POST: nginx proxy_pass" "POST: sluice (empty chain)" "POST: sluice (4 built-ins)" "POST: sluice (4 built-ins, reused)"
+  "HTTPS: nginx proxy_pass" "HTTPS: sluice (empty chain)" "h2 (TLS): nginx proxy_pass" "h2 (TLS): sluice (empty chain)")
 ports=("$UPSTREAM_PORT/" "$NGINX_PORT/" "$SLUICE_PORT/" "$SLUICE_PORT/chain/" "$SLUICE_PORT/reused/"
-  "$NGINX_PORT/orders" "$SLUICE_PORT/orders/empty" "$SLUICE_PORT/orders/fresh" "$SLUICE_PORT/orders/reused")
-scripts=("" "" "" "" "" "$work/orders.lua" "$work/orders.lua" "$work/orders.lua" "$work/orders.lua")
+  "$NGINX_PORT/orders" "$SLUICE_PORT/orders/empty" "$SLUICE_PORT/orders/fresh" "$SLUICE_PORT/orders/reused"
+  "https:$NGINX_TLS_PORT/" "https:$SLUICE_TLS_PORT/" "h2:$NGINX_TLS_PORT/" "h2:$SLUICE_TLS_PORT/")
+scripts=("" "" "" "" "" "$work/orders.lua" "$work/orders.lua" "$work/orders.lua" "$work/orders.lua" "" "" "" "")
 for round in $(seq "$ROUNDS"); do
   for i in "${!labels[@]}"; do
     row=$(measure "${ports[$i]}" "${scripts[$i]}")
@@ -231,7 +271,7 @@ for round in $(seq "$ROUNDS"); do
 done
 
 echo
-echo "wrk -t$WRK_THREADS -c$CONNS -d$DURATION, median of $ROUNDS rounds, proxies with $PROXY_WORKERS workers, $(nproc) cores"
+echo "wrk -t$WRK_THREADS -c$CONNS -d$DURATION (h2: h2load -c$CONNS -m$H2_STREAMS, latency = mean), median of $ROUNDS rounds, proxies with $PROXY_WORKERS workers, $(nproc) cores"
 printf '%-36s %12s %10s %10s\n' "target" "req/s" "p50" "p99"
 for i in "${!labels[@]}"; do
   read -r rps p50 p99 < <(printf '%s' "${results[$i]}" | median_row)
@@ -245,3 +285,5 @@ awk -v c="${medians[4]}" -v e="${medians[2]}" 'BEGIN { printf "4-middleware chai
 awk -v s="${medians[6]}" -v n="${medians[5]}" 'BEGIN { printf "POST: sluice / nginx proxy_pass = %.2fx (medians)\n", s / n }'
 awk -v c="${medians[7]}" -v e="${medians[6]}" 'BEGIN { printf "POST: 4 built-ins / empty chain = %.2fx (medians)\n", c / e }'
 awk -v c="${medians[8]}" -v e="${medians[6]}" 'BEGIN { printf "POST: 4 built-ins, reused / empty chain = %.2fx (medians)\n", c / e }'
+awk -v s="${medians[10]}" -v n="${medians[9]}" 'BEGIN { printf "HTTPS: sluice / nginx proxy_pass = %.2fx (medians)\n", s / n }'
+awk -v s="${medians[12]}" -v n="${medians[11]}" 'BEGIN { printf "h2: sluice / nginx proxy_pass = %.2fx (medians)\n", s / n }'

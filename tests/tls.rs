@@ -249,14 +249,7 @@ async fn upstream_tls_is_verified_against_the_configured_ca() {
 
     let verified = front("tls = true\nsni = \"upstream.test\"\nca-file = \"ca.pem\"");
     assert_eq!(status(&verified).await, 200);
-    let seen: Value = client()
-        .get(verified.url("/x"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let seen = echoed(&client(), &verified.url("/x")).await;
     assert_eq!(seen["headers"]["x-forwarded-proto"], "https", "the terminator saw TLS");
     // The target's IP as the name: the `b` certificate is for 127.0.0.1.
     assert_eq!(status(&front("tls = true\nca-file = \"ca.pem\"")).await, 200);

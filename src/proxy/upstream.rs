@@ -175,20 +175,28 @@ impl Upstream {
     /// healthy target is ejected, an ejected one is tried rather than none. `None` when no
     /// healthy target is left.
     pub fn peer(&self, client: Option<IpAddr>, tried: &[SocketAddr]) -> Option<HttpPeer> {
-        let key = match client {
-            Some(IpAddr::V4(ip)) => ip.octets().to_vec(),
-            Some(IpAddr::V6(ip)) => ip.octets().to_vec(),
-            None => Vec::new(),
+        // The hash balancer's key: the client's address bytes, on the stack.
+        let mut bytes = [0u8; 16];
+        let key: &[u8] = match client {
+            Some(IpAddr::V4(ip)) => {
+                bytes[..4].copy_from_slice(&ip.octets());
+                &bytes[..4]
+            }
+            Some(IpAddr::V6(ip)) => {
+                bytes = ip.octets();
+                &bytes
+            }
+            None => &[],
         };
         let untried = |backend: &Backend| backend.addr.as_inet().is_some_and(|addr| !tried.contains(addr));
         let backend = self
             .balancer
-            .select(&key, |backend, healthy| {
+            .select(key, |backend, healthy| {
                 healthy && untried(backend) && backend.addr.as_inet().is_some_and(|a| self.health.in_rotation(*a))
             })
             .or_else(|| {
                 self.balancer
-                    .select(&key, |backend, healthy| healthy && untried(backend))
+                    .select(key, |backend, healthy| healthy && untried(backend))
             })?;
         let addr: SocketAddr = *backend.addr.as_inet()?;
         let mut peer = match &self.tls {
