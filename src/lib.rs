@@ -10,10 +10,11 @@
 //! | route            | `request_filter`                      | —                                |
 //! | request headers  | `request_filter`                      | `ChainRun::on_request_headers`  |
 //! | request body     | `request_filter` → `proxy::buffered`  | `ChainRun::on_request_body`      |
+//! | pick a target    | `upstream_peer`, `fail_to_connect`    | — (target health, retries)       |
 //! | upstream request | `upstream_request_filter`             | — (forwarding headers)           |
 //! | response headers | `response_filter`                     | `ChainRun::on_response_headers` |
 //! | response body    | `request_filter` → `proxy::buffered`  | `ChainRun::on_response_body`     |
-//! | errors           | `fail_to_proxy`                       | — (problem+json 502/504)         |
+//! | errors           | `fail_to_proxy`                       | — (problem+json 502/503/504)     |
 //!
 //! A route whose chain declares a body phase is proxied by sluice itself from `request_filter`
 //! (`proxy::buffered`): the whole request body is decided before anything goes upstream.

@@ -326,15 +326,16 @@ impl ProxyHttp for Sluice {
     /// Picks a target from the route's upstream: one in rotation, and on a retry one not tried
     /// yet for this request. No healthy target: 503.
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
-        let snapshot = ctx
-            .snapshot
-            .clone()
-            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route chosen"))?;
-        let route = ctx
-            .route
-            .map(|index| &snapshot.routes[index])
-            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route chosen"))?;
-        let peer = ctx.exchange.choose(&route.upstream, client_ip(session))?;
+        let RequestCtx {
+            snapshot,
+            route,
+            exchange,
+            ..
+        } = ctx;
+        let (Some(snapshot), Some(route)) = (snapshot, route) else {
+            return Err(Error::explain(ErrorType::InternalError, "no route chosen"));
+        };
+        let peer = exchange.choose(&snapshot.routes[*route].upstream, client_ip(session))?;
         Ok(Box::new(peer))
     }
 
@@ -364,16 +365,17 @@ impl ProxyHttp for Sluice {
         ctx: &mut RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        let Some(snapshot) = ctx.snapshot.clone() else {
-            return e;
-        };
-        let Some(route) = ctx.route.map(|index| &snapshot.routes[index]) else {
+        let RequestCtx {
+            snapshot,
+            route,
+            exchange,
+            ..
+        } = ctx;
+        let (Some(snapshot), Some(route)) = (snapshot, route) else {
             return e;
         };
         let method = &session.req_header().method;
-        let retry = ctx
-            .exchange
-            .connect_failed(&route.upstream, method, client_ip(session), &e);
+        let retry = exchange.connect_failed(&snapshot.routes[*route].upstream, method, client_ip(session), &e);
         e.set_retry(retry);
         e
     }
