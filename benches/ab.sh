@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# Before/after on the request path: two sluice binaries, the same config, the same nginx upstream
+# (a fixed 60-byte body), wrk against each in alternating rounds; prints both medians and the ratio.
+#
+#   git worktree add /tmp/before <commit>
+#   (cd /tmp/before && CARGO_TARGET_DIR=/tmp/before-target cargo build --release --bin sluice)
+#   cargo build --release --bin sluice
+#   benches/ab.sh /tmp/before-target/release/sluice target/release/sluice
+#
+# ROUNDS (default 5), DURATION (10s), CONNS (32), PROXY_WORKERS (2) as in load.sh. The config is
+# the plainest route (no middleware), so what differs is the proxy's own per-request work.
+set -euo pipefail
+
+[[ $# -eq 2 ]] || { echo "usage: benches/ab.sh BEFORE_BINARY AFTER_BINARY" >&2; exit 2; }
+before=$1 after=$2
+DURATION=${DURATION:-10s}
+ROUNDS=${ROUNDS:-5}
+WARMUP=${WARMUP:-2s}
+CONNS=${CONNS:-32}
+PROXY_WORKERS=${PROXY_WORKERS:-2}
+UPSTREAM_PORT=${UPSTREAM_PORT:-18091}
+BEFORE_PORT=${BEFORE_PORT:-18092}
+AFTER_PORT=${AFTER_PORT:-18093}
+
+work=$(mktemp -d /tmp/sluice-ab.XXXXXX)
+nginx_bin=$(command -v nginx || echo /usr/sbin/nginx)
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  [[ -f "$work/upstream.pid" ]] && kill "$(cat "$work/upstream.pid")" 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+command -v wrk >/dev/null && [[ -x "$nginx_bin" ]] || { echo "ab.sh: needs wrk and nginx: scripts/setup.sh bench" >&2; exit 1; }
+
+cat > "$work/upstream.conf" <<CONF
+worker_processes 1;
+daemon on;
+pid $work/upstream.pid;
+error_log $work/upstream.error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $work/body; proxy_temp_path $work/proxy; fastcgi_temp_path $work/fastcgi;
+  uwsgi_temp_path $work/uwsgi; scgi_temp_path $work/scgi;
+  keepalive_requests 1000000;
+  server { listen 127.0.0.1:$UPSTREAM_PORT;
+    location / { default_type text/plain; return 200 'sixty bytes of fixed response body for the load benchmark!!\n'; } }
+}
+CONF
+"$nginx_bin" -p "$work" -c "$work/upstream.conf"
+
+for side in before after; do
+  port=$BEFORE_PORT bin=$before
+  [[ $side == after ]] && port=$AFTER_PORT bin=$after
+  mkdir -p "$work/$side"
+  cat > "$work/$side/sluice.toml" <<CONF
+[server]
+listen = ["127.0.0.1:$port"]
+threads = $PROXY_WORKERS
+watch = false
+
+[upstreams.up]
+targets = ["127.0.0.1:$UPSTREAM_PORT"]
+
+[[route]]
+name = "plain"
+upstream = "up"
+CONF
+  RUST_LOG=warn "$bin" run --config "$work/$side/sluice.toml" 2>"$work/$side.log" &
+  pids+=($!)
+done
+for port in $UPSTREAM_PORT $BEFORE_PORT $AFTER_PORT; do
+  for _ in $(seq 300); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
+  body=$(curl -fsS "http://127.0.0.1:$port/") && [[ ${#body} -eq 59 ]] || { echo "ab.sh: port $port does not serve" >&2; cat "$work"/*.log >&2; exit 1; }
+done
+
+measure() { # port -> "req/s p50 p99"
+  wrk -t1 -c"$CONNS" -d"$WARMUP" "http://127.0.0.1:$1/" >/dev/null
+  wrk -t1 -c"$CONNS" -d"$DURATION" --latency "http://127.0.0.1:$1/" |
+    awk '/^Requests\/sec/ {r=$2} $1 == "50%" {p50=$2} $1 == "99%" {p99=$2} END {print r, p50, p99}'
+}
+median() { sort -n -k1,1 | awk '{rows[NR]=$0} END {print rows[int((NR + 1) / 2)]}'; }
+
+b="" a=""
+for round in $(seq "$ROUNDS"); do
+  row=$(measure $BEFORE_PORT); echo "round $round: before: $row" >&2; b+="$row"$'\n'
+  row=$(measure $AFTER_PORT); echo "round $round: after: $row" >&2; a+="$row"$'\n'
+done
+read -r brps bp50 bp99 < <(printf '%s' "$b" | median)
+read -r arps ap50 ap99 < <(printf '%s' "$a" | median)
+echo
+echo "wrk -t1 -c$CONNS -d$DURATION, median of $ROUNDS alternating rounds, $PROXY_WORKERS workers, $(nproc) cores"
+printf '%-8s %12s %10s %10s\n' "" "req/s" "p50" "p99" before "$brps" "$bp50" "$bp99" after "$arps" "$ap50" "$ap99"
+awk -v a="$arps" -v b="$brps" 'BEGIN { printf "after / before = %.3fx (medians)\n", a / b }'
