@@ -39,4 +39,5 @@ pub mod reload;
 pub mod runtime;
 pub mod server;
 pub mod state;
+pub mod telemetry;
 pub mod tls;

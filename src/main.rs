@@ -52,22 +52,32 @@ const DEMO_CONFIG: &str = include_str!("demo.toml");
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,pingora_core=warn,pingora_proxy=warn,pingora=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-
     match cli.command {
         Command::Run { config, upgrade } => {
             let start = if upgrade { Start::Upgrade } else { Start::Fresh };
-            run(config::load(&config).map_err(sluice::error::Error::from), start)
+            let config = config::load(&config)
+                .map_err(sluice::error::Error::from)
+                .and_then(|config| {
+                    let otlp = config.server.otlp.as_ref().map(|o| o.get_ref());
+                    sluice::telemetry::init(otlp).map_err(sluice::error::Error::Runtime)?;
+                    Ok(config)
+                });
+            run(config, start)
         }
-        Command::Check { config } => check(&config),
-        Command::Demo { listen } => demo(listen),
+        Command::Check { config } => {
+            logs_only();
+            check(&config)
+        }
+        Command::Demo { listen } => {
+            logs_only();
+            demo(listen)
+        }
     }
+}
+
+/// The subscriber without span export.
+fn logs_only() {
+    sluice::telemetry::init(None).expect("a subscriber without an exporter cannot fail");
 }
 
 fn run(config: Result<config::Config, sluice::error::Error>, start: Start) -> ExitCode {

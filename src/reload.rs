@@ -517,5 +517,6 @@ fn restart_only(server: &config::ServerConfig) -> Vec<(&'static str, String)> {
         ("pid-file", format!("{:?}", server.pid_file)),
         ("cache-dir", format!("{:?}", server.cache_dir)),
         ("watch", server.watch.to_string()),
+        ("otlp", format!("{:?}", server.otlp.as_ref().map(|o| o.get_ref()))),
     ]
 }

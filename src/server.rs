@@ -251,6 +251,7 @@ fn lifecycle(server: &Server, grace: Duration, access: Option<Arc<AccessLogger>>
             if let Some(access) = access {
                 access.flush(Duration::from_secs(1));
             }
+            crate::telemetry::flush();
             if std::fs::read_to_string(&pid_file).is_ok_and(|pid| pid.trim() == std::process::id().to_string()) {
                 let _ = std::fs::remove_file(&pid_file);
             }

@@ -132,6 +132,43 @@ pub struct ServerConfig {
     /// Where the running process writes its pid, for `sluice run --upgrade` to find it (default:
     /// beside the upgrade socket).
     pub pid_file: Option<PathBuf>,
+    /// Export the request and middleware spans with OTLP.
+    pub otlp: Option<Spanned<OtlpConfig>>,
+}
+
+/// `[server] otlp`: the request and middleware spans, exported with OTLP over HTTP (protobuf) to a
+/// collector, typically an agent on the same host.
+///
+/// ```toml
+/// otlp = { endpoint = "http://127.0.0.1:4318/v1/traces", service-name = "sluice", sample-ratio = 0.1 }
+/// ```
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct OtlpConfig {
+    /// The collector's traces URL, `http://` only.
+    pub endpoint: Spanned<String>,
+    /// The `service.name` of the exported spans.
+    #[serde(default = "default_service_name")]
+    pub service_name: String,
+    /// The share (0–1) of traces sluice starts that are exported; a client's `traceparent`
+    /// sampled flag is followed as it is.
+    #[serde(default = "default_sample_ratio")]
+    pub sample_ratio: Spanned<f64>,
+    /// Deadline for one export.
+    #[serde(default = "default_otlp_timeout")]
+    pub timeout: Duration,
+}
+
+fn default_service_name() -> String {
+    "sluice".to_owned()
+}
+
+fn default_sample_ratio() -> Spanned<f64> {
+    Spanned::new(0..0, 1.0)
+}
+
+fn default_otlp_timeout() -> Duration {
+    Duration::from_millis(5_000)
 }
 
 impl Config {
@@ -216,6 +253,7 @@ impl Default for ServerConfig {
             grace_period: default_grace_period(),
             upgrade_sock: None,
             pid_file: None,
+            otlp: None,
         }
     }
 }
@@ -758,6 +796,28 @@ fn validate(config: &Config, declared: &Declared, loc: &Locator<'_>, errors: &mu
                 server.threads.get_ref()
             ),
         );
+    }
+
+    if let Some(otlp) = &server.otlp {
+        let otlp = otlp.get_ref();
+        let endpoint = otlp.endpoint.get_ref();
+        if !endpoint.starts_with("http://") || endpoint.parse::<http::Uri>().is_err() {
+            err(
+                otlp.endpoint.span(),
+                format!(
+                    "invalid otlp endpoint `{endpoint}`; expected the collector's traces URL over plain HTTP, e.g. `http://127.0.0.1:4318/v1/traces`"
+                ),
+            );
+        }
+        if !(0.0..=1.0).contains(otlp.sample_ratio.get_ref()) {
+            err(
+                otlp.sample_ratio.span(),
+                format!(
+                    "`sample-ratio` must be between 0 and 1, not `{}`",
+                    otlp.sample_ratio.get_ref()
+                ),
+            );
+        }
     }
 
     match (config.state.backend.get_ref(), &config.state.url) {

@@ -281,11 +281,24 @@ impl ProxyHttp for Sluice {
                 let chain = &route.chain;
                 ctx.span = tracing::debug_span!(
                     "request",
+                    otel.name = %format_args!("{} {}", req.method, route.name),
+                    otel.kind = "server",
+                    otel.status_code = tracing::field::Empty,
                     route = %route.name,
                     method = %req.method,
                     path = %req.uri,
-                    trace_id = %trace.trace_id(),
+                    trace_id = tracing::field::Empty,
+                    status = tracing::field::Empty,
                 );
+                if !ctx.span.is_disabled() {
+                    // An exported span takes its ids from the SDK: those go upstream and to the log.
+                    let trace = match crate::telemetry::exporting() {
+                        true => crate::telemetry::join(&ctx.span, trace),
+                        false => trace,
+                    };
+                    ctx.span.record("trace_id", trace.trace_id());
+                    ctx.trace = Some(trace);
+                }
                 if chain.is_empty() {
                     return Ok(false);
                 }
@@ -468,6 +481,12 @@ impl ProxyHttp for Sluice {
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let took = ctx.started.elapsed();
+        if !ctx.span.is_disabled() {
+            ctx.span.record("status", status);
+            if status >= 500 || status == 0 {
+                ctx.span.record("otel.status_code", "ERROR");
+            }
+        }
         let route = ctx.route();
         let req = session.req_header();
         crate::metrics::count_request(route.map_or(&*NO_ROUTE, |r| &r.metric_name), &req.method, status, took);

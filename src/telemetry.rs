@@ -1,0 +1,122 @@
+//! Logs and traces: the `tracing` subscriber (log lines to stderr, filtered by `RUST_LOG`) and, with
+//! `[server] otlp`, the request and middleware spans exported with OTLP over HTTP.
+//!
+//! Without `otlp` the spans are `debug` level and cost a disabled-callsite check. With it, the
+//! export layer enables sluice's spans (and only spans: log lines still go by `RUST_LOG`); a
+//! request's span joins the client's W3C trace ([`join`]) and its span id is the parent sluice
+//! sends upstream, so the upstream's spans nest under sluice's. Spans go through the SDK's batch
+//! processor, on a thread of its own, never a worker's.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState, TracerProvider};
+use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracerProvider};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::Layer;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+
+use crate::config::OtlpConfig;
+use crate::proxy::observe::TraceContext;
+
+/// Log levels when `RUST_LOG` is not set.
+const DEFAULT_FILTER: &str = "info,pingora_core=warn,pingora_proxy=warn,pingora=warn";
+
+/// How often the batch processor sends what it has.
+const EXPORT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The tracer provider, when spans are exported.
+static PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
+
+/// Installs the subscriber: log lines to stderr, and with `otlp` the span exporter. Fails when the
+/// exporter cannot be built.
+pub fn init(otlp: Option<&OtlpConfig>) -> Result<(), String> {
+    let filter = || tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| DEFAULT_FILTER.into());
+    let Some(otlp) = otlp else {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter())
+            .with_writer(std::io::stderr)
+            .init();
+        return Ok(());
+    };
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_endpoint(otlp.endpoint.get_ref().as_str())
+        .with_timeout(otlp.timeout.0)
+        .build()
+        .map_err(|e| format!("cannot set up the OTLP exporter: {e}"))?;
+    let batches = BatchSpanProcessor::builder(exporter)
+        .with_batch_config(
+            BatchConfigBuilder::default()
+                .with_scheduled_delay(EXPORT_INTERVAL)
+                .build(),
+        )
+        .build();
+    let provider = SdkTracerProvider::builder()
+        .with_span_processor(batches)
+        .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
+            *otlp.sample_ratio.get_ref(),
+        ))))
+        .with_resource(
+            opentelemetry_sdk::Resource::builder()
+                .with_service_name(otlp.service_name.clone())
+                .build(),
+        )
+        .build();
+    let spans = tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer("sluice"))
+        .with_filter(tracing_subscriber::filter::filter_fn(|meta| {
+            meta.is_span() && meta.target().starts_with("sluice")
+        }));
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_filter(filter()),
+        )
+        .with(spans)
+        .init();
+    let _ = PROVIDER.set(provider);
+    Ok(())
+}
+
+/// Whether spans are exported.
+pub fn exporting() -> bool {
+    PROVIDER.get().is_some()
+}
+
+/// Makes `span` (a request's) part of `trace`: the child of the client's span when it sent one,
+/// else the root of a new trace. Returns the trace context to send upstream and log: the
+/// exported span's trace id, span id and sampled flag.
+pub fn join(span: &tracing::Span, trace: TraceContext) -> TraceContext {
+    if let Some(parent) = trace.parent_id {
+        let remote = SpanContext::new(
+            TraceId::from_bytes(trace.trace_id),
+            SpanId::from_bytes(parent),
+            TraceFlags::new(trace.flags),
+            true,
+            TraceState::default(),
+        );
+        let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(remote));
+    }
+    let context = span.context();
+    let own = context.span().span_context().clone();
+    if !own.is_valid() {
+        return trace;
+    }
+    TraceContext {
+        trace_id: own.trace_id().to_bytes(),
+        span_id: own.span_id().to_bytes(),
+        parent_id: trace.parent_id,
+        flags: own.trace_flags().to_u8(),
+    }
+}
+
+/// Sends the spans not exported yet (before the process exits).
+pub fn flush() {
+    if let Some(provider) = PROVIDER.get() {
+        let _ = provider.force_flush();
+    }
+}
