@@ -46,18 +46,33 @@ async fn wait_for_health(admin: SocketAddr, target: SocketAddr, value: f64, with
     started.elapsed()
 }
 
-/// Sends `n` requests with `method` to `url`; returns each one's status and, for a 200, the
-/// target that answered.
+/// Sends `n` requests with `method` to `url`; returns each one's status and the target that
+/// answered (or, when the answer names none, the whole body).
 async fn send(method: reqwest::Method, url: &str, n: usize) -> Vec<(u16, String)> {
     let client = client();
     let mut out = Vec::new();
     for _ in 0..n {
         let resp = client.request(method.clone(), url).send().await.unwrap();
         let status = resp.status().as_u16();
-        let body: serde_json::Value = resp.json().await.unwrap_or_default();
-        out.push((status, body["target"].as_str().unwrap_or_default().to_owned()));
+        let body = resp.text().await.unwrap_or_else(|e| format!("<{e}>"));
+        let target = serde_json::from_str::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| Some(v["target"].as_str()?.to_owned()))
+            .unwrap_or(body);
+        out.push((status, target));
     }
     out
+}
+
+/// An address that refuses connections: a socket bound to it that does not listen (kept until the
+/// returned socket is dropped).
+fn refusing_addr() -> (SocketAddr, socket2::Socket) {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket
+        .bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    let addr = socket.local_addr().unwrap().as_socket().unwrap();
+    (addr, socket)
 }
 
 fn served(results: &[(u16, String)], target: &str) -> usize {
@@ -142,7 +157,9 @@ async fn active_checks_take_a_stopped_target_out_and_bring_it_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_connection_ejects_the_target_and_idempotent_requests_retry_elsewhere() {
     let live = target("live").await;
-    let dead = free_addr(); // nothing listens here
+    // Bound but not listening: connections are refused, and no other test's server can take the
+    // port while this holds it.
+    let (dead, _held) = refusing_addr();
     let (listen, admin) = (free_addr(), free_addr());
     let upstreams = format!(
         "[upstreams.ejecting]\ntargets = [\"{dead}\", \"{live}\"]\npassive-health = {{ failures = 1, eject-for = \"1s\" }}\n\n\

@@ -312,6 +312,20 @@ impl Canned {
                             Ok(n) => head.extend_from_slice(&buf[..n]),
                         }
                     }
+                    // Read the body too: closing with unread request bytes would reset the
+                    // connection, and the peer could lose the end of the answer.
+                    let head_end = head.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+                    let length: usize = String::from_utf8_lossy(&head[..head_end])
+                        .to_ascii_lowercase()
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:").and_then(|v| v.trim().parse().ok()))
+                        .unwrap_or(0);
+                    while head.len() < head_end + length {
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
                     hits.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     let reply = reply.lock().unwrap().clone();
                     match reply {
