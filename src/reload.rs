@@ -248,6 +248,7 @@ impl Reloader {
                 component,
                 source: Source::Upload,
                 replaces,
+                version: None,
             },
         );
         let next = current.with_primary(name, loaded);
@@ -266,16 +267,19 @@ impl Reloader {
             return Err(SwapError::NoPrevious(name.to_owned()));
         };
         let configured = &deployment.primary.configured;
-        if previous.source == Source::Config && previous.configured == *configured {
+        let previous = if previous.source == Source::Config && previous.configured == *configured {
             versions.pins.remove(name);
+            previous
         } else {
             let pin = Pin {
                 component: previous.component.clone(),
                 source: Source::Rollback,
                 replaces: configured.clone(),
+                version: previous.version.clone(),
             };
             versions.pins.insert(name.to_owned(), pin);
-        }
+            Arc::new(previous.restored(configured.clone()))
+        };
         let next = current.with_primary(name, previous);
         Ok(self.swap(&mut versions, &current, next, Trigger::Rollback, started))
     }

@@ -365,6 +365,14 @@ async fn bad_uploads_and_bad_config_edits_change_nothing_and_rollback_is_instant
         .await;
     assert_eq!(status, 200, "{answer}");
     assert_eq!(proxy.version_now().await, "one");
+    // A reload while the config still names v2 keeps the version rolled back to, and what the
+    // next rollback restores.
+    let (status, answer) = proxy.admin(reqwest::Method::POST, "/admin/reload", Vec::new()).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(proxy.version_now().await, "one");
+    let listed = proxy.middleware().await;
+    assert_eq!(listed["middleware"][0]["version"], "v1", "{listed}");
+    assert_eq!(listed["middleware"][0]["previous"]["version"], "v2", "{listed}");
     let (status, _) = proxy
         .admin(reqwest::Method::POST, "/admin/middleware/ver/rollback", Vec::new())
         .await;

@@ -97,6 +97,35 @@ impl LoadedMiddleware {
     pub fn version_label(&self) -> String {
         version_label(self.version.as_deref(), &self.digest)
     }
+
+    /// This version put back in place of the one the config names (whose digest is
+    /// `configured`): the same compiled component, config and counters, labelled as a rollback so
+    /// that reloads keep it while the config names the same component. Nothing is compiled.
+    pub fn restored(&self, configured: String) -> LoadedMiddleware {
+        LoadedMiddleware {
+            name: self.name.clone(),
+            version: self.version.clone(),
+            digest: self.digest.clone(),
+            configured,
+            registration: self.registration.clone(),
+            pre: self.pre.clone(),
+            timeout: self.timeout,
+            memory_limit: self.memory_limit,
+            on_error: self.on_error,
+            state: self.state.clone(),
+            outbound: self.outbound.clone(),
+            runtime: self.runtime.clone(),
+            reuse: self.reuse,
+            idle: IdleInstances::default(),
+            loaded_at: self.loaded_at,
+            cached: self.cached,
+            load_time: self.load_time,
+            component: self.component.clone(),
+            source: Source::Rollback,
+            config_json: self.config_json.clone(),
+            calls: crate::metrics::CallCounters::new(&self.name, &self.version_label(), &self.registration),
+        }
+    }
 }
 
 /// `version` if given, else `sha256:` and the digest's first 12 hex digits.

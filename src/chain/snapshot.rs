@@ -66,6 +66,8 @@ pub struct Pin {
     /// sha256 of what the config named when it was pinned: once the config names something else
     /// (another path, or the same file with new content), the pin is dropped.
     pub replaces: String,
+    /// Its version label: none for an upload, the label it had for a version rolled back to.
+    pub version: Option<String>,
 }
 
 impl Snapshot {
@@ -332,9 +334,9 @@ impl Loader<'_> {
             }
         };
         let configured = digest(&bytes);
-        let (bytes, source) = match pin {
-            Some(pin) if pin.replaces == configured => (pin.component.clone(), pin.source.clone()),
-            _ => (bytes, Source::Config),
+        let (bytes, source, version) = match pin {
+            Some(pin) if pin.replaces == configured => (pin.component.clone(), pin.source.clone(), pin.version.clone()),
+            _ => (bytes, Source::Config, version),
         };
         let resolved = resolve_config(config, name, self.mw)?;
         let config_json = serde_json::to_string(&resolved).unwrap_or_else(|_| "{}".to_owned());
