@@ -237,6 +237,12 @@ impl RequestCtx {
     fn route(&self) -> Option<&Route> {
         Some(&self.snapshot.as_ref()?.routes[self.route?])
     }
+
+    /// The route's upstream, with the exchange to record on (borrowed apart).
+    fn upstream_exchange(&mut self) -> Option<(&Upstream, &mut Exchange)> {
+        let route = &self.snapshot.as_ref()?.routes[self.route?];
+        Some((&route.upstream, &mut self.exchange))
+    }
 }
 
 #[async_trait]
@@ -339,17 +345,10 @@ impl ProxyHttp for Sluice {
     /// Picks a target from the route's upstream: one in rotation, and on a retry one not tried
     /// yet for this request. No healthy target: 503.
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
-        let RequestCtx {
-            snapshot,
-            route,
-            exchange,
-            ..
-        } = ctx;
-        let (Some(snapshot), Some(route)) = (snapshot, route) else {
+        let Some((upstream, exchange)) = ctx.upstream_exchange() else {
             return Err(Error::explain(ErrorType::InternalError, "no route chosen"));
         };
-        let peer = exchange.choose(&snapshot.routes[*route].upstream, client_ip(session))?;
-        Ok(Box::new(peer))
+        Ok(Box::new(exchange.choose(upstream, client_ip(session))?))
     }
 
     /// The connection to the target is up: passive health forgets its earlier failures.
@@ -378,17 +377,10 @@ impl ProxyHttp for Sluice {
         ctx: &mut RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        let RequestCtx {
-            snapshot,
-            route,
-            exchange,
-            ..
-        } = ctx;
-        let (Some(snapshot), Some(route)) = (snapshot, route) else {
+        let Some((upstream, exchange)) = ctx.upstream_exchange() else {
             return e;
         };
-        let method = &session.req_header().method;
-        let retry = exchange.connect_failed(&snapshot.routes[*route].upstream, method, client_ip(session), &e);
+        let retry = exchange.connect_failed(upstream, &session.req_header().method, client_ip(session), &e);
         e.set_retry(retry);
         e
     }
