@@ -22,33 +22,11 @@ UPSTREAM_PORT=${UPSTREAM_PORT:-18091}
 BEFORE_PORT=${BEFORE_PORT:-18092}
 AFTER_PORT=${AFTER_PORT:-18093}
 
-work=$(mktemp -d /tmp/sluice-ab.XXXXXX)
-nginx_bin=$(command -v nginx || echo /usr/sbin/nginx)
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  [[ -f "$work/upstream.pid" ]] && kill "$(cat "$work/upstream.pid")" 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-command -v wrk >/dev/null && [[ -x "$nginx_bin" ]] || { echo "ab.sh: needs wrk and nginx: scripts/setup.sh bench" >&2; exit 1; }
+source "$(dirname "$0")/lib.sh"
+need wrk nginx curl
 
-cat > "$work/upstream.conf" <<CONF
-worker_processes 1;
-daemon on;
-pid $work/upstream.pid;
-error_log $work/upstream.error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  client_body_temp_path $work/body; proxy_temp_path $work/proxy; fastcgi_temp_path $work/fastcgi;
-  uwsgi_temp_path $work/uwsgi; scgi_temp_path $work/scgi;
-  keepalive_requests 1000000;
-  server { listen 127.0.0.1:$UPSTREAM_PORT;
-    location / { default_type text/plain; return 200 'sixty bytes of fixed response body for the load benchmark!!\n'; } }
-}
-CONF
-"$nginx_bin" -p "$work" -c "$work/upstream.conf"
+nginx_conf upstream 1 "server { listen 127.0.0.1:$UPSTREAM_PORT;
+    location / { default_type text/plain; return 200 'sixty bytes of fixed response body for the load benchmark!!\n'; } }"
 
 for side in before after; do
   port=$BEFORE_PORT bin=$before
@@ -71,7 +49,7 @@ CONF
   pids+=($!)
 done
 for port in $UPSTREAM_PORT $BEFORE_PORT $AFTER_PORT; do
-  for _ in $(seq 300); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
+  wait_port "$port"
   body=$(curl -fsS "http://127.0.0.1:$port/") && [[ ${#body} -eq 59 ]] || { echo "ab.sh: port $port does not serve" >&2; cat "$work"/*.log >&2; exit 1; }
 done
 

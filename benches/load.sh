@@ -41,48 +41,13 @@ SLUICE_TLS_PORT=${SLUICE_TLS_PORT:-18085}
 H2_STREAMS=${H2_STREAMS:-4}
 
 root=$(cd "$(dirname "$0")/.." && pwd)
-work=$(mktemp -d /tmp/sluice-bench.XXXXXX)
-nginx_bin=$(command -v nginx || echo /usr/sbin/nginx)
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for conf in upstream proxy; do
-    [[ -f "$work/$conf.pid" ]] && kill "$(cat "$work/$conf.pid")" 2>/dev/null || true
-  done
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-for tool in wrk h2load openssl; do
-  command -v $tool >/dev/null || { echo "load.sh: $tool is missing; run 'scripts/setup.sh bench'" >&2; exit 1; }
-done
-[[ -x "$nginx_bin" ]] || { echo "load.sh: nginx is missing; run 'scripts/setup.sh bench'" >&2; exit 1; }
+source "$root/benches/lib.sh"
+need wrk h2load openssl nginx
 
 echo "building sluice (release)..." >&2
 (cd "$root" && cargo build --release --quiet --bin sluice)
 # The middleware components the release build compiled (build.rs puts them under OUT_DIR).
 stamp=$(ls -t "$root"/target/release/build/sluice-*/out/middleware-target/wasm32-wasip2/release/stamp.wasm | head -1)
-
-nginx_conf() { # name workers server-block
-  cat > "$work/$1.conf" <<CONF
-worker_processes $2;
-daemon on;
-pid $work/$1.pid;
-error_log $work/$1.error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  client_body_temp_path $work/$1-body;
-  proxy_temp_path $work/$1-proxy;
-  fastcgi_temp_path $work/$1-fastcgi;
-  uwsgi_temp_path $work/$1-uwsgi;
-  scgi_temp_path $work/$1-scgi;
-  keepalive_requests 1000000;
-  $3
-}
-CONF
-  "$nginx_bin" -p "$work" -c "$work/$1.conf"
-}
 
 # One certificate for both proxies' TLS listeners.
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj /CN=bench.test \
@@ -176,14 +141,8 @@ CONF
 RUST_LOG=warn "$root/target/release/sluice" run --config "$work/sluice.toml" 2>"$work/sluice.log" &
 pids+=($!)
 
-wait_port() { # sluice compiles every component on its first start (no artifact cache yet): allow a minute
-  for _ in $(seq 600); do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
-    sleep 0.1
-  done
-  echo "load.sh: nothing listens on port $1" >&2; cat "$work"/*.log >&2; exit 1
-}
-for port in $UPSTREAM_PORT $NGINX_PORT $SLUICE_PORT $NGINX_TLS_PORT $SLUICE_TLS_PORT; do wait_port "$port"; done
+# sluice compiles every component on its first start (no artifact cache yet): allow a minute.
+for port in $UPSTREAM_PORT $NGINX_PORT $SLUICE_PORT $NGINX_TLS_PORT $SLUICE_TLS_PORT; do wait_port "$port" 600; done
 
 # Same body through every path, or the comparison means nothing.
 for url in "$UPSTREAM_PORT/" "$NGINX_PORT/" "$SLUICE_PORT/" "$SLUICE_PORT/chain/" "$SLUICE_PORT/reused/"; do

@@ -20,18 +20,8 @@ SLUICE_PORT=${SLUICE_PORT:-18093}
 ADMIN_PORT=${ADMIN_PORT:-18094}
 
 root=$(cd "$(dirname "$0")/.." && pwd)
-work=$(mktemp -d /tmp/sluice-swap.XXXXXX)
-nginx_bin=$(command -v nginx || echo /usr/sbin/nginx)
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  [[ -f "$work/upstream.pid" ]] && kill "$(cat "$work/upstream.pid")" 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-command -v wrk >/dev/null || { echo "swap.sh: wrk is missing; run 'scripts/setup.sh bench'" >&2; exit 1; }
-[[ -x "$nginx_bin" ]] || { echo "swap.sh: nginx is missing; run 'scripts/setup.sh bench'" >&2; exit 1; }
+source "$root/benches/lib.sh"
+need wrk nginx
 
 echo "building sluice (release)..." >&2
 (cd "$root" && cargo build --release --quiet --bin sluice)
@@ -40,21 +30,7 @@ cp "$components/version_one.wasm" "$work/one.wasm"
 cp "$components/version_two.wasm" "$work/two.wasm"
 cp "$work/one.wasm" "$work/v.wasm"
 
-cat > "$work/upstream.conf" <<CONF
-worker_processes 1;
-daemon on;
-pid $work/upstream.pid;
-error_log $work/upstream.error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  client_body_temp_path $work/body; proxy_temp_path $work/proxy; fastcgi_temp_path $work/fastcgi;
-  uwsgi_temp_path $work/uwsgi; scgi_temp_path $work/scgi;
-  keepalive_requests 1000000;
-  server { listen 127.0.0.1:$UPSTREAM_PORT; location / { default_type text/plain; return 200 'ok\n'; } }
-}
-CONF
-"$nginx_bin" -p "$work" -c "$work/upstream.conf"
+nginx_conf upstream 1 "server { listen 127.0.0.1:$UPSTREAM_PORT; location / { default_type text/plain; return 200 'ok\n'; } }"
 
 cat > "$work/sluice.toml" <<CONF
 [server]
@@ -79,10 +55,7 @@ CONF
 export SLUICE_ADMIN_TOKEN=bench-token
 RUST_LOG=warn "$root/target/release/sluice" run --config "$work/sluice.toml" 2>"$work/sluice.log" &
 pids+=($!)
-for _ in $(seq 300); do
-  (exec 3<>"/dev/tcp/127.0.0.1/$SLUICE_PORT") 2>/dev/null && break
-  sleep 0.1
-done
+wait_port "$SLUICE_PORT"
 
 echo "trigger -> serving, $SWAPS swaps each" >&2
 WORK=$work SWAPS=$SWAPS SLUICE_PORT=$SLUICE_PORT ADMIN_PORT=$ADMIN_PORT python3 - <<'PY'
@@ -149,7 +122,10 @@ def edit_config(v):
 upload("two"); upload("one")  # both compiled into the cache once
 run("upload, cached", upload)
 run("upload, uncached (cache emptied)", emptied_cache_upload)
-for v in ("one", "two"):  # put both back in the cache, and hand the middleware back to the file
+# Put both back in the cache, and hand the middleware back to the file: `one` is uploaded last, so
+# seeing `two` means the file's reload dropped the upload (an upload lasts while the file holds
+# what it replaced, and a replace within the same debounce could otherwise undo this one).
+for v in ("two", "one"):
     upload(v)
 replace_file("two"); until("two", time.perf_counter())
 run("component file replaced (watcher, cached)", replace_file)

@@ -1,0 +1,57 @@
+# Shared by the load scripts (load.sh, ab.sh, swap.sh): a scratch directory removed on exit with
+# every process started, tool checks, nginx instances and waiting for a port. Source it after
+# `set -euo pipefail`; it sets `work`, `nginx_bin` and `pids`.
+
+work=$(mktemp -d "/tmp/sluice-$(basename "$0" .sh).XXXXXX")
+nginx_bin=$(command -v nginx || echo /usr/sbin/nginx)
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pidfile in "$work"/*.pid; do
+    [[ -f "$pidfile" ]] && kill "$(cat "$pidfile")" 2>/dev/null || true
+  done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+need() { # tool... : exits with a hint when one is missing (nginx may live in /usr/sbin)
+  for tool in "$@"; do
+    if [[ $tool == nginx ]]; then [[ -x "$nginx_bin" ]] && continue
+    else command -v "$tool" >/dev/null && continue
+    fi
+    echo "$(basename "$0"): $tool is missing; run 'scripts/setup.sh bench'" >&2
+    exit 1
+  done
+}
+
+nginx_conf() { # name workers http-block-lines : writes $work/NAME.conf and starts that nginx
+  cat > "$work/$1.conf" <<CONF
+worker_processes $2;
+daemon on;
+pid $work/$1.pid;
+error_log $work/$1.error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $work/$1-body;
+  proxy_temp_path $work/$1-proxy;
+  fastcgi_temp_path $work/$1-fastcgi;
+  uwsgi_temp_path $work/$1-uwsgi;
+  scgi_temp_path $work/$1-scgi;
+  keepalive_requests 1000000;
+  $3
+}
+CONF
+  "$nginx_bin" -p "$work" -c "$work/$1.conf"
+}
+
+wait_port() { # port [tenths of a second, default 300] : returns once something accepts on it,
+  # else prints the logs under $work and exits
+  for _ in $(seq "${2:-300}"); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "$(basename "$0"): nothing listens on port $1" >&2
+  cat "$work"/*.log >&2 || true
+  exit 1
+}
