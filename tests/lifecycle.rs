@@ -251,6 +251,7 @@ fn upgrade(sluice: &Sluice) -> KillOnDrop {
         .args(["run", "--upgrade", "--config"])
         .arg(sluice.config_path())
         .env("RUST_LOG", "info")
+        .env("TMPDIR", sluice.dir.path()) // where the running one wrote its pid
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&stderr).unwrap())
         .spawn()
@@ -350,7 +351,7 @@ async fn an_upgrade_under_load_refuses_and_resets_no_connection() {
         }
     }
     // And the new process can be upgraded again: it wrote its pid.
-    let pid_file = std::fs::read_dir(std::env::temp_dir())
+    let pid_file = std::fs::read_dir(old.dir.path())
         .unwrap()
         .filter_map(|e| e.ok())
         .map(|e| e.path())

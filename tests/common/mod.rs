@@ -65,6 +65,9 @@ impl Sluice {
             .args(["run", "--config"])
             .arg(&path)
             .env("RUST_LOG", "info")
+            // Its default pid file and upgrade socket go in `dir`, removed with it (a killed
+            // process leaves them behind).
+            .env("TMPDIR", dir.path())
             .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&stderr).unwrap())
