@@ -17,6 +17,10 @@ pub enum Error {
     /// The WebAssembly runtime could not start (e.g. the cache directory is unusable).
     #[error("{0}")]
     Runtime(String),
+    /// A reload found the config file empty: most likely a save still being written. The
+    /// running config keeps serving; the next change reloads again.
+    #[error("`{}` is empty (a save still being written?); the running config keeps serving", .0.display())]
+    EmptyConfig(std::path::PathBuf),
     /// `sluice run --upgrade` found no running sluice to take over from.
     #[error("cannot upgrade: {0}")]
     Upgrade(String),

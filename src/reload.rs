@@ -175,6 +175,12 @@ impl Reloader {
     pub async fn reload(&self, trigger: Trigger) -> Result<Attempt, Error> {
         let started = Instant::now();
         let mut versions = self.versions.lock().await;
+        // A file caught between an editor's truncate and write is empty: never swap that in.
+        if std::fs::metadata(&self.path).is_ok_and(|m| m.len() == 0) {
+            let error = Error::EmptyConfig(self.path.clone());
+            self.failed(trigger, started, error.to_string(), None);
+            return Err(error);
+        }
         let current = self.live.load_full();
         let built = match config::load(&self.path) {
             Ok(config) => Snapshot::rebuild(Arc::new(config), &self.runtime, Some(&current), &versions.pins).await,

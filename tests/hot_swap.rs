@@ -340,9 +340,9 @@ async fn bad_uploads_and_bad_config_edits_change_nothing_and_rollback_is_instant
     assert!(
         listed["middleware"][0]["last-error"]
             .as_str()
-            .unwrap()
-            .contains("middleware.ver.component"),
-        "{listed}"
+            .is_some_and(|e| e.contains("middleware.ver.component")),
+        "{listed}\n{}",
+        proxy.sluice.stderr()
     );
     assert_eq!(proxy.version_now().await, "one");
 
