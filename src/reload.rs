@@ -15,7 +15,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use notify_debouncer_mini::notify::RecursiveMode;
+use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind};
+use notify::{RecursiveMode, Watcher};
+use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
 use crate::chain::{Deployment, LoadedMiddleware, Loader, Pin, Snapshot, Source};
@@ -433,32 +435,69 @@ fn canonical(path: &Path) -> Option<PathBuf> {
     Some(dir.canonicalize().ok()?.join(path.file_name()?))
 }
 
-/// How long file events are collected before one reload: an editor's save or a deploy's copy
-/// is several events.
-const DEBOUNCE: Duration = Duration::from_millis(100);
+/// How long every watched file must stay unchanged before the watcher reloads: a save written in
+/// parts (truncate, then several writes), or a deploy copying a config and its components one by
+/// one, is read once it has settled, not halfway.
+pub const SETTLE: Duration = Duration::from_millis(250);
 
-/// Reloads whenever a file of [`Reloader::watched_files`] changes (debounced), until the process
-/// ends. Directories are watched, so files replaced by a rename (what editors and deploy tools
-/// do) are seen too.
+/// What a watched file holds, as far as a reload cares: `None` while it is missing.
+type Fingerprint = BTreeMap<PathBuf, Option<(u64, [u8; 32])>>;
+
+/// The length and sha256 of each of `files` (read off the async threads: components are large).
+async fn fingerprint(files: &BTreeSet<PathBuf>) -> Fingerprint {
+    let files = files.clone();
+    let read = move || {
+        files
+            .into_iter()
+            .map(|path| {
+                let content = std::fs::read(&path)
+                    .ok()
+                    .map(|bytes| (bytes.len() as u64, Sha256::digest(&bytes).into()));
+                (path, content)
+            })
+            .collect()
+    };
+    tokio::task::spawn_blocking(read).await.unwrap_or_default()
+}
+
+/// Whether a file event can mean new content. Opening and reading (what every reload itself does
+/// to the config and its components), and metadata changes (`touch`, `chmod`), cannot.
+fn may_change_content(kind: &EventKind) -> bool {
+    match kind {
+        EventKind::Create(_) | EventKind::Remove(_) | EventKind::Any | EventKind::Other => true,
+        EventKind::Modify(modify) => !matches!(modify, ModifyKind::Metadata(_)),
+        EventKind::Access(access) => matches!(access, AccessKind::Close(AccessMode::Write)),
+    }
+}
+
+/// Reloads whenever the content of a file of [`Reloader::watched_files`] changes, once it has
+/// [settled](SETTLE), until the process ends. Directories are watched, so files replaced by a
+/// rename (what editors and deploy tools do) are seen too. Content is compared, not events
+/// counted: a file rewritten with the same bytes, or only opened, reloads nothing.
 pub async fn watch(reloader: Arc<Reloader>) {
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let debouncer = notify_debouncer_mini::new_debouncer(DEBOUNCE, move |events| {
-        let _ = tx.send(events);
+    let (tx, mut rx) = mpsc::unbounded_channel::<PathBuf>();
+    let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if let Ok(event) = event
+            && may_change_content(&event.kind)
+        {
+            for path in event.paths {
+                let _ = tx.send(path);
+            }
+        }
     });
-    let mut debouncer = match debouncer {
-        Ok(debouncer) => debouncer,
+    let mut watcher = match watcher {
+        Ok(watcher) => watcher,
         Err(e) => {
             tracing::error!(error = %e, "cannot watch the config file; reload with SIGHUP or the admin API");
             return;
         }
     };
     let mut dirs = BTreeSet::new();
-    let mut files = BTreeSet::new();
-    let mut rewatch = |dirs: &mut BTreeSet<PathBuf>, files: &mut BTreeSet<PathBuf>| {
-        *files = reloader.watched_files();
+    let mut rewatch = |dirs: &mut BTreeSet<PathBuf>| {
+        let files = reloader.watched_files();
         for dir in files.iter().filter_map(|f| f.parent()) {
             if !dirs.contains(dir) {
-                match debouncer.watcher().watch(dir, RecursiveMode::NonRecursive) {
+                match watcher.watch(dir, RecursiveMode::NonRecursive) {
                     Ok(()) => {
                         dirs.insert(dir.to_owned());
                     }
@@ -466,13 +505,33 @@ pub async fn watch(reloader: Arc<Reloader>) {
                 }
             }
         }
+        files
     };
-    rewatch(&mut dirs, &mut files);
-    while let Some(events) = rx.recv().await {
-        let Ok(events) = events else { continue };
-        let relevant = events.iter().any(|event| files.contains(&event.path));
-        if relevant && reloader.reload(Trigger::File).await.is_ok() {
-            rewatch(&mut dirs, &mut files);
+    let mut files = rewatch(&mut dirs);
+    // What the live snapshot was built from (or, after a failed reload, what failed: tried once).
+    let mut loaded = fingerprint(&files).await;
+    while let Some(path) = rx.recv().await {
+        if !files.contains(&path) {
+            continue;
+        }
+        let mut seen = fingerprint(&files).await;
+        loop {
+            tokio::time::sleep(SETTLE).await;
+            while rx.try_recv().is_ok() {}
+            let now = fingerprint(&files).await;
+            if now == seen {
+                break;
+            }
+            seen = now;
+        }
+        if seen == loaded {
+            continue;
+        }
+        if reloader.reload(Trigger::File).await.is_ok() {
+            files = rewatch(&mut dirs);
+            loaded = fingerprint(&files).await;
+        } else {
+            loaded = seen;
         }
     }
 }

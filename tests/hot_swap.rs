@@ -492,3 +492,141 @@ fn the_admin_api_is_not_exposed_without_a_token() {
         );
     }
 }
+
+/// Every `sluice_reloads_total` series, by its labels.
+async fn reload_counts(proxy: &Proxy) -> BTreeMap<String, f64> {
+    let text = common::client()
+        .get(proxy.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter_map(|l| l.strip_prefix("sluice_reloads_total"))
+        .filter_map(|l| {
+            let (labels, value) = l.rsplit_once(' ')?;
+            Some((labels.to_owned(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn after_every_kind_of_reload_an_idle_sluice_reloads_nothing_more() {
+    let proxy = start("version_one", "", "").await;
+    let path = proxy.sluice.config_path();
+    // The admin API, SIGHUP and a content change each reload once ...
+    let (status, answer) = proxy.admin(reqwest::Method::POST, "/admin/reload", Vec::new()).await;
+    assert_eq!(status, 200, "{answer}");
+    proxy.sluice.signal(nix::sys::signal::Signal::SIGHUP);
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, format!("# edited\n{text}")).unwrap();
+    let started = Instant::now();
+    while proxy.metric("sluice_reloads_total{trigger=\"file\"").await < 1.0 {
+        assert!(started.elapsed() < Duration::from_secs(5), "the edit did not reload");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // ... and what only touches the files (opening, reading, `touch`, the same bytes again) none.
+    let component = proxy.sluice.dir.path().join("v.wasm");
+    for file in [&path, &component] {
+        let f = std::fs::File::options().append(true).open(file).unwrap();
+        f.set_modified(std::time::SystemTime::now()).unwrap();
+        let _ = std::fs::read(file).unwrap();
+    }
+    std::fs::write(&path, std::fs::read(&path).unwrap()).unwrap();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let counts = reload_counts(&proxy).await;
+    let expected: BTreeMap<String, f64> = [
+        ("{trigger=\"admin\",result=\"ok\"}".to_owned(), 1.0),
+        ("{trigger=\"file\",result=\"ok\"}".to_owned(), 1.0),
+        ("{trigger=\"sighup\",result=\"ok\"}".to_owned(), 1.0),
+    ]
+    .into();
+    assert_eq!(counts, expected, "{}", proxy.sluice.stderr());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_config_saved_in_parts_is_served_only_once_whole() {
+    let echo = echo().await;
+    let (addr, admin, upstream) = (free_addr(), free_addr(), echo.addr());
+    let parts = |i: usize| {
+        [
+            format!("# save {i}\n{}[upstreams.echo]\ntargets = [\"{}\"]\n\n", server(addr, admin, ""), upstream),
+            "[[route]]\nname = \"a\"\npath-prefix = \"/a\"\nupstream = \"echo\"\n\n[[route]]\nname = \"b\"\npath-prefix = \"/b\"\nupstream = \"echo\"\n\n".to_owned(),
+            "[[route]]\nname = \"c\"\npath-prefix = \"/c\"\nupstream = \"echo\"\n".to_owned(),
+        ]
+    };
+    let sluice = Sluice::spawn(
+        &parts(0).concat(),
+        addr,
+        tempfile::tempdir().unwrap(),
+        &[("SLUICE_ADMIN_TOKEN", TOKEN)],
+    );
+    let proxy = Proxy {
+        sluice,
+        admin,
+        _echo: echo,
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let load: Vec<_> = (0..6)
+        .map(|n| {
+            let (stop, base) = (stop.clone(), proxy.sluice.url(""));
+            tokio::spawn(async move {
+                let client = common::client();
+                let (mut ok, mut failed) = (0, Vec::new());
+                while !stop.load(Ordering::Relaxed) {
+                    let route = ["a", "b", "c"][n % 3];
+                    match client.get(format!("{base}/{route}/x")).send().await {
+                        Ok(r) if r.status() == 200 => ok += 1,
+                        Ok(r) => failed.push(format!("/{route}: {}", r.status())),
+                        Err(e) => failed.push(format!("/{route}: {e}")),
+                    }
+                }
+                (ok, failed)
+            })
+        })
+        .collect();
+    let path = proxy.sluice.config_path();
+    for i in 1..=20 {
+        // What an editor without atomic saves does: truncate, then write, here in three parts.
+        let mut file = std::fs::File::create(&path).unwrap();
+        for (n, part) in parts(i).iter().enumerate() {
+            if n > 0 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            std::io::Write::write_all(&mut file, part.as_bytes()).unwrap();
+        }
+        drop(file);
+        let started = Instant::now();
+        while proxy
+            .metric("sluice_reloads_total{trigger=\"file\",result=\"ok\"}")
+            .await
+            < i as f64
+        {
+            assert!(started.elapsed() < Duration::from_secs(5), "save {i} was not reloaded");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (mut ok, mut failed) = (0, Vec::new());
+    for task in load {
+        let (o, f) = task.await.unwrap();
+        ok += o;
+        failed.extend(f);
+    }
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed: {:?}",
+        failed.len(),
+        ok + failed.len(),
+        &failed[..failed.len().min(10)]
+    );
+    assert!(ok > 100, "the load ran only {ok} requests");
+    let counts = reload_counts(&proxy).await;
+    assert_eq!(
+        counts.values().sum::<f64>(),
+        20.0,
+        "one reload per save, none failed: {counts:?}"
+    );
+}
