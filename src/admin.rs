@@ -21,6 +21,7 @@ use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 
 use crate::chain::LoadedMiddleware;
+use crate::config::redact::redact_secrets;
 use crate::reload::{Attempt, Reloader, SwapError, Trigger};
 
 /// Largest component `PUT /admin/middleware/NAME/component` accepts.
@@ -32,14 +33,18 @@ pub struct Admin {
     reloader: Arc<Reloader>,
     /// sha256 of the bearer token mutating calls need; `None`: no token (loopback only).
     token: Option<[u8; 32]>,
+    /// Whether reading calls need the token too: the admin API is not on a loopback address.
+    guard_reads: bool,
 }
 
 impl Admin {
-    /// An admin API over `reloader`, requiring `token` (if any) for mutating calls.
-    pub fn new(reloader: Arc<Reloader>, token: Option<&str>) -> Self {
+    /// An admin API on `addr` over `reloader`, requiring `token` (if any) for mutating calls, and
+    /// for every call when `addr` is not a loopback address.
+    pub fn new(reloader: Arc<Reloader>, token: Option<&str>, addr: SocketAddr) -> Self {
         Admin {
             reloader,
             token: token.map(|t| Sha256::digest(t.as_bytes()).into()),
+            guard_reads: needs_token(addr),
         }
     }
 
@@ -76,7 +81,7 @@ impl Admin {
         let path = req.uri().path().trim_end_matches('/').to_owned();
         let segments: Vec<&str> = path.split('/').skip(1).collect();
         let mutating = matches!(*req.method(), Method::POST | Method::PUT);
-        if mutating && !self.authorized(&req) {
+        if (mutating || self.guard_reads) && !self.authorized(&req) {
             let mut response = problem(StatusCode::UNAUTHORIZED, "a bearer token is required for this call");
             response.headers_mut().insert(
                 "www-authenticate",
@@ -96,7 +101,7 @@ impl Admin {
             }
             (Method::GET, ["admin", "config"]) => {
                 let live = self.reloader.live();
-                text(StatusCode::OK, "application/toml", live.config.source().to_owned())
+                text(StatusCode::OK, "application/toml", redact_secrets(live.config.source()))
             }
             (Method::GET, ["admin", "middleware"]) => self.list().await,
             (Method::POST, ["admin", "reload"]) => match self.reloader.reload(Trigger::Admin).await {

@@ -379,5 +379,7 @@ async fn serve_admin(reloader: Arc<Reloader>, admin: AdminListener) {
             }
         },
     };
-    Admin::new(reloader, admin.token.as_deref()).serve(listener).await;
+    Admin::new(reloader, admin.token.as_deref(), admin.addr)
+        .serve(listener)
+        .await;
 }

@@ -630,3 +630,54 @@ async fn a_config_saved_in_parts_is_served_only_once_whole() {
         "one reload per save, none failed: {counts:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_shows_no_secret_and_off_loopback_every_call_needs_the_token() {
+    let echo = echo().await;
+    let addr = free_addr();
+    let port = free_addr().port();
+    let config = format!(
+        "[server]\nlisten = [\"{addr}\"]\ncache-dir = {:?}\nadmin = \"0.0.0.0:{port}\"\nadmin-token-env = \"SLUICE_ADMIN_TOKEN\"\n\n\
+         [upstreams.echo]\ntargets = [\"{}\"]\n\n\
+         [middleware.jwt]\ncomponent = \"builtin:auth-jwt\"\nconfig = {{ algorithms = [\"HS256\"], secret = \"hmac-secret-never-shown\" }}\n\n\
+         [[route]]\nname = \"all\"\nupstream = \"echo\"\nmiddleware = [\"jwt\"]\n",
+        shared_cache_dir().display().to_string(),
+        echo.addr()
+    );
+    let sluice = Sluice::spawn(
+        &config,
+        addr,
+        tempfile::tempdir().unwrap(),
+        &[("SLUICE_ADMIN_TOKEN", TOKEN)],
+    );
+    let admin = format!("http://127.0.0.1:{port}");
+    let client = common::client();
+    for path in ["/healthz", "/metrics", "/admin/config", "/admin/middleware"] {
+        let anonymous = client.get(format!("{admin}{path}")).send().await.unwrap();
+        assert_eq!(anonymous.status(), 401, "{path} answered without a token");
+        let wrong = client
+            .get(format!("{admin}{path}"))
+            .bearer_auth("nope")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(wrong.status(), 401, "{path} answered to a wrong token");
+        let authorized = client
+            .get(format!("{admin}{path}"))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(authorized.status(), 200, "{path}");
+        let text = authorized.text().await.unwrap();
+        assert!(
+            !text.contains("hmac-secret-never-shown"),
+            "{path} shows the secret:\n{text}"
+        );
+        if path == "/admin/config" {
+            assert!(text.contains("secret = \"<redacted>\""), "{text}");
+            assert!(text.contains("admin-token-env = \"SLUICE_ADMIN_TOKEN\""), "{text}");
+        }
+    }
+    drop(sluice);
+}

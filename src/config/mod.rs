@@ -20,6 +20,7 @@
 //! ```
 
 mod diagnostic;
+pub mod redact;
 pub mod units;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
