@@ -64,20 +64,20 @@ fn main() -> ExitCode {
                 });
             run(config, start)
         }
-        Command::Check { config } => {
-            logs_only();
-            check(&config)
-        }
-        Command::Demo { listen } => {
-            logs_only();
-            demo(listen)
-        }
+        Command::Check { config } => match logs_only() {
+            Ok(()) => check(&config),
+            Err(code) => code,
+        },
+        Command::Demo { listen } => match logs_only() {
+            Ok(()) => demo(listen),
+            Err(code) => code,
+        },
     }
 }
 
-/// The subscriber without span export.
-fn logs_only() {
-    sluice::telemetry::init(None).expect("a subscriber without an exporter cannot fail");
+/// The subscriber without span export; fails only on an unknown `SLUICE_LOG_FORMAT`.
+fn logs_only() -> Result<(), ExitCode> {
+    sluice::telemetry::init(None).map_err(|e| report(&sluice::error::Error::Runtime(e)))
 }
 
 fn run(config: Result<config::Config, sluice::error::Error>, start: Start) -> ExitCode {

@@ -7,6 +7,7 @@
 //! sends upstream, so the upstream's spans nest under sluice's. Spans go through the SDK's batch
 //! processor, on a thread of its own, never a worker's.
 
+use std::io::IsTerminal;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -30,17 +31,52 @@ const EXPORT_INTERVAL: Duration = Duration::from_secs(1);
 /// The tracer provider, when spans are exported.
 static PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
 
-/// Installs the subscriber: log lines to stderr, and with `otlp` the span exporter. Fails when the
-/// exporter cannot be built.
+/// How log lines are written, from `SLUICE_LOG_FORMAT`: `text` (the default; coloured only when
+/// stderr is a terminal and `NO_COLOR` is unset) or `json` (one object a line, for log collectors).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl LogFormat {
+    /// The format `SLUICE_LOG_FORMAT` asks for.
+    pub fn from_env() -> Result<Self, String> {
+        match std::env::var("SLUICE_LOG_FORMAT").as_deref() {
+            Err(_) | Ok("" | "text") => Ok(LogFormat::Text),
+            Ok("json") => Ok(LogFormat::Json),
+            Ok(other) => Err(format!("`SLUICE_LOG_FORMAT` is `{other}`; use `text` or `json`")),
+        }
+    }
+}
+
+/// Installs the subscriber: log lines to stderr (in `SLUICE_LOG_FORMAT`), and with `otlp` the span
+/// exporter. Fails when the format is unknown or the exporter cannot be built.
 pub fn init(otlp: Option<&OtlpConfig>) -> Result<(), String> {
-    let filter = || tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| DEFAULT_FILTER.into());
-    let Some(otlp) = otlp else {
-        tracing_subscriber::fmt()
-            .with_env_filter(filter())
-            .with_writer(std::io::stderr)
-            .init();
-        return Ok(());
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| DEFAULT_FILTER.into());
+    let lines = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let lines = match LogFormat::from_env()? {
+        LogFormat::Json => lines.json().boxed(),
+        LogFormat::Text => {
+            let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+            lines.with_ansi(colour).boxed()
+        }
     };
+    let spans = otlp.map(span_exporter).transpose()?;
+    tracing_subscriber::registry()
+        .with(lines.with_filter(filter))
+        .with(spans)
+        .init();
+    Ok(())
+}
+
+/// The layer exporting sluice's spans with OTLP; keeps the provider for [`shutdown`].
+fn span_exporter<S>(otlp: &OtlpConfig) -> Result<impl Layer<S>, String>
+where
+    S: tracing::Subscriber + for<'span> tracing_subscriber::registry::LookupSpan<'span>,
+{
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
         .with_endpoint(otlp.endpoint.get_ref().as_str())
@@ -70,16 +106,8 @@ pub fn init(otlp: Option<&OtlpConfig>) -> Result<(), String> {
         .with_filter(tracing_subscriber::filter::filter_fn(|meta| {
             meta.is_span() && meta.target().starts_with("sluice")
         }));
-    tracing_subscriber::registry()
-        .with(
-            tracing_subscriber::fmt::layer()
-                .with_writer(std::io::stderr)
-                .with_filter(filter()),
-        )
-        .with(spans)
-        .init();
     let _ = PROVIDER.set(provider);
-    Ok(())
+    Ok(spans)
 }
 
 /// Whether spans are exported.

@@ -256,3 +256,41 @@ async fn every_request_gets_one_json_access_log_line_and_its_trace_is_propagated
     assert_eq!(entries[4]["route"], Value::Null);
     assert_eq!(entries[4]["status"], 404);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_to_a_file_have_no_colour_codes_and_json_logs_are_one_object_a_line() {
+    let echo = common::echo().await;
+    let config = format!(
+        "[upstreams.echo]\ntargets = [\"{}\"]\n[[route]]\nname = \"all\"\nupstream = \"echo\"\n",
+        echo.addr()
+    );
+    let text = common::Sluice::start_in(&config, tempfile::tempdir().unwrap(), &[]);
+    let json = common::Sluice::start_in(&config, tempfile::tempdir().unwrap(), &[("SLUICE_LOG_FORMAT", "json")]);
+    for sluice in [&text, &json] {
+        assert_eq!(
+            common::client().get(sluice.url("/x")).send().await.unwrap().status(),
+            200
+        );
+    }
+    let logged = text.stderr();
+    assert!(logged.contains("sluice is serving"), "{logged}");
+    assert!(!logged.contains('\u{1b}'), "escape codes in a log file:\n{logged}");
+    let logged = json.stderr();
+    let lines: Vec<serde_json::Value> = logged
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["fields"]["message"] == "sluice is serving" && l["level"] == "INFO"),
+        "{logged}"
+    );
+
+    let (_dir, _path, out) = common::run_on_config_env("check", &config, &[("SLUICE_LOG_FORMAT", "yaml")]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("`SLUICE_LOG_FORMAT` is `yaml`"),
+        "{out:?}"
+    );
+}

@@ -166,6 +166,15 @@ pub fn component(name: &str) -> String {
 /// Writes `config` to `sluice.toml` in a fresh temporary directory and runs `sluice SUBCOMMAND
 /// --config` on it. Returns the directory (keep it alive), the file's path and the output.
 pub fn run_on_config(subcommand: &str, config: &str) -> (tempfile::TempDir, PathBuf, std::process::Output) {
+    run_on_config_env(subcommand, config, &[])
+}
+
+/// [`run_on_config`] with `env` set in sluice's environment.
+pub fn run_on_config_env(
+    subcommand: &str,
+    config: &str,
+    env: &[(&str, &str)],
+) -> (tempfile::TempDir, PathBuf, std::process::Output) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("sluice.toml");
     std::fs::write(&path, config).unwrap();
@@ -173,6 +182,7 @@ pub fn run_on_config(subcommand: &str, config: &str) -> (tempfile::TempDir, Path
         .arg(subcommand)
         .arg("--config")
         .arg(&path)
+        .envs(env.iter().copied())
         .output()
         .unwrap();
     (dir, path, out)
