@@ -33,7 +33,7 @@ use toml::de::{DeTable, DeValue, ValueDeserializer};
 
 use diagnostic::Locator;
 pub use diagnostic::{ConfigError, ConfigErrors};
-pub use units::{ByteSize, Duration, HostPattern, ListenAddr, Method, PathPrefix, Target};
+pub use units::{AnyDuration, ByteSize, Duration, HostPattern, ListenAddr, Method, PathPrefix, Target};
 
 /// Built-in middleware names, usable as `component = "builtin:<name>"`.
 pub const BUILTIN_MIDDLEWARE: &[&str] = crate::artifacts::BUILTIN_NAMES;
@@ -126,7 +126,7 @@ pub struct ServerConfig {
     pub h2c: bool,
     /// How long `SIGTERM` (and the old process of an upgrade) waits for in-flight requests.
     #[serde(default = "default_grace_period")]
-    pub grace_period: Duration,
+    pub grace_period: AnyDuration,
     /// The Unix socket an upgrade hands the listening sockets over on (default: in the temporary
     /// directory, named after the config file's path).
     pub upgrade_sock: Option<PathBuf>,
@@ -195,8 +195,8 @@ impl Config {
     }
 }
 
-fn default_grace_period() -> Duration {
-    Duration::from_millis(5_000)
+fn default_grace_period() -> AnyDuration {
+    AnyDuration(std::time::Duration::from_millis(5_000))
 }
 
 /// `[server] tls = [{ addr, cert, key }]`: one certificate of a TLS listener.
@@ -853,11 +853,6 @@ fn validate(config: &Config, declared: &Declared, loc: &Locator<'_>, errors: &mu
                     check.path.span(),
                     format!("invalid health-check path `{path}`; it must start with `/` and hold no spaces"),
                 );
-            }
-            for (duration, key) in [(&check.interval, "interval"), (&check.timeout, "timeout")] {
-                if duration.get_ref().0.is_zero() {
-                    err(duration.span(), format!("health-check `{key}` must be more than 0"));
-                }
             }
             for (count, key) in [(&check.healthy, "healthy"), (&check.unhealthy, "unhealthy")] {
                 if !(1..=1000).contains(count.get_ref()) {

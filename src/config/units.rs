@@ -35,7 +35,8 @@ impl<'de> Deserialize<'de> for StringOrInt {
     }
 }
 
-/// A duration written with a unit: `"500ms"`, `"30s"`, `"1m"`, `"1h 30m"`.
+/// A duration longer than zero, written with a unit: `"500ms"`, `"30s"`, `"1m"`, `"1h 30m"`. Every
+/// timeout and interval is one: zero is refused where it is written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "StringOrInt")]
 pub struct Duration(pub std::time::Duration);
@@ -57,9 +58,47 @@ impl TryFrom<String> for Duration {
     type Error = String;
 
     fn try_from(s: String) -> Result<Self, String> {
+        let AnyDuration(duration) = AnyDuration::try_from(s.clone())?;
+        if duration.is_zero() {
+            return Err(format!(
+                "duration `{s}` is zero; a timeout or interval of zero would fail or spin: give one longer than `0s`"
+            ));
+        }
+        Ok(Duration(duration))
+    }
+}
+
+/// A duration that may be zero (`grace-period = "0s"`: do not wait), written as [`Duration`] is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "StringOrInt")]
+pub struct AnyDuration(pub std::time::Duration);
+
+impl TryFrom<StringOrInt> for AnyDuration {
+    type Error = String;
+
+    fn try_from(value: StringOrInt) -> Result<Self, String> {
+        match value {
+            StringOrInt::String(s) => AnyDuration::try_from(s),
+            StringOrInt::Int(n) => Err(format!(
+                "duration `{n}` has no unit; write it as a string, e.g. `\"{n}s\"` or `\"{n}ms\"`"
+            )),
+        }
+    }
+}
+
+impl TryFrom<String> for AnyDuration {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
         humantime::parse_duration(s.trim())
-            .map(Duration)
+            .map(AnyDuration)
             .map_err(|e| format!("invalid duration `{s}` ({e}); write a number and a unit, e.g. `500ms`, `30s`, `1m`"))
+    }
+}
+
+impl fmt::Display for AnyDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", humantime::format_duration(self.0))
     }
 }
 
