@@ -147,3 +147,59 @@ async fn methods_split_routes_and_others_get_405_with_allow() {
         "the 405 never reached an upstream"
     );
 }
+
+/// Sends `request` as raw bytes on a new connection; the status line and whatever else came back
+/// before the server closed or went quiet.
+fn raw_exchange(addr: std::net::SocketAddr, request: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(2)))
+        .unwrap();
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0; 4096];
+    while let Ok(n) = stream.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        answer.extend_from_slice(&buf[..n]);
+        if answer.windows(4).any(|w| w == b"\r\n\r\n") && answer.ends_with(b"}\n") {
+            break;
+        }
+    }
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http11_request_without_host_or_with_two_is_400_and_never_forwarded() {
+    let up = echo().await;
+    let sluice = Sluice::start(&format!(
+        "[upstreams.u]\ntargets = [\"{}\"]\n[[route]]\nname = \"all\"\nupstream = \"u\"\n",
+        up.addr()
+    ));
+    for (request, why) in [
+        ("GET /x HTTP/1.1\r\n\r\n", "needs a `Host`"),
+        ("GET http://a.test/x HTTP/1.1\r\n\r\n", "needs a `Host`"),
+    ] {
+        let answer = raw_exchange(sluice.addr, request);
+        assert!(answer.starts_with("HTTP/1.1 400"), "{request:?} -> {answer}");
+        assert!(
+            answer.contains("application/problem+json") && answer.contains(why),
+            "{request:?} -> {answer}"
+        );
+    }
+    // Two `Host` headers: pingora's parser already refuses them (a bare 400).
+    let answer = raw_exchange(sluice.addr, "GET /x HTTP/1.1\r\nHost: a.test\r\nHost: b.test\r\n\r\n");
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert_eq!(up.requests(), 0, "the upstream saw a request without a valid Host");
+    // HTTP/1.0 has no Host requirement; with one Host, HTTP/1.1 is forwarded.
+    for request in [
+        "GET /x HTTP/1.0\r\n\r\n",
+        "GET /x HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n",
+    ] {
+        let answer = raw_exchange(sluice.addr, request);
+        assert!(answer.contains(" 200 "), "{request:?} -> {answer}");
+    }
+    assert_eq!(up.requests(), 2);
+}

@@ -278,6 +278,10 @@ impl ProxyHttp for Sluice {
         let req = session.req_header();
         let trace = TraceContext::from_header(req.headers.get("traceparent").map(|v| v.as_bytes()));
         ctx.trace = Some(trace);
+        if let Some(detail) = host_problem(req) {
+            Problem::new(400, detail).write(session).await?;
+            return Ok(true);
+        }
         let host = request_host(req).map(normalize_host);
         match snapshot.router.route(host.as_deref(), req.uri.path(), &req.method) {
             RouteMatch::Found(index) => {
@@ -650,6 +654,19 @@ fn request_host(req: &RequestHeader) -> Option<&str> {
         .authority()
         .map(|a| a.as_str())
         .or_else(|| req.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()))
+}
+
+/// Why a request's `Host` makes it one no server may act on (RFC 9112 §3.2: an HTTP/1.1 request
+/// without `Host`, or any request with more than one), if it does.
+fn host_problem(req: &RequestHeader) -> Option<&'static str> {
+    let hosts = req.headers.get_all(http::header::HOST).iter().count();
+    if hosts > 1 {
+        Some("the request has more than one `Host` header")
+    } else if hosts == 0 && req.version == http::Version::HTTP_11 {
+        Some("an HTTP/1.1 request needs a `Host` header")
+    } else {
+        None
+    }
 }
 
 /// `Host` without port or userinfo, lower case: what routes match on.
