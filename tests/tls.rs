@@ -271,3 +271,33 @@ async fn upstream_tls_is_verified_against_the_configured_ca() {
         200
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_with_only_tls_listeners_serves_https_only() {
+    let up = echo().await;
+    let ca = Ca::new("sluice test CA");
+    let dir = tempfile::tempdir().unwrap();
+    ca.issue(dir.path(), "a", &["a.test"]);
+    ca.issue(dir.path(), "b", &["b.test"]);
+    let tls = free_addr();
+    // `tls_config` without its `listen` line (and h2c, which is for plain listeners).
+    let config = tls_config(free_addr(), tls, up.addr(), "")
+        .lines()
+        .filter(|l| !l.starts_with("listen =") && !l.starts_with("h2c"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let sluice = Sluice::spawn(&config, tls, dir, &[]);
+    let client = tls_client(&ca, &["a.test"], tls);
+    presented(&client, &format!("https://a.test:{}/x", tls.port())).await;
+    let serving = sluice
+        .stderr()
+        .lines()
+        .find(|l| l.contains("sluice is serving"))
+        .map(str::to_owned)
+        .unwrap_or_else(|| panic!("{}", sluice.stderr()));
+    assert!(
+        serving.contains(&format!("listen={tls} (tls)")) || serving.contains(&format!("listen=\"{tls} (tls)\"")),
+        "{serving}"
+    );
+    assert!(!serving.contains("8080"), "a plain listener was opened too: {serving}");
+}

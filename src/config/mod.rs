@@ -670,7 +670,12 @@ pub fn parse(source: &str, path: &Path) -> Result<Config, ConfigErrors> {
     for (key, value) in doc.get_ref().iter() {
         match key.get_ref().as_ref() {
             "server" => {
-                if let Some(server) = section(&loc, value, &mut errors) {
+                if let Some(mut server) = section::<ServerConfig>(&loc, value, &mut errors) {
+                    // The default plain listener is only for a config that names no listener:
+                    // with TLS listeners and no `listen`, sluice serves HTTPS only.
+                    if server.listen.span() == (0..0) && !server.tls.is_empty() {
+                        server.listen = Spanned::new(0..0, Vec::new());
+                    }
                     config.server = server;
                 }
             }
@@ -777,8 +782,11 @@ fn validate(config: &Config, declared: &Declared, loc: &Locator<'_>, errors: &mu
     let mut err = |span: std::ops::Range<usize>, msg: String| errors.push(loc.error(Some(span), msg));
 
     let server = &config.server;
-    if server.listen.get_ref().is_empty() {
-        err(server.listen.span(), "`listen` needs at least one address".into());
+    if server.listen.get_ref().is_empty() && server.tls.is_empty() {
+        err(
+            server.listen.span(),
+            "`listen` needs at least one address, unless `tls` names the listeners".into(),
+        );
     }
     let mut seen_listen = HashMap::new();
     for addr in server.listen.get_ref() {
