@@ -28,6 +28,7 @@ check-configs:
 
 ## Formatting and clippy, as CI runs them: the host, then the wasm32-wasip2 guests.
 lint: setup
+	python3 scripts/check-layers.py src
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
 	cd middleware && $(CARGO) fmt --all -- --check

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use http::Method;
-use sluice::proxy::router::{RouteMatch, Router};
+use sluice::router::{RouteMatch, Router};
 
 /// A config with `n` routes: a third exact hosts, a third wildcards, a third host-less.
 fn table(n: usize) -> Router {

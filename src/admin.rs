@@ -92,7 +92,13 @@ impl Admin {
         match (req.method().clone(), segments.as_slice()) {
             (Method::GET, ["healthz"]) => text(StatusCode::OK, "text/plain", "ok\n".into()),
             (Method::GET, ["metrics"]) => {
-                crate::metrics::observe_targets(self.reloader.live().upstreams.values().map(|u| &**u));
+                let live = self.reloader.live();
+                crate::metrics::observe_targets(live.upstreams.values().flat_map(|upstream| {
+                    upstream
+                        .targets_in_rotation()
+                        .into_iter()
+                        .map(|(target, up)| (upstream.name.clone(), target.to_string(), up))
+                }));
                 text(
                     StatusCode::OK,
                     "application/openmetrics-text; version=1.0.0; charset=utf-8",

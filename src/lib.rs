@@ -1,6 +1,6 @@
 //! sluice: a programmable HTTP reverse proxy.
 //!
-//! pingora accepts each request; the router picks a route from the live [`chain::Snapshot`]
+//! pingora accepts each request; the router picks a route from the live [`live::Snapshot`]
 //! (one atomic load per request, held to the end, so a reload never changes a request mid-flight);
 //! the route's middleware chain runs one call per phase; the request goes to one of the route
 //! upstream's targets; the response phases run in reverse chain order; the client gets the answer.
@@ -20,7 +20,19 @@
 //! (`proxy::buffered`): the whole request body is decided before anything goes upstream.
 //!
 //! Everything that can be done at load (parsing config, building the route table, resolving
-//! targets) happens in [`chain::Snapshot::build`], off the request path.
+//! targets) happens in [`live::Snapshot::build`], off the request path.
+//!
+//! Layers, top to bottom; a module names only modules below it (`scripts/check-layers.py`, run
+//! by `make lint`, fails on a cycle):
+//!
+//! | layer | modules |
+//! | --- | --- |
+//! | process | `server` (listeners, control thread, shutdown, upgrade), `admin` |
+//! | control | `reload` (watcher, `SIGHUP`, uploads, rollback: the only writer of the live snapshot) |
+//! | request path | `proxy` (pingora's `ProxyHttp`: reads one snapshot per request) |
+//! | what is live | `live` (the `Snapshot` and its building) |
+//! | its parts | `chain` (middleware versions, a route's chain, one request's run), `router`, `upstream` (targets, balancing, health), `tls` |
+//! | foundations | `runtime` (wasmtime), `state`, `metrics`, `telemetry`, `config`, `error` |
 
 #![deny(missing_docs)]
 
@@ -33,11 +45,14 @@ pub mod chain;
 pub mod config;
 pub mod echo;
 pub mod error;
+pub mod live;
 pub mod metrics;
 pub mod proxy;
 pub mod reload;
+pub mod router;
 pub mod runtime;
 pub mod server;
 pub mod state;
 pub mod telemetry;
 pub mod tls;
+pub mod upstream;

@@ -480,17 +480,13 @@ pub fn upstream_failed(upstream: &Arc<String>, kind: &'static str) {
 
 /// Sets `sluice_upstream_target_healthy` from the live `upstreams`, at scrape time: health lives
 /// with the upstreams, and reloads add and remove targets.
-pub fn observe_targets<'a>(upstreams: impl Iterator<Item = &'a crate::proxy::upstream::Upstream>) {
+/// `targets` are (upstream name, target, in rotation).
+pub fn observe_targets(targets: impl Iterator<Item = (String, String, bool)>) {
     METRICS.target_health.clear();
-    for upstream in upstreams {
-        for (target, in_rotation) in upstream.targets_in_rotation() {
-            METRICS
-                .target_health
-                .get_or_create(&TargetLabels {
-                    upstream: upstream.name.clone(),
-                    target: target.to_string(),
-                })
-                .set(i64::from(in_rotation));
-        }
+    for (upstream, target, in_rotation) in targets {
+        METRICS
+            .target_health
+            .get_or_create(&TargetLabels { upstream, target })
+            .set(i64::from(in_rotation));
     }
 }

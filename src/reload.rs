@@ -20,9 +20,10 @@ use notify::{RecursiveMode, Watcher};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
-use crate::chain::{Deployment, LoadedMiddleware, Loader, Pin, Snapshot, Source};
+use crate::chain::{Deployment, LoadedMiddleware, Source};
 use crate::config;
 use crate::error::Error;
+use crate::live::{Loader, Pin, Snapshot};
 use crate::metrics::{self, VersionLabels};
 use crate::runtime::Runtime;
 

@@ -22,9 +22,9 @@ use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{ExecutionPhase, Server};
 
 use crate::admin::Admin;
-use crate::chain::Snapshot;
 use crate::config::{Config, ConfigErrors};
 use crate::error::Error;
+use crate::live::Snapshot;
 use crate::proxy::Sluice;
 use crate::proxy::observe::AccessLogger;
 use crate::reload::{self, Reloader};
@@ -159,7 +159,9 @@ pub fn build(config: Config, start: Start) -> Result<Server, Error> {
             // Certificates come from the live snapshot at each handshake: reloads change them.
             let mut tls = pingora::listeners::tls::TlsSettings::with_callbacks(Box::new(NoCallbacks))
                 .map_err(|e| Error::Runtime(format!("cannot set up TLS on {addr}: {e}")))?;
-            tls.set_cert_resolver(Arc::new(SniResolver::new(*addr, live.clone())));
+            let (at, live) = (*addr, live.clone());
+            let current = Box::new(move || live.load().certs.get(&at).cloned());
+            tls.set_cert_resolver(Arc::new(SniResolver::new(at, current)));
             tls.enable_h2();
             proxy.add_tls_with_settings(&worker_address(*addr, worker), Some(reuseport.clone()), tls);
         }

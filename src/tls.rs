@@ -1,23 +1,21 @@
 //! TLS: certificates for the TLS listeners, picked by SNI and reloaded with the config, and CA
 //! certificates for upstreams.
 //!
-//! Each TLS listener's rustls config resolves its certificate per handshake from the live
-//! [`Snapshot`](crate::chain::Snapshot) ([`SniResolver`]), so a reload that changes a certificate
-//! file serves the new certificate to the next handshake, and a reload that fails keeps the old.
+//! Each TLS listener's rustls config resolves its certificate per handshake from the certificate
+//! sets the live snapshot holds ([`SniResolver`], given a way to read them), so a reload that
+//! changes a certificate file serves the new certificate to the next handshake, and a reload that
+//! fails keeps the old.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
 use rustls::crypto::ring::sign::any_supported_type;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-
-use crate::chain::Snapshot;
 
 /// One certificate and the names it serves.
 #[derive(Debug)]
@@ -146,18 +144,28 @@ pub fn load_certs(
     }
 }
 
+/// Where a listener finds its current certificate set (the live snapshot's, for its address).
+pub type CurrentCerts = Box<dyn Fn() -> Option<Arc<CertSet>> + Send + Sync>;
+
 /// A TLS listener's certificate resolver: the certificate for the client's SNI name from the
-/// live snapshot's set for this address.
-#[derive(Debug)]
+/// current set for this address.
 pub struct SniResolver {
     addr: SocketAddr,
-    live: Arc<ArcSwap<Snapshot>>,
+    current: CurrentCerts,
+}
+
+impl std::fmt::Debug for SniResolver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SniResolver")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
 }
 
 impl SniResolver {
-    /// The resolver of the listener on `addr`.
-    pub fn new(addr: SocketAddr, live: Arc<ArcSwap<Snapshot>>) -> Self {
-        SniResolver { addr, live }
+    /// The resolver of the listener on `addr`, reading its certificates with `current`.
+    pub fn new(addr: SocketAddr, current: CurrentCerts) -> Self {
+        SniResolver { addr, current }
     }
 }
 
@@ -165,8 +173,7 @@ impl ResolvesServerCert for SniResolver {
     /// A client that sends no SNI name (one connecting to an IP address) gets a certificate for
     /// the listener's IP address when there is one.
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        let certs = self.live.load();
-        let set = certs.certs.get(&self.addr)?;
+        let set = (self.current)()?;
         match hello.server_name() {
             Some(name) => set.pick(Some(name)),
             None => set.pick(Some(&self.addr.ip().to_string())),

@@ -1,4 +1,5 @@
-//! A route's middleware chain, the per-request run of it, and the [`Snapshot`] of everything live.
+//! A route's middleware chain and the per-request run of it; the loaded middleware versions it
+//! runs. What is live as a whole is [`crate::live::Snapshot`].
 //!
 //! A [`LoadedMiddleware`] is one `[middleware.NAME]` compiled and initialized at load. A [`Chain`]
 //! is a route's list of them. A [`ChainRun`] is one request's pass through a chain: it holds the
@@ -6,7 +7,6 @@
 //! request) and the chain context.
 
 mod run;
-mod snapshot;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -15,7 +15,6 @@ pub use run::{
     BodyOutcome, CallRecord, ChainRun, Failure, FailureKind, IdleInstances, RequestOutcome, ResponseOutcome,
     request_view,
 };
-pub use snapshot::{Loader, Pin, Route, Snapshot, digest};
 
 use crate::config::OnError;
 use crate::runtime::host::HostState;

@@ -25,10 +25,11 @@ use pingora::prelude::*;
 use pingora::protocols::http::client::HttpSession as UpstreamSession;
 use pingora::proxy::Session;
 
-use super::observe::TraceContext;
 use super::problem::Problem;
 use super::{Exchange, client_ip, forward_request_headers, forward_response_headers, write_response};
-use crate::chain::{BodyOutcome, ChainRun, ResponseOutcome, Route};
+use crate::chain::{BodyOutcome, ChainRun, ResponseOutcome};
+use crate::live::Route;
+use crate::telemetry::TraceContext;
 
 /// Attempts at a request whose pooled upstream connection turned out to be closed.
 const STALE_CONNECTION_ATTEMPTS: usize = 3;

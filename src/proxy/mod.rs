@@ -3,11 +3,8 @@
 
 mod buffered;
 pub mod headers;
-pub mod health;
 pub mod observe;
 pub mod problem;
-pub mod router;
-pub mod upstream;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -25,12 +22,14 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use bytes::Bytes;
 use sync_wrapper::SyncWrapper;
 
-use crate::chain::{CallRecord, ChainRun, RequestOutcome, ResponseOutcome, Route, Snapshot, request_view};
+use crate::chain::{CallRecord, ChainRun, RequestOutcome, ResponseOutcome, request_view};
+use crate::live::{Route, Snapshot};
+use crate::router::RouteMatch;
 use crate::runtime::types::Response;
-use observe::{AccessEntry, AccessLogger, TraceContext};
+use crate::telemetry::TraceContext;
+use crate::upstream::Upstream;
+use observe::{AccessEntry, AccessLogger};
 use problem::Problem;
-use router::RouteMatch;
-use upstream::Upstream;
 
 /// The proxy service: one per process, shared by all worker threads.
 pub struct Sluice {

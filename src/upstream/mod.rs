@@ -10,8 +10,10 @@ use pingora::lb::selection::{Consistent, Random, RoundRobin};
 use pingora::lb::{Backend, Backends, HealthRegistry, LoadBalancer};
 use pingora::upstreams::peer::HttpPeer;
 
-use super::health::{CheckTls, Identity, TargetHealth};
+pub mod health;
+
 use crate::config::{Balance, UpstreamConfig};
+use health::{CheckTls, Identity, TargetHealth};
 
 /// A target that could not be resolved: its index in `targets` and why.
 #[derive(Debug)]

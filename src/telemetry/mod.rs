@@ -19,8 +19,11 @@ use tracing_subscriber::Layer;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
+mod trace_context;
+
+pub use trace_context::TraceContext;
+
 use crate::config::OtlpConfig;
-use crate::proxy::observe::TraceContext;
 
 /// Log levels when `RUST_LOG` is not set.
 const DEFAULT_FILTER: &str = "info,pingora_core=warn,pingora_proxy=warn,pingora=warn";

@@ -1,4 +1,7 @@
-//! The Snapshot: routes, upstreams and chains built from one config, swapped in as one value.
+//! What is live: the [`Snapshot`] (state, upstreams and their health, middleware deployments,
+//! routes with their chains, certificates) built from one config, swapped in as one value, and
+//! the [`Loader`] that loads one middleware version for it (pins, wanted versions, `*-file`
+//! resolution). Built off the request path by `reload`; read once per request by `proxy`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -11,11 +14,11 @@ use crate::chain::{Canary, Chain, Deployment, IdleInstances, LoadedMiddleware, R
 use crate::config::{Config, ConfigError, ConfigErrors, MiddlewareConfig};
 use crate::error::Error;
 use crate::metrics::CallCounters;
-use crate::proxy::router::Router;
-use crate::proxy::upstream::{Upstream, UpstreamTls};
+use crate::router::Router;
 use crate::runtime::host::Outbound;
 use crate::runtime::{LoadError, Runtime};
 use crate::state::{RedisState, State};
+use crate::upstream::{Upstream, UpstreamTls};
 
 /// Everything a request needs, built at load and never changed after.
 ///
