@@ -20,7 +20,9 @@ demo: build
 ## The whole suite: unit and end-to-end tests, then `sluice check` on every example config.
 test: setup
 	$(CARGO) build --bins
-	$(CARGO) test
+	$(CARGO) test -- --skip isolation::
+	@# isolation:: compares a route's latency with and without a storm on another route: alone.
+	$(CARGO) test --test all isolation::
 	$(MAKE) --no-print-directory check-configs
 
 check-configs:

@@ -1,10 +1,11 @@
 //! Isolation under a misbehaving middleware: a component gets no files, environment, sockets or
 //! hosts it was not granted; one that loops forever is cut at its deadline; a storm of traps on one
 //! route leaves another route's latency where it was. (Memory limits and per-request instances:
-//! tests/middleware.rs; waiting in the host past the deadline: tests/outbound.rs.) A test binary
-//! of its own, so no other test competes for the two cores while loops spin.
+//! `middleware`; waiting in the host past the deadline: `outbound`.) `make test` runs this module
+//! on its own (`cargo test --test all isolation::`) after the rest, so no other test competes for
+//! the two cores while loops spin and latencies are compared.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -1,7 +1,7 @@
 //! `builtin:auth-jwt` end to end, against tokens and keys made by another JWT library (PyJWT and
 //! cryptography, `tests/jwt/sign.py`), through a real sluice in front of a real upstream.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::path::Path;

@@ -3,7 +3,7 @@
 //! connection, retries of idempotent requests on another target (never of a POST), and 503 when
 //! no target is healthy. Targets are real servers on real ports, stopped and started again.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};

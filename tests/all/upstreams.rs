@@ -1,7 +1,7 @@
 //! Upstreams over real TCP: balancing, failures and timeouts, forwarding headers, hop-by-hop
 //! headers, large bodies byte for byte, connection pooling, malformed requests.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::io::{Read, Write};

@@ -1,7 +1,7 @@
 //! `sluice demo`, the README's front door: it starts, prints curl lines for its own address, and
 //! what they show is true.
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};

@@ -2,7 +2,7 @@
 //! the exposition text), one JSON access log line per request, and W3C `traceparent` accepted and
 //! propagated upstream.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 

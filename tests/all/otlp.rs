@@ -3,7 +3,7 @@
 //! client's W3C trace, a span per middleware call under it, the span id sluice sends upstream as
 //! `traceparent`, and the client's sampling decision followed.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};

@@ -3,7 +3,7 @@
 //! --upgrade` takes the listening sockets over from the running process (pingora's fd transfer)
 //! so that no connection is refused or reset while the old one finishes and exits.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};

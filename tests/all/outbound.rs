@@ -2,7 +2,7 @@
 //! middleware, bounded in time and size, and never holding up the worker's other requests.
 //! The `snoop` test component fetches the URL in `x-fetch` and reports what happened.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

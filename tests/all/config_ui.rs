@@ -2,9 +2,9 @@
 //! with exactly the messages in `tests/ui/NAME.stderr`. Every example in `config/` must pass.
 //!
 //! After an intended change to messages, regenerate the expectations with
-//! `SLUICE_BLESS=1 cargo test --test config_ui` and review the diff.
+//! `SLUICE_BLESS=1 cargo test --test all config_ui::` and review the diff.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Command;

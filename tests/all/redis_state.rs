@@ -2,7 +2,7 @@
 //! test` installs it): the backend's semantics, a rate limit shared by two sluice processes, and
 //! Redis going away and coming back under traffic.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};

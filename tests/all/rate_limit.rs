@@ -1,6 +1,6 @@
 //! `builtin:rate-limit` end to end: a real sluice with two worker threads, real concurrent clients.
 
-mod common;
+use crate::common;
 
 use common::*;
 use serde_json::Value;

@@ -3,7 +3,7 @@
 //! listener, certificates reload with the config, and TLS to upstreams is verified (a TLS upstream
 //! here is another sluice, terminating TLS in front of an echo server).
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::path::Path;

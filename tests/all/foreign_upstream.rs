@@ -1,7 +1,7 @@
 //! sluice in front of an upstream it did not write: Python's `http.server` (HTTP/1.0, closes
 //! every connection, no keep-alive).
 
-mod common;
+use crate::common;
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

@@ -1,6 +1,6 @@
 //! The Wasm middleware chain end to end: real components, a real sluice, real TCP.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

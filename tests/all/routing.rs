@@ -1,6 +1,6 @@
 //! Routing over real TCP: host precedence, longest prefix, methods, 404 and 405.
 
-mod common;
+use crate::common;
 
 use common::*;
 use serde_json::Value;

@@ -7,7 +7,7 @@
 //! `x-version-request` for the upstream (the echo upstream shows it back) and `x-version` on the
 //! response.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -1,7 +1,7 @@
 //! Body phases end to end: whole request and response bodies through real components, a real
 //! sluice and a real upstream over TCP.
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

@@ -1,7 +1,7 @@
 //! `builtin:schema-validate` end to end: the answers a client sees, and schemas and cases from the
 //! JSON-Schema-Test-Suite (fetched by `scripts/setup.sh`), through a real sluice.
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 
