@@ -192,16 +192,22 @@ impl Proxy {
         }
     }
 
-    async fn metric(&self, line_start: &str) -> f64 {
-        let text = common::client()
+    /// The admin API's `/metrics` text.
+    async fn metrics_text(&self) -> String {
+        common::client()
             .get(self.admin_url("/metrics"))
             .send()
             .await
             .unwrap()
             .text()
             .await
-            .unwrap();
-        text.lines()
+            .unwrap()
+    }
+
+    async fn metric(&self, line_start: &str) -> f64 {
+        self.metrics_text()
+            .await
+            .lines()
             .filter(|l| l.starts_with(line_start))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()
@@ -495,15 +501,10 @@ fn the_admin_api_is_not_exposed_without_a_token() {
 
 /// Every `sluice_reloads_total` series, by its labels.
 async fn reload_counts(proxy: &Proxy) -> BTreeMap<String, f64> {
-    let text = common::client()
-        .get(proxy.admin_url("/metrics"))
-        .send()
+    proxy
+        .metrics_text()
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
+        .lines()
         .filter_map(|l| l.strip_prefix("sluice_reloads_total"))
         .filter_map(|l| {
             let (labels, value) = l.rsplit_once(' ')?;
