@@ -47,9 +47,8 @@ impl TryFrom<StringOrInt> for Duration {
     fn try_from(value: StringOrInt) -> Result<Self, String> {
         match value {
             StringOrInt::String(s) => Duration::try_from(s),
-            StringOrInt::Int(n) => Err(format!(
-                "duration `{n}` has no unit; write it as a string, e.g. `\"{n}s\"` or `\"{n}ms\"`"
-            )),
+            // A bare number: refused by `AnyDuration` (no unit).
+            number => AnyDuration::try_from(number).map(|AnyDuration(d)| Duration(d)),
         }
     }
 }
@@ -111,7 +110,7 @@ impl Duration {
 
 impl fmt::Display for Duration {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", humantime::format_duration(self.0))
+        AnyDuration(self.0).fmt(f)
     }
 }
 
