@@ -22,9 +22,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, decode, decode_header, encode};
 use pingora::http::{RequestHeader, ResponseHeader};
 use serde_json::{Map, Value, json};
-use sluice::chain::{
-    BodyOutcome, Chain, ChainRun, LoadedMiddleware, RequestOutcome, ResponseOutcome, Reuse, request_view,
-};
+use sluice::chain::{Chain, ChainRun, LoadedMiddleware, Message, Reuse, Verdict, request_view};
 use sluice::runtime::Runtime;
 
 const SECRET: &str = "a 32-byte secret for HS256 tokens";
@@ -98,22 +96,15 @@ fn one_request(rt: &tokio::runtime::Runtime, chain: &Chain, req: &RequestHeader)
     let mut response_body = CUSTOMERS.to_vec();
     rt.block_on(async {
         let mut run = ChainRun::new(chain, view, tracing::Span::none());
-        assert!(matches!(
-            run.on_request_headers(chain, &mut upstream).await,
-            RequestOutcome::Continue
-        ));
-        assert!(matches!(
-            run.on_request_body(chain, &mut body).await,
-            BodyOutcome::Continue
-        ));
-        assert!(matches!(
-            run.on_response_headers(chain, &mut response).await,
-            ResponseOutcome::Continue
-        ));
-        assert!(matches!(
-            run.on_response_body(chain, &response, &mut response_body).await,
-            BodyOutcome::Continue
-        ));
+        for message in [
+            Message::RequestHeaders(&mut upstream),
+            Message::RequestBody(&mut body),
+            Message::ResponseHeaders(&mut response),
+        ] {
+            assert!(matches!(run.run(message).await, Verdict::Continue));
+        }
+        let message = Message::ResponseBody(&response, &mut response_body);
+        assert!(matches!(run.run(message).await, Verdict::Continue));
     });
 }
 

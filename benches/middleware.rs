@@ -21,7 +21,7 @@ use std::time::Duration;
 use common::{REUSE, current_thread, link, test_component};
 use criterion::{Criterion, criterion_group, criterion_main};
 use pingora::http::{RequestHeader, ResponseHeader};
-use sluice::chain::{Chain, ChainRun, Reuse, request_view};
+use sluice::chain::{Chain, ChainRun, Message, Reuse, request_view};
 use sluice::runtime::Runtime;
 use sluice::runtime::host::HostState;
 use sluice::state::State;
@@ -46,8 +46,8 @@ fn one_request(rt: &tokio::runtime::Runtime, chain: &Chain) {
     let mut response = ResponseHeader::build(200, None).unwrap();
     rt.block_on(async {
         let mut run = ChainRun::new(chain, view, tracing::Span::none());
-        let _ = run.on_request_headers(chain, &mut upstream).await;
-        let _ = run.on_response_headers(chain, &mut response).await;
+        let _ = run.run(Message::RequestHeaders(&mut upstream)).await;
+        let _ = run.run(Message::ResponseHeaders(&mut response)).await;
     });
 }
 

@@ -164,7 +164,12 @@ impl Admin {
             .map(|m| {
                 let mut entry = version_json(&m.primary);
                 entry["name"] = json!(m.name);
-                entry["component"] = json!(live.config.middleware.get(&m.name).map(|c| c.component.get_ref()));
+                entry["component"] = json!(
+                    live.config
+                        .middleware
+                        .get(&m.name)
+                        .map(|c| c.component.get_ref().to_string())
+                );
                 entry["canary"] = m.canary.map_or(Value::Null, |(version, weight)| {
                     let mut canary = version_json(&version);
                     canary["weight"] = json!(weight);
@@ -199,13 +204,13 @@ fn swapped(result: Result<Attempt, SwapError>) -> Response<Full<Bytes>> {
 
 fn version_json(version: &LoadedMiddleware) -> Value {
     json!({
-        "digest": version.digest,
-        "version": version.version,
+        "digest": version.artifact.digest,
+        "version": version.provenance.version,
         "version-label": version.version_label(),
-        "source": version.source.as_str(),
-        "loaded-at": rfc3339(version.loaded_at),
-        "load-ms": version.load_time.as_secs_f64() * 1e3,
-        "cached": version.cached,
+        "source": version.provenance.source.as_str(),
+        "loaded-at": rfc3339(version.provenance.loaded_at),
+        "load-ms": version.provenance.load_time.as_secs_f64() * 1e3,
+        "cached": version.provenance.cached,
     })
 }
 

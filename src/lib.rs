@@ -5,16 +5,16 @@
 //! the route's middleware chain runs one call per phase; the request goes to one of the route
 //! upstream's targets; the response phases run in reverse chain order; the client gets the answer.
 //!
-//! | phase            | pingora hook (`proxy::Sluice`)        | chain call                       |
-//! | ---------------- | ------------------------------------- | -------------------------------- |
-//! | route            | `request_filter`                      | —                                |
-//! | request headers  | `request_filter`                      | `ChainRun::on_request_headers`  |
-//! | request body     | `request_filter` → `proxy::buffered`  | `ChainRun::on_request_body`      |
-//! | pick a target    | `upstream_peer`, `fail_to_connect`    | — (target health, retries)       |
-//! | upstream request | `upstream_request_filter`             | — (forwarding headers)           |
-//! | response headers | `response_filter`                     | `ChainRun::on_response_headers` |
-//! | response body    | `request_filter` → `proxy::buffered`  | `ChainRun::on_response_body`     |
-//! | errors           | `fail_to_proxy`                       | — (problem+json 502/503/504)     |
+//! | phase            | pingora hook (`proxy::Sluice`)       | chain call                                   |
+//! | ---------------- | ------------------------------------ | -------------------------------------------- |
+//! | route            | `request_filter`                     | —                                            |
+//! | request headers  | `request_filter`                     | `ChainRun::run` (`Message::RequestHeaders`)  |
+//! | request body     | `request_filter` → `proxy::buffered` | `ChainRun::run` (`Message::RequestBody`)     |
+//! | pick a target    | `upstream_peer`, `fail_to_connect`   | — (target health, retries)                   |
+//! | upstream request | `upstream_request_filter`            | — (forwarding headers)                       |
+//! | response headers | `response_filter`                    | `ChainRun::run` (`Message::ResponseHeaders`) |
+//! | response body    | `request_filter` → `proxy::buffered` | `ChainRun::run` (`Message::ResponseBody`)    |
+//! | errors           | `fail_to_proxy`                      | — (problem+json 502/503/504)                 |
 //!
 //! A route whose chain declares a body phase is proxied by sluice itself from `request_filter`
 //! (`proxy::buffered`): the whole request body is decided before anything goes upstream.

@@ -10,10 +10,9 @@ use std::time::SystemTime;
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
-use crate::chain::{Canary, Chain, Deployment, IdleInstances, LoadedMiddleware, Reuse, Source, version_label};
-use crate::config::{Config, ConfigError, ConfigErrors, MiddlewareConfig};
+use crate::chain::{Artifact, Canary, Chain, Deployment, LoadedMiddleware, Policy, Provenance, Reuse, Source};
+use crate::config::{ComponentRef, Config, ConfigError, ConfigErrors, MiddlewareConfig};
 use crate::error::Error;
-use crate::metrics::CallCounters;
 use crate::router::Router;
 use crate::runtime::host::Outbound;
 use crate::runtime::{LoadError, Runtime};
@@ -315,23 +314,25 @@ impl Loader<'_> {
     /// `live` is already exactly that.
     async fn load(
         &self,
-        component: &toml::Spanned<String>,
+        component: &toml::Spanned<ComponentRef>,
         version: Option<String>,
         pin: Option<&Pin>,
         live: Option<&Arc<LoadedMiddleware>>,
     ) -> Result<Arc<LoadedMiddleware>, ConfigError> {
         let (config, name) = (self.config, self.name);
-        let at_component =
-            |message: String| config.error_at(component.span(), format!("middleware.{name}.component"), message);
-        let named = component.get_ref();
-        let bytes: Bytes = match named.strip_prefix("builtin:") {
-            Some(builtin) => crate::artifacts::BUILTIN
+        let at_component = |message: String| {
+            config
+                .error_at(component.span(), format!("middleware.{name}.component"), message)
+                .in_middleware(name)
+        };
+        let bytes: Bytes = match component.get_ref() {
+            ComponentRef::Builtin(builtin) => crate::artifacts::BUILTIN
                 .iter()
-                .find(|(name, _)| *name == builtin)
+                .find(|(name, _)| name == builtin)
                 .map(|(_, bytes)| Bytes::from_static(bytes))
-                .ok_or_else(|| at_component(format!("unknown built-in middleware `{named}`")))?,
-            None => {
-                let path = config.base_dir().join(named);
+                .ok_or_else(|| at_component(format!("unknown built-in middleware `builtin:{builtin}`")))?,
+            ComponentRef::File(file) => {
+                let path = config.base_dir().join(file);
                 let bytes = std::fs::read(&path);
                 Bytes::from(bytes.map_err(|e| at_component(format!("cannot read `{}`: {e}", path.display())))?)
             }
@@ -362,13 +363,18 @@ impl Loader<'_> {
                 } else {
                     self.mw.config.span()
                 };
-                config.error_at(
-                    span,
-                    format!("middleware.{name}.config"),
-                    format!("middleware `{name}` rejected its config: {message}"),
-                )
+                config
+                    .error_at(
+                        span,
+                        format!("middleware.{name}.config"),
+                        format!("middleware `{name}` rejected its config: {message}"),
+                    )
+                    .in_middleware(name)
             }
-            other => at_component(format!("middleware `{name}`: component `{named}` {other}")),
+            other => at_component(format!(
+                "middleware `{name}`: component `{}` {other}",
+                component.get_ref()
+            )),
         })
     }
 
@@ -405,30 +411,29 @@ impl Loader<'_> {
             took_ms = loaded.took.as_secs_f64() * 1e3,
             "middleware loaded"
         );
-        let version_label = version_label(wanted.version.as_deref(), &loaded.digest);
-        Ok(Arc::new(LoadedMiddleware {
-            name: name.into(),
-            calls: CallCounters::new(name, &version_label, &loaded.registration),
-            version: wanted.version,
+        let artifact = Artifact {
             digest: loaded.digest,
-            configured: wanted.configured,
+            config_json: wanted.config_json,
             registration: loaded.registration,
             pre: loaded.pre,
-            timeout: mw.timeout.0,
-            memory_limit: mw.memory_limit.0,
-            on_error: mw.on_error,
-            state: self.state.clone(),
-            outbound: outbound(name, mw),
-            runtime: self.runtime.clone(),
-            reuse: reuse(mw),
-            idle: IdleInstances::default(),
+            component: bytes,
+        };
+        let provenance = Provenance {
+            version: wanted.version,
+            configured: wanted.configured,
+            source: wanted.source,
             loaded_at: SystemTime::now(),
             cached: loaded.cached,
             load_time: loaded.took,
-            component: bytes,
-            source: wanted.source,
-            config_json: wanted.config_json,
-        }))
+        };
+        Ok(Arc::new(LoadedMiddleware::new(
+            name.into(),
+            artifact,
+            policy(name, mw),
+            provenance,
+            self.state.clone(),
+            self.runtime.clone(),
+        )))
     }
 }
 
@@ -443,17 +448,24 @@ struct Wanted {
 
 impl Wanted {
     fn matches(&self, live: &LoadedMiddleware, mw: &MiddlewareConfig, state: &Arc<State>) -> bool {
-        live.digest == self.digest
-            && live.configured == self.configured
-            && live.source == self.source
-            && live.version == self.version
-            && live.config_json == self.config_json
-            && live.timeout == mw.timeout.0
-            && live.memory_limit == mw.memory_limit.0
-            && live.on_error == mw.on_error
-            && live.reuse == reuse(mw)
-            && live.outbound == outbound(&live.name, mw)
+        live.artifact.digest == self.digest
+            && live.artifact.config_json == self.config_json
+            && live.provenance.configured == self.configured
+            && live.provenance.source == self.source
+            && live.provenance.version == self.version
+            && live.policy == policy(&live.name, mw)
             && Arc::ptr_eq(&live.state, state)
+    }
+}
+
+/// How `mw`'s calls are bounded, from its config.
+fn policy(name: &str, mw: &MiddlewareConfig) -> Policy {
+    Policy {
+        timeout: mw.timeout.0,
+        memory_limit: mw.memory_limit.0,
+        on_error: mw.on_error,
+        reuse: reuse(mw),
+        outbound: outbound(name, mw),
     }
 }
 
@@ -487,8 +499,11 @@ fn reuse(mw: &MiddlewareConfig) -> Option<Reuse> {
 fn resolve_config(config: &Config, name: &str, mw: &MiddlewareConfig) -> Result<toml::Table, ConfigError> {
     let mut resolved = toml::Table::new();
     for (key, value) in mw.config.get_ref() {
-        let error =
-            |message: String| config.error_at(mw.config.span(), format!("middleware.{name}.config.{key}"), message);
+        let error = |message: String| {
+            config
+                .error_at(mw.config.span(), format!("middleware.{name}.config.{key}"), message)
+                .in_middleware(name)
+        };
         let (target, content) = if let Some(base) = key.strip_suffix("-file") {
             let path = value
                 .as_str()

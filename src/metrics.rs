@@ -13,7 +13,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::runtime::Registration;
+use crate::runtime::{Phase, Registration};
 
 /// Every metric sluice exports.
 pub struct Metrics {
@@ -283,47 +283,6 @@ pub fn count_reload(trigger: &str, ok: bool) {
         .inc();
 }
 
-/// A request phase.
-#[derive(Debug, Clone, Copy)]
-pub enum Phase {
-    /// `on-request-headers`
-    RequestHeaders = 0,
-    /// `on-request-body`
-    RequestBody = 1,
-    /// `on-response-headers`
-    ResponseHeaders = 2,
-    /// `on-response-body`
-    ResponseBody = 3,
-}
-
-impl Phase {
-    const ALL: [Phase; 4] = [
-        Phase::RequestHeaders,
-        Phase::RequestBody,
-        Phase::ResponseHeaders,
-        Phase::ResponseBody,
-    ];
-
-    /// The phase's name, as in metrics and logs.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Phase::RequestHeaders => "request-headers",
-            Phase::RequestBody => "request-body",
-            Phase::ResponseHeaders => "response-headers",
-            Phase::ResponseBody => "response-body",
-        }
-    }
-
-    fn registered(self, registration: &Registration) -> bool {
-        match self {
-            Phase::RequestHeaders => registration.request_headers,
-            Phase::RequestBody => registration.request_body,
-            Phase::ResponseHeaders => registration.response_headers,
-            Phase::ResponseBody => registration.response_body,
-        }
-    }
-}
-
 /// How a call ended.
 #[derive(Debug, Clone, Copy)]
 pub enum Outcome {
@@ -351,7 +310,7 @@ impl CallCounters {
     /// The counters of `middleware` at `version`, for the phases `registration` declares.
     pub fn new(middleware: &str, version: &str, registration: &Registration) -> Self {
         let phases = Phase::ALL.map(|phase| {
-            phase.registered(registration).then(|| {
+            registration.declares(phase).then(|| {
                 OUTCOMES.map(|outcome| {
                     METRICS
                         .calls
@@ -366,7 +325,7 @@ impl CallCounters {
             })
         });
         let durations = Phase::ALL.map(|phase| {
-            phase.registered(registration).then(|| {
+            registration.declares(phase).then(|| {
                 METRICS
                     .call_duration
                     .get_or_create(&CallTimeLabels {

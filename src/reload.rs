@@ -21,7 +21,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
 use crate::chain::{Deployment, LoadedMiddleware, Source};
-use crate::config;
+use crate::config::{self, ComponentRef};
 use crate::error::Error;
 use crate::live::{Loader, Pin, Snapshot};
 use crate::metrics::{self, VersionLabels};
@@ -93,7 +93,7 @@ pub struct Reloader {
     runtime: Arc<Runtime>,
     path: PathBuf,
     /// The `[server]` settings the process started with that only a restart changes.
-    started_with: Vec<(&'static str, String)>,
+    started_with: RestartOnly,
     /// Held for the whole of a build and swap: one at a time.
     versions: tokio::sync::Mutex<Versions>,
     status: Mutex<Status>,
@@ -133,7 +133,7 @@ pub struct MiddlewareStatus {
 impl Reloader {
     /// A reloader for the config file at `path`, whose snapshot `live` serves.
     pub fn new(live: Arc<ArcSwap<Snapshot>>, runtime: Arc<Runtime>, path: PathBuf) -> Arc<Self> {
-        let started_with = restart_only(&live.load().config.server);
+        let started_with = RestartOnly::of(&live.load().config.server);
         let reloader = Arc::new(Reloader {
             live,
             runtime,
@@ -191,12 +191,7 @@ impl Reloader {
         };
         match built {
             Ok(next) => {
-                let pending: Vec<&str> = restart_only(&next.config.server)
-                    .iter()
-                    .zip(&self.started_with)
-                    .filter(|(now, then)| now != then)
-                    .map(|((key, _), _)| *key)
-                    .collect();
+                let pending = self.started_with.changed(&RestartOnly::of(&next.config.server));
                 if !pending.is_empty() {
                     tracing::warn!(
                         keys = %pending.iter().map(|k| format!("server.{k}")).collect::<Vec<_>>().join(", "),
@@ -207,7 +202,7 @@ impl Reloader {
                 versions.pins.retain(|name, _| {
                     next.middleware
                         .get(name)
-                        .is_some_and(|d| d.primary.source != Source::Config)
+                        .is_some_and(|d| d.primary.provenance.source != Source::Config)
                 });
                 Ok(self.swap(&mut versions, &current, next, trigger, started))
             }
@@ -215,8 +210,8 @@ impl Reloader {
                 let mut per_middleware = BTreeMap::new();
                 if let Error::Config(errors) = &error {
                     for e in &errors.0 {
-                        if let Some(name) = e.key.strip_prefix("middleware.").and_then(|k| k.split('.').next()) {
-                            per_middleware.insert(name.to_owned(), e.to_string());
+                        if let Some(name) = &e.middleware {
+                            per_middleware.insert(name.clone(), e.to_string());
                         }
                     }
                 }
@@ -242,7 +237,7 @@ impl Reloader {
             runtime: &self.runtime,
             state: &current.state,
         };
-        let replaces = deployment.primary.configured.clone();
+        let replaces = deployment.primary.provenance.configured.clone();
         let loaded = match loader.upload(component.clone(), replaces.clone(), Source::Upload).await {
             Ok(loaded) => loaded,
             Err(e) => {
@@ -275,16 +270,17 @@ impl Reloader {
         let Some(previous) = versions.previous.get(name).cloned() else {
             return Err(SwapError::NoPrevious(name.to_owned()));
         };
-        let configured = &deployment.primary.configured;
-        let previous = if previous.source == Source::Config && previous.configured == *configured {
+        let configured = &deployment.primary.provenance.configured;
+        let previous = if previous.provenance.source == Source::Config && previous.provenance.configured == *configured
+        {
             versions.pins.remove(name);
             previous
         } else {
             let pin = Pin {
-                component: previous.component.clone(),
+                component: previous.artifact.component.clone(),
                 source: Source::Rollback,
                 replaces: configured.clone(),
-                version: previous.version.clone(),
+                version: previous.provenance.version.clone(),
             };
             versions.pins.insert(name.to_owned(), pin);
             Arc::new(previous.restored(configured.clone()))
@@ -384,7 +380,7 @@ impl Reloader {
                     .get_or_create(&VersionLabels {
                         middleware: name.clone(),
                         version: version.version_label(),
-                        digest: version.digest.clone(),
+                        digest: version.artifact.digest.clone(),
                         role: role.to_owned(),
                     })
                     .set(1);
@@ -402,8 +398,8 @@ impl Reloader {
         for mw in config.middleware.values() {
             let components = std::iter::once(&mw.component).chain(mw.canary.as_ref().map(|c| &c.component));
             for component in components {
-                if !component.get_ref().starts_with("builtin:") {
-                    files.insert(base.join(component.get_ref()));
+                if let ComponentRef::File(file) = component.get_ref() {
+                    files.insert(base.join(file));
                 }
             }
             for (key, value) in mw.config.get_ref() {
@@ -560,33 +556,62 @@ pub fn start_health_checks(snapshot: &Snapshot) {
 }
 
 /// The `[server]` settings a reload cannot change (listeners, threads, the admin API, the access
-/// log, process settings), as key and value; TLS certificates reload, the TLS addresses do not.
-fn restart_only(server: &config::ServerConfig) -> Vec<(&'static str, String)> {
-    let tls_addrs: BTreeSet<String> = server.tls.iter().map(|t| t.get_ref().addr.to_string()).collect();
-    vec![
-        (
-            "listen",
-            format!(
-                "{:?}",
-                server
-                    .listen
-                    .get_ref()
-                    .iter()
-                    .map(|a| a.get_ref().0)
-                    .collect::<Vec<_>>()
-            ),
-        ),
-        ("tls", format!("{tls_addrs:?}")),
-        ("threads", server.threads.get_ref().to_string()),
-        ("admin", format!("{:?}", server.admin.as_ref().map(|a| a.get_ref().0))),
-        ("admin-token-env", format!("{:?}", server.admin_token_env)),
-        ("access-log", format!("{:?}", server.access_log)),
-        ("h2c", server.h2c.to_string()),
-        ("grace-period", server.grace_period.to_string()),
-        ("upgrade-sock", format!("{:?}", server.upgrade_sock)),
-        ("pid-file", format!("{:?}", server.pid_file)),
-        ("cache-dir", format!("{:?}", server.cache_dir)),
-        ("watch", server.watch.to_string()),
-        ("otlp", format!("{:?}", server.otlp.as_ref().map(|o| o.get_ref()))),
-    ]
+/// log, process settings); TLS certificates reload, the TLS addresses do not.
+#[derive(Debug, PartialEq)]
+struct RestartOnly {
+    listen: Vec<std::net::SocketAddr>,
+    tls: BTreeSet<std::net::SocketAddr>,
+    threads: usize,
+    admin: Option<std::net::SocketAddr>,
+    admin_token_env: Option<String>,
+    access_log: config::AccessLog,
+    h2c: bool,
+    grace_period: config::AnyDuration,
+    upgrade_sock: Option<PathBuf>,
+    pid_file: Option<PathBuf>,
+    cache_dir: Option<PathBuf>,
+    watch: bool,
+    otlp: Option<config::OtlpConfig>,
+}
+
+impl RestartOnly {
+    fn of(server: &config::ServerConfig) -> Self {
+        RestartOnly {
+            listen: server.listen.get_ref().iter().map(|a| a.get_ref().0).collect(),
+            tls: server.tls.iter().map(|t| t.get_ref().addr.0).collect(),
+            threads: *server.threads.get_ref(),
+            admin: server.admin.as_ref().map(|a| a.get_ref().0),
+            admin_token_env: server.admin_token_env.clone(),
+            access_log: server.access_log.clone(),
+            h2c: server.h2c,
+            grace_period: server.grace_period,
+            upgrade_sock: server.upgrade_sock.clone(),
+            pid_file: server.pid_file.clone(),
+            cache_dir: server.cache_dir.clone(),
+            watch: server.watch,
+            otlp: server.otlp.as_ref().map(|o| o.get_ref().clone()),
+        }
+    }
+
+    /// The keys whose value differs in `next`.
+    fn changed(&self, next: &RestartOnly) -> Vec<&'static str> {
+        [
+            ("listen", self.listen != next.listen),
+            ("tls", self.tls != next.tls),
+            ("threads", self.threads != next.threads),
+            ("admin", self.admin != next.admin),
+            ("admin-token-env", self.admin_token_env != next.admin_token_env),
+            ("access-log", self.access_log != next.access_log),
+            ("h2c", self.h2c != next.h2c),
+            ("grace-period", self.grace_period != next.grace_period),
+            ("upgrade-sock", self.upgrade_sock != next.upgrade_sock),
+            ("pid-file", self.pid_file != next.pid_file),
+            ("cache-dir", self.cache_dir != next.cache_dir),
+            ("watch", self.watch != next.watch),
+            ("otlp", self.otlp != next.otlp),
+        ]
+        .into_iter()
+        .filter_map(|(key, changed)| changed.then_some(key))
+        .collect()
+    }
 }

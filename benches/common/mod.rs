@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use sluice::chain::{LoadedMiddleware, Reuse};
+use sluice::chain::{Artifact, LoadedMiddleware, Policy, Provenance, Reuse};
 use sluice::config::OnError;
 use sluice::runtime::Runtime;
 use sluice::state::State;
@@ -46,32 +46,37 @@ pub fn link(
     let loaded = rt
         .block_on(runtime.load(name, wasm, config, state.clone(), 64 << 20))
         .expect("loads");
-    Arc::new(LoadedMiddleware {
-        name: name.into(),
-        version: None,
-        configured: loaded.digest.clone(),
-        calls: sluice::metrics::CallCounters::new(name, "bench", &loaded.registration),
-        load_time: loaded.took,
-        component: bytes::Bytes::copy_from_slice(wasm),
-        source: sluice::chain::Source::Config,
+    let artifact = Artifact {
+        digest: loaded.digest.clone(),
         config_json: config.to_owned(),
-        digest: loaded.digest,
         registration: loaded.registration,
         pre: loaded.pre,
+        component: bytes::Bytes::copy_from_slice(wasm),
+    };
+    let policy = Policy {
         timeout: Duration::from_secs(1),
         memory_limit: 64 << 20,
         on_error: OnError::Deny,
-        state,
-        outbound: None,
-        runtime: runtime.clone(),
         reuse,
-        idle: IdleInstances::default(),
+        outbound: None,
+    };
+    let provenance = Provenance {
+        version: Some("bench".to_owned()),
+        configured: loaded.digest,
+        source: sluice::chain::Source::Config,
         loaded_at: SystemTime::now(),
         cached: loaded.cached,
-    })
+        load_time: loaded.took,
+    };
+    Arc::new(LoadedMiddleware::new(
+        name.into(),
+        artifact,
+        policy,
+        provenance,
+        state,
+        runtime.clone(),
+    ))
 }
-
-use sluice::chain::IdleInstances;
 
 pub fn current_thread() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()

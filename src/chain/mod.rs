@@ -11,62 +11,84 @@ mod run;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-pub use run::{
-    BodyOutcome, CallRecord, ChainRun, Failure, FailureKind, IdleInstances, RequestOutcome, ResponseOutcome,
-    request_view,
-};
+pub use run::{CallRecord, ChainRun, Failure, FailureKind, IdleInstances, Message, Verdict, request_view};
 
 use crate::config::OnError;
 use crate::runtime::host::HostState;
 use crate::runtime::host::Outbound;
-use crate::runtime::{MiddlewarePre, Registration, Runtime};
+use crate::runtime::{MiddlewarePre, Phase, Registration, Runtime};
 use crate::state::State;
 
-/// One `[middleware.NAME]`, compiled, initialized and ready to instantiate per request.
+/// One version of a `[middleware.NAME]`, compiled, initialized and ready to instantiate per
+/// request. Its parts live for different spans: the [`Artifact`] for as long as anything runs that
+/// component with that config, the [`Policy`] until the config's settings change, the
+/// [`Provenance`] is a record, and the idle instances and counters belong to this version alone.
 pub struct LoadedMiddleware {
     /// The middleware's name from config.
     pub name: Arc<str>,
-    /// The `version` label from config.
-    pub version: Option<String>,
+    /// What was compiled and initialized.
+    pub artifact: Artifact,
+    /// How its calls are bounded, from config.
+    pub policy: Policy,
+    /// Where it came from and how it was loaded.
+    pub provenance: Provenance,
+    /// Its state backend.
+    pub state: Arc<State>,
+    /// The runtime that loaded it.
+    pub runtime: Arc<Runtime>,
+    /// Idle instances, when `policy.reuse` is set.
+    pub idle: IdleInstances,
+    /// Calls counted by phase and outcome, labelled with this version.
+    pub calls: crate::metrics::CallCounters,
+}
+
+/// A component as compiled and initialized with one config.
+#[derive(Clone)]
+pub struct Artifact {
     /// sha256 of the component, hex.
     pub digest: String,
-    /// sha256 of the component the config names (differs from `digest` for an upload).
-    pub configured: String,
+    /// The `config` given to `init`, as JSON (with `-file` and `-env` keys resolved).
+    pub config_json: String,
     /// What its `init` declared.
     pub registration: Registration,
     /// Pre-linked and pre-initialized.
     pub pre: MiddlewarePre<HostState>,
+    /// The component's bytes, kept to load it again with another config (an uploaded component
+    /// survives reloads) and to roll back to.
+    pub component: bytes::Bytes,
+}
+
+/// How one middleware's calls are bounded and what a failure does: built once from its config,
+/// so that "unchanged on reload" is one comparison.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Policy {
     /// Deadline per call.
     pub timeout: Duration,
     /// Largest linear memory, in bytes.
     pub memory_limit: u64,
     /// What a failure does to the request.
     pub on_error: OnError,
-    /// Its state backend.
-    pub state: Arc<State>,
-    /// What it may reach with outbound HTTP; `None`: nothing.
-    pub outbound: Option<Arc<Outbound>>,
-    /// The runtime that loaded it.
-    pub runtime: Arc<Runtime>,
     /// Instances serve several requests, within these bounds; `None`: a fresh one per request.
     pub reuse: Option<Reuse>,
-    /// Idle instances, when `reuse` is set.
-    pub idle: IdleInstances,
+    /// What it may reach with outbound HTTP; `None`: nothing.
+    pub outbound: Option<Arc<Outbound>>,
+}
+
+/// Where a loaded version came from and how loading it went.
+#[derive(Debug, Clone)]
+pub struct Provenance {
+    /// The `version` label from config.
+    pub version: Option<String>,
+    /// sha256 of the component the config names (differs from `artifact.digest` for an upload).
+    pub configured: String,
+    /// Where the component came from.
+    pub source: Source,
     /// When it was loaded.
     pub loaded_at: SystemTime,
     /// Whether the artifact cache served it.
     pub cached: bool,
     /// How long loading it took.
     pub load_time: Duration,
-    /// The component's bytes, kept to load it again with another config (an uploaded component
-    /// survives reloads) and to roll back to.
-    pub component: bytes::Bytes,
-    /// Where the component came from.
-    pub source: Source,
-    /// The `config` given to `init`, as JSON (with `-file` and `-env` keys resolved).
-    pub config_json: String,
-    /// Calls counted by phase and outcome, labelled with this version.
-    pub calls: crate::metrics::CallCounters,
 }
 
 /// Where a loaded component came from.
@@ -92,38 +114,55 @@ impl Source {
 }
 
 impl LoadedMiddleware {
+    /// A version of middleware `name` from its parts, with no idle instance and its own counters.
+    pub fn new(
+        name: Arc<str>,
+        artifact: Artifact,
+        policy: Policy,
+        provenance: Provenance,
+        state: Arc<State>,
+        runtime: Arc<Runtime>,
+    ) -> Self {
+        let label = version_label(provenance.version.as_deref(), &artifact.digest);
+        LoadedMiddleware {
+            calls: crate::metrics::CallCounters::new(&name, &label, &artifact.registration),
+            name,
+            artifact,
+            policy,
+            provenance,
+            state,
+            runtime,
+            idle: IdleInstances::default(),
+        }
+    }
+
     /// The version label metrics and logs use: `version` from config, else the digest's start.
     pub fn version_label(&self) -> String {
-        version_label(self.version.as_deref(), &self.digest)
+        version_label(self.provenance.version.as_deref(), &self.artifact.digest)
+    }
+
+    /// What `init` declared.
+    pub fn registration(&self) -> &Registration {
+        &self.artifact.registration
     }
 
     /// This version put back in place of the one the config names (whose digest is
-    /// `configured`): the same compiled component, config and counters, labelled as a rollback so
+    /// `configured`): the same compiled component, config and policy, labelled as a rollback so
     /// that reloads keep it while the config names the same component. Nothing is compiled.
     pub fn restored(&self, configured: String) -> LoadedMiddleware {
-        LoadedMiddleware {
-            name: self.name.clone(),
-            version: self.version.clone(),
-            digest: self.digest.clone(),
+        let provenance = Provenance {
             configured,
-            registration: self.registration.clone(),
-            pre: self.pre.clone(),
-            timeout: self.timeout,
-            memory_limit: self.memory_limit,
-            on_error: self.on_error,
-            state: self.state.clone(),
-            outbound: self.outbound.clone(),
-            runtime: self.runtime.clone(),
-            reuse: self.reuse,
-            idle: IdleInstances::default(),
-            loaded_at: self.loaded_at,
-            cached: self.cached,
-            load_time: self.load_time,
-            component: self.component.clone(),
             source: Source::Rollback,
-            config_json: self.config_json.clone(),
-            calls: crate::metrics::CallCounters::new(&self.name, &self.version_label(), &self.registration),
-        }
+            ..self.provenance.clone()
+        };
+        LoadedMiddleware::new(
+            self.name.clone(),
+            self.artifact.clone(),
+            self.policy.clone(),
+            provenance,
+            self.state.clone(),
+            self.runtime.clone(),
+        )
     }
 }
 
@@ -136,8 +175,8 @@ impl std::fmt::Debug for LoadedMiddleware {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LoadedMiddleware")
             .field("name", &self.name)
-            .field("digest", &self.digest)
-            .field("registration", &self.registration)
+            .field("digest", &self.artifact.digest)
+            .field("registration", &self.artifact.registration)
             .finish_non_exhaustive()
     }
 }
@@ -177,15 +216,20 @@ impl Deployment {
     }
 
     /// The version one request runs: the canary for `weight` percent of requests.
-    fn pick(&self) -> (&Arc<LoadedMiddleware>, bool) {
+    fn pick(&self) -> &Arc<LoadedMiddleware> {
         match &self.canary {
-            Some(canary) if fastrand::u8(0..100) < canary.weight => (&canary.version, true),
-            _ => (&self.primary, false),
+            Some(canary) if fastrand::u8(0..100) < canary.weight => &canary.version,
+            _ => &self.primary,
         }
     }
 
-    fn any(&self, phase: impl Fn(&Registration) -> bool) -> bool {
-        phase(&self.primary.registration) || self.canary.as_ref().is_some_and(|c| phase(&c.version.registration))
+    /// Whether either version declares `phase`.
+    fn declares(&self, phase: Phase) -> bool {
+        self.primary.registration().declares(phase)
+            || self
+                .canary
+                .as_ref()
+                .is_some_and(|c| c.version.registration().declares(phase))
     }
 }
 
@@ -223,28 +267,13 @@ impl Chain {
         &self.links
     }
 
-    /// Whether any middleware reads the request headers.
-    pub fn has_request_headers_phase(&self) -> bool {
-        self.links.iter().any(|l| l.any(|r| r.request_headers))
-    }
-
-    /// Whether any middleware reads the response headers.
-    pub fn has_response_headers_phase(&self) -> bool {
-        self.links.iter().any(|l| l.any(|r| r.response_headers))
-    }
-
-    /// Whether any middleware reads the whole request body.
-    pub fn has_request_body_phase(&self) -> bool {
-        self.links.iter().any(|l| l.any(|r| r.request_body))
-    }
-
-    /// Whether any middleware reads the whole response body.
-    pub fn has_response_body_phase(&self) -> bool {
-        self.links.iter().any(|l| l.any(|r| r.response_body))
+    /// Whether any middleware declares `phase`.
+    pub fn declares(&self, phase: Phase) -> bool {
+        self.links.iter().any(|l| l.declares(phase))
     }
 
     /// Whether any middleware reads a whole body: the route is then proxied with buffering.
     pub fn has_body_phase(&self) -> bool {
-        self.has_request_body_phase() || self.has_response_body_phase()
+        self.declares(Phase::RequestBody) || self.declares(Phase::ResponseBody)
     }
 }

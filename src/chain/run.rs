@@ -1,4 +1,11 @@
-//! One request's pass through a chain.
+//! One request's pass through a chain: one phase loop for the four phases.
+//!
+//! A phase is a [`Message`] (what the phase reads and may change). [`ChainRun::run`] calls every
+//! link that declares the phase, in chain order (reverse for the response phases), turns each
+//! answer into one [`Decision`], applies it to the message and stops at the first `respond` or at
+//! a failure whose `on-error` is `deny`. What is specific to a kind of link (how a phase reaches a
+//! `sluice:middleware` component) is [`Bindings::call`]; a second kind of link (a standard
+//! `wasi:http` component, a native built-in) is a variant there, not a copy of the loop.
 
 use std::borrow::Cow;
 use std::sync::{Arc, Mutex};
@@ -10,12 +17,12 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use tracing::Instrument;
 use wasmtime::Store;
 
-use super::{Chain, Deployment, LoadedMiddleware, Reuse};
+use super::{Chain, LoadedMiddleware, Reuse};
 use crate::config::OnError;
-use crate::metrics::{Outcome, Phase};
-use crate::runtime::Middleware;
+use crate::metrics::Outcome;
 use crate::runtime::host::HostState;
 use crate::runtime::types::{BodyDecision, HeaderEdits, Request, RequestDecision, Response, ResponseDecision};
+use crate::runtime::{Middleware, Phase};
 
 /// Headers a middleware may not edit: message framing belongs to the proxy.
 const PROTECTED: [&str; 3] = ["content-length", "transfer-encoding", "connection"];
@@ -75,49 +82,163 @@ impl std::fmt::Display for Failure {
     }
 }
 
-/// What the request-headers phase decided.
+/// What a chain phase decided, whatever the phase.
 #[derive(Debug)]
-pub enum RequestOutcome {
-    /// Go on to the upstream (header edits are applied to the request).
+pub enum Verdict {
+    /// Go on: to the upstream for a request phase, to the client for a response phase, with the
+    /// message as the middleware changed it.
     Continue,
-    /// A middleware answered; nothing goes upstream.
+    /// A middleware answered; this response goes to the client instead.
     Respond(Response),
     /// A middleware failed with `on-error = "deny"`.
     Fail(Failure),
 }
 
-/// What the response-headers phase decided.
-#[derive(Debug)]
-pub enum ResponseOutcome {
-    /// Send the upstream's response (header edits are applied).
-    Continue,
-    /// Send this response instead.
-    Respond(Response),
-    /// A middleware failed with `on-error = "deny"`.
-    Fail(Failure),
+/// What one phase of the chain reads and may change.
+pub enum Message<'a> {
+    /// The request head going upstream (header edits; context for later middleware).
+    RequestHeaders(&'a mut RequestHeader),
+    /// The whole request body (a `replace` changes it for the next middleware and the upstream).
+    RequestBody(&'a mut Vec<u8>),
+    /// The response head going to the client (header edits).
+    ResponseHeaders(&'a mut ResponseHeader),
+    /// The whole response body, under its head.
+    ResponseBody(&'a ResponseHeader, &'a mut Vec<u8>),
 }
 
-/// What a body phase decided.
-#[derive(Debug)]
-pub enum BodyOutcome {
-    /// Forward the body (as replaced by the middleware, if one did).
-    Continue,
-    /// Answer with this response instead.
-    Respond(Response),
-    /// A middleware failed with `on-error = "deny"`.
-    Fail(Failure),
+impl Message<'_> {
+    /// The phase this message is for.
+    pub fn phase(&self) -> Phase {
+        match self {
+            Message::RequestHeaders(_) => Phase::RequestHeaders,
+            Message::RequestBody(_) => Phase::RequestBody,
+            Message::ResponseHeaders(_) => Phase::ResponseHeaders,
+            Message::ResponseBody(..) => Phase::ResponseBody,
+        }
+    }
+
+    /// The response head, for the response phases.
+    fn response(&self) -> Option<&ResponseHeader> {
+        match self {
+            Message::ResponseHeaders(head) => Some(head),
+            Message::ResponseBody(head, _) => Some(head),
+            _ => None,
+        }
+    }
 }
 
-/// A middleware instance serving a request.
+/// What one link answered in one phase, whatever the phase and the kind of link.
+#[derive(Debug)]
+enum Decision {
+    /// Go on, after these changes.
+    Next {
+        /// Header edits (header phases).
+        edits: Option<HeaderEdits>,
+        /// Context for later middleware (request headers).
+        context: Vec<(String, String)>,
+        /// The body to go on with (body phases): `None` keeps it.
+        body: Option<Vec<u8>>,
+    },
+    /// Answer the client with this response.
+    Respond(Response),
+}
+
+impl Decision {
+    fn next() -> Self {
+        Decision::Next {
+            edits: None,
+            context: Vec::new(),
+            body: None,
+        }
+    }
+}
+
+impl From<RequestDecision> for Decision {
+    fn from(decision: RequestDecision) -> Self {
+        match decision {
+            RequestDecision::Next((edits, context)) => Decision::Next {
+                edits: Some(edits),
+                context,
+                body: None,
+            },
+            RequestDecision::Respond(response) => Decision::Respond(response),
+        }
+    }
+}
+
+impl From<ResponseDecision> for Decision {
+    fn from(decision: ResponseDecision) -> Self {
+        match decision {
+            ResponseDecision::Next(edits) => Decision::Next {
+                edits: Some(edits),
+                context: Vec::new(),
+                body: None,
+            },
+            ResponseDecision::Respond(response) => Decision::Respond(response),
+        }
+    }
+}
+
+impl From<BodyDecision> for Decision {
+    fn from(decision: BodyDecision) -> Self {
+        match decision {
+            BodyDecision::Next => Decision::next(),
+            BodyDecision::Replace(body) => Decision::Next {
+                edits: None,
+                context: Vec::new(),
+                body: Some(body),
+            },
+            BodyDecision::Respond(response) => Decision::Respond(response),
+        }
+    }
+}
+
+/// How a phase call reaches one kind of link.
+enum Bindings {
+    /// A `sluice:middleware/middleware` component: one export per phase.
+    Sluice(Middleware),
+}
+
+impl Bindings {
+    /// Calls `message`'s phase with the request as `link` may see it.
+    async fn call(
+        &self,
+        store: &mut Store<HostState>,
+        link: &LoadedMiddleware,
+        request: &Request,
+        message: &Message<'_>,
+    ) -> wasmtime::Result<Decision> {
+        let request = view(request, link.artifact.registration.request_header_names.as_deref());
+        let response = message.response().map(|head| {
+            let names = link.artifact.registration.response_header_names.as_deref();
+            (head.status.as_u16(), header_list(&head.headers, names))
+        });
+        match self {
+            Bindings::Sluice(bindings) => Ok(match (message, response) {
+                (Message::RequestHeaders(_), _) => bindings.call_on_request_headers(store, &request).await?.into(),
+                (Message::RequestBody(body), _) => bindings.call_on_request_body(store, &request, body).await?.into(),
+                (Message::ResponseHeaders(_), Some((status, headers))) => bindings
+                    .call_on_response_headers(store, &request, status, &headers)
+                    .await?
+                    .into(),
+                (Message::ResponseBody(_, body), Some((status, headers))) => bindings
+                    .call_on_response_body(store, &request, status, &headers, body)
+                    .await?
+                    .into(),
+                (Message::ResponseHeaders(_) | Message::ResponseBody(..), None) => unreachable!("a response phase"),
+            }),
+        }
+    }
+}
+
+/// A link's instance serving a request.
 struct Live {
     store: Store<HostState>,
-    bindings: Middleware,
+    bindings: Bindings,
     /// Requests it served before this one (reused instances).
     served: u32,
     /// False while a call runs and after one failed: such an instance is never reused.
     reusable: bool,
-    /// The middleware to give it back to after the request, when it has `reuse`.
-    home: Option<Arc<LoadedMiddleware>>,
 }
 
 /// A middleware's idle instances, when it has `reuse`: taken by a request, given back after it.
@@ -156,36 +277,9 @@ impl IdleInstances {
     }
 }
 
-/// Calls one phase of `$link` (the chain's `$index`th middleware) on this request's instance of
-/// it (created on first use): sets the deadline, calls with the wall-clock bound, inside a
-/// `middleware` span, and records the call (metrics, the request's call list).
-macro_rules! call_phase {
-    ($run:ident, $index:expr, $link:expr, $phase:expr, $call:ident($($arg:expr),*)) => {{
-        let started = Instant::now();
-        let span = tracing::debug_span!(
-            parent: &$run.span,
-            "middleware",
-            name = &*$link.name,
-            version = $link.calls.version(),
-            phase = $phase.as_str(),
-            outcome = tracing::field::Empty,
-        );
-        let result = match instance(&mut $run.slots[$index].live, $link).await {
-            Ok(live) => {
-                arm(live, $link);
-                let call = live.bindings.$call(&mut live.store, $($arg),*);
-                let result = bounded($link, call).instrument(span.clone()).await;
-                settle(live, result)
-            }
-            Err(kind) => Err(kind),
-        };
-        $run.record($link, $phase, &result, started.elapsed(), &span);
-        result
-    }};
-}
-
-/// One request's pass through a chain: its instances (one per middleware, created on first use and
-/// kept for every phase of the request) and its view of the request, with the context.
+/// One request's pass through a chain: the version of each link it runs, their instances (created
+/// on first use and kept for every phase of the request) and its view of the request, with the
+/// context.
 pub struct ChainRun {
     slots: Vec<Slot>,
     request: Request,
@@ -208,31 +302,24 @@ pub struct CallRecord {
     pub status: Option<u16>,
 }
 
-/// One middleware of the chain, for one request: which version it runs and that version's instance.
+/// One link of the chain, for one request.
 struct Slot {
-    /// The canary version serves this request (picked once, so every phase runs the same version).
-    canary: bool,
+    /// The version this request runs (the canary's, for its share of requests: picked once, so
+    /// every phase runs the same version).
+    link: Arc<LoadedMiddleware>,
     /// Created on first use.
     live: Option<Live>,
 }
 
-/// The version of `deployment` a request runs.
-fn chosen(deployment: &Deployment, canary: bool) -> &Arc<LoadedMiddleware> {
-    match &deployment.canary {
-        Some(c) if canary => &c.version,
-        _ => &deployment.primary,
-    }
-}
-
 impl ChainRun {
-    /// A run for `chain` over `request`, with middleware spans under `span`.
+    /// A run of `chain` over `request`, with middleware spans under `span`.
     pub fn new(chain: &Chain, request: Request, span: tracing::Span) -> Self {
         ChainRun {
             slots: chain
                 .links()
                 .iter()
                 .map(|deployment| Slot {
-                    canary: deployment.pick().1,
+                    link: deployment.pick().clone(),
                     live: None,
                 })
                 .collect(),
@@ -247,20 +334,105 @@ impl ChainRun {
         std::mem::take(&mut self.calls)
     }
 
+    /// Runs `message`'s phase: every link that declares it, in chain order (reverse for a
+    /// response phase), each seeing the message as the links before it left it.
+    pub async fn run(&mut self, mut message: Message<'_>) -> Verdict {
+        let phase = message.phase();
+        let count = self.slots.len();
+        for step in 0..count {
+            let index = if phase.is_response() { count - 1 - step } else { step };
+            if !self.slots[index].link.artifact.registration.declares(phase) {
+                continue;
+            }
+            let decided = match self.call(index, &message).await {
+                Ok(decision) => self.apply(decision, &mut message),
+                Err(kind) => Err(kind),
+            };
+            match decided {
+                Ok(None) => {}
+                Ok(Some(response)) => return Verdict::Respond(response),
+                Err(kind) => {
+                    if let Some(failure) = failed(&self.slots[index].link, kind) {
+                        return Verdict::Fail(failure);
+                    }
+                }
+            }
+        }
+        Verdict::Continue
+    }
+
+    /// Calls the `index`th link in `message`'s phase on this request's instance of it (created on
+    /// first use), under its deadline, inside a `middleware` span, and records the call.
+    async fn call(&mut self, index: usize, message: &Message<'_>) -> Result<Decision, FailureKind> {
+        let phase = message.phase();
+        let started = Instant::now();
+        let Slot { link, live } = &mut self.slots[index];
+        let span = tracing::debug_span!(
+            parent: &self.span,
+            "middleware",
+            name = &*link.name,
+            version = link.calls.version(),
+            phase = phase.as_str(),
+            outcome = tracing::field::Empty,
+        );
+        let result = match instance(live, link).await {
+            Ok(live) => {
+                arm(live, link);
+                let call = live.bindings.call(&mut live.store, link, &self.request, message);
+                let result = bounded(link, call).instrument(span.clone()).await;
+                settle(live, result)
+            }
+            Err(kind) => Err(kind),
+        };
+        let link = link.clone();
+        self.record(&link, phase, &result, started.elapsed(), &span);
+        result
+    }
+
+    /// Applies a link's decision to `message` (and the chain's view of the request): `Some` is
+    /// the response that answers the client instead.
+    fn apply(&mut self, decision: Decision, message: &mut Message<'_>) -> Result<Option<Response>, FailureKind> {
+        let (edits, context, replacement) = match decision {
+            Decision::Respond(response) => return Ok(Some(response)),
+            Decision::Next { edits, context, body } => (edits, context, body),
+        };
+        match message {
+            Message::RequestHeaders(upstream) => {
+                if let Some(edits) = &edits {
+                    apply_request_edits(edits, upstream, &mut self.request)?;
+                }
+                self.request.context.extend(context);
+            }
+            Message::ResponseHeaders(response) => {
+                if let Some(edits) = &edits {
+                    apply_edits(edits, |op| match op {
+                        Edit::Remove(name) => drop(response.remove_header(&name)),
+                        Edit::Set(name, value) => response.insert_header(name, value).map(drop).unwrap_or(()),
+                        Edit::Append(name, value) => response.append_header(name, value).map(drop).unwrap_or(()),
+                    })?;
+                }
+            }
+            Message::RequestBody(body) | Message::ResponseBody(_, body) => {
+                if let Some(replacement) = replacement {
+                    **body = replacement;
+                }
+            }
+        }
+        Ok(None)
+    }
+
     /// Counts and records one call of `link` in `phase` that took `took`.
-    fn record<D: Decision>(
+    fn record(
         &mut self,
         link: &LoadedMiddleware,
         phase: Phase,
-        result: &Result<D, FailureKind>,
+        result: &Result<Decision, FailureKind>,
         took: Duration,
         span: &tracing::Span,
     ) {
         let (outcome, label, status) = match result {
-            Ok(decision) => match decision.responds() {
-                Some(status) => (Outcome::Respond, "respond", Some(status)),
-                None => (Outcome::Next, "next", None),
-            },
+            Ok(Decision::Respond(response)) => (Outcome::Respond, "respond", Some(response.status)),
+            Ok(Decision::Next { .. }) => (Outcome::Next, "next", None),
             Err(kind) => (Outcome::Failed, kind.label(), None),
         };
         link.calls.count(phase, outcome, took);
@@ -275,148 +447,12 @@ impl ChainRun {
             status,
         });
     }
-
-    /// Runs `on-request-headers` in chain order, applying header edits to `upstream` (the request
-    /// that will go upstream) and collecting context for later middleware.
-    pub async fn on_request_headers(&mut self, chain: &Chain, upstream: &mut RequestHeader) -> RequestOutcome {
-        for (index, deployment) in chain.links().iter().enumerate() {
-            let link = chosen(deployment, self.slots[index].canary);
-            if !link.registration.request_headers {
-                continue;
-            }
-            let result = {
-                let request = view(&self.request, link.registration.request_header_names.as_deref());
-                call_phase!(
-                    self,
-                    index,
-                    link,
-                    Phase::RequestHeaders,
-                    call_on_request_headers(&request)
-                )
-            };
-            match result {
-                Ok(RequestDecision::Next((edits, context))) => {
-                    if let Err(kind) = apply_request_edits(&edits, upstream, &mut self.request) {
-                        if let Some(failure) = failed(link, kind) {
-                            return RequestOutcome::Fail(failure);
-                        }
-                        continue;
-                    }
-                    self.request.context.extend(context);
-                }
-                Ok(RequestDecision::Respond(response)) => return RequestOutcome::Respond(response),
-                Err(kind) => {
-                    if let Some(failure) = failed(link, kind) {
-                        return RequestOutcome::Fail(failure);
-                    }
-                }
-            }
-        }
-        RequestOutcome::Continue
-    }
-
-    /// Runs `on-response-headers` in reverse chain order, applying header edits to `response`.
-    pub async fn on_response_headers(&mut self, chain: &Chain, response: &mut ResponseHeader) -> ResponseOutcome {
-        for (index, deployment) in chain.links().iter().enumerate().rev() {
-            let link = chosen(deployment, self.slots[index].canary);
-            if !link.registration.response_headers {
-                continue;
-            }
-            let result = {
-                let request = view(&self.request, link.registration.request_header_names.as_deref());
-                let headers = header_list(&response.headers, link.registration.response_header_names.as_deref());
-                let status = response.status.as_u16();
-                call_phase!(
-                    self,
-                    index,
-                    link,
-                    Phase::ResponseHeaders,
-                    call_on_response_headers(&request, status, &headers)
-                )
-            };
-            match result {
-                Ok(ResponseDecision::Next(edits)) => {
-                    if let Err(kind) = apply_edits(&edits, |op| match op {
-                        Edit::Remove(name) => drop(response.remove_header(&name)),
-                        Edit::Set(name, value) => response.insert_header(name, value).map(drop).unwrap_or(()),
-                        Edit::Append(name, value) => response.append_header(name, value).map(drop).unwrap_or(()),
-                    }) && let Some(failure) = failed(link, kind)
-                    {
-                        return ResponseOutcome::Fail(failure);
-                    }
-                }
-                Ok(ResponseDecision::Respond(replacement)) => return ResponseOutcome::Respond(replacement),
-                Err(kind) => {
-                    if let Some(failure) = failed(link, kind) {
-                        return ResponseOutcome::Fail(failure);
-                    }
-                }
-            }
-        }
-        ResponseOutcome::Continue
-    }
-
-    /// Runs `on-request-body` in chain order over the whole request body; a `replace` changes
-    /// `body` for the next middleware and the upstream.
-    pub async fn on_request_body(&mut self, chain: &Chain, body: &mut Vec<u8>) -> BodyOutcome {
-        for (index, deployment) in chain.links().iter().enumerate() {
-            let link = chosen(deployment, self.slots[index].canary);
-            if !link.registration.request_body {
-                continue;
-            }
-            let result = {
-                let request = view(&self.request, link.registration.request_header_names.as_deref());
-                call_phase!(
-                    self,
-                    index,
-                    link,
-                    Phase::RequestBody,
-                    call_on_request_body(&request, body)
-                )
-            };
-            if let Some(outcome) = body_decided(link, result, body) {
-                return outcome;
-            }
-        }
-        BodyOutcome::Continue
-    }
-
-    /// Runs `on-response-body` in reverse chain order over the whole response body of `response`.
-    pub async fn on_response_body(
-        &mut self,
-        chain: &Chain,
-        response: &ResponseHeader,
-        body: &mut Vec<u8>,
-    ) -> BodyOutcome {
-        for (index, deployment) in chain.links().iter().enumerate().rev() {
-            let link = chosen(deployment, self.slots[index].canary);
-            if !link.registration.response_body {
-                continue;
-            }
-            let result = {
-                let request = view(&self.request, link.registration.request_header_names.as_deref());
-                let headers = header_list(&response.headers, link.registration.response_header_names.as_deref());
-                let status = response.status.as_u16();
-                call_phase!(
-                    self,
-                    index,
-                    link,
-                    Phase::ResponseBody,
-                    call_on_response_body(&request, status, &headers, body)
-                )
-            };
-            if let Some(outcome) = body_decided(link, result, body) {
-                return outcome;
-            }
-        }
-        BodyOutcome::Continue
-    }
 }
 
 /// The request's instance of `link` in `slot`: created (or taken from the idle ones) on first use.
-async fn instance<'a>(slot: &'a mut Option<Live>, link: &Arc<LoadedMiddleware>) -> Result<&'a mut Live, FailureKind> {
+async fn instance<'a>(slot: &'a mut Option<Live>, link: &LoadedMiddleware) -> Result<&'a mut Live, FailureKind> {
     if slot.is_none()
-        && link.reuse.is_some()
+        && link.policy.reuse.is_some()
         && let Some(live) = link.idle.take()
     {
         *slot = Some(live);
@@ -425,84 +461,34 @@ async fn instance<'a>(slot: &'a mut Option<Live>, link: &Arc<LoadedMiddleware>) 
         let host = HostState::new(
             link.name.clone(),
             link.state.clone(),
-            link.memory_limit as usize,
-            link.outbound.clone(),
+            link.policy.memory_limit as usize,
+            link.policy.outbound.clone(),
         );
         let mut store = link.runtime.store(host);
-        store.data_mut().deadline = Instant::now() + link.timeout;
-        let bindings = link.pre.instantiate_async(&mut store).await.map_err(|e| {
+        store.data_mut().deadline = Instant::now() + link.policy.timeout;
+        let bindings = link.artifact.pre.instantiate_async(&mut store).await.map_err(|e| {
             tracing::warn!(middleware = &*link.name, error = %format!("{e:#}"), "cannot instantiate");
             FailureKind::Instantiate
         })?;
         *slot = Some(Live {
             store,
-            bindings,
+            bindings: Bindings::Sluice(bindings),
             served: 0,
             reusable: true,
-            home: link.reuse.is_some().then(|| link.clone()),
         });
     }
     Ok(slot.as_mut().expect("just created"))
 }
 
-/// Applies one body call's result: `None` to go on to the next middleware.
-fn body_decided(
-    link: &LoadedMiddleware,
-    result: Result<BodyDecision, FailureKind>,
-    body: &mut Vec<u8>,
-) -> Option<BodyOutcome> {
-    match result {
-        Ok(BodyDecision::Next) => None,
-        Ok(BodyDecision::Replace(replacement)) => {
-            *body = replacement;
-            None
-        }
-        Ok(BodyDecision::Respond(response)) => Some(BodyOutcome::Respond(response)),
-        Err(kind) => failed(link, kind).map(BodyOutcome::Fail),
-    }
-}
-
 impl Drop for ChainRun {
     /// Gives reused instances back to their middleware.
     fn drop(&mut self) {
-        for live in self.slots.iter_mut().filter_map(|slot| slot.live.take()) {
-            if let Some(home) = live.home.clone()
-                && let Some(reuse) = home.reuse
+        for slot in &mut self.slots {
+            if let Some(reuse) = slot.link.policy.reuse
+                && let Some(live) = slot.live.take()
             {
-                home.idle.give_back(live, reuse);
+                slot.link.idle.give_back(live, reuse);
             }
-        }
-    }
-}
-
-/// Whether a decision answers the client, and with which status.
-trait Decision {
-    fn responds(&self) -> Option<u16>;
-}
-
-impl Decision for RequestDecision {
-    fn responds(&self) -> Option<u16> {
-        match self {
-            RequestDecision::Respond(response) => Some(response.status),
-            RequestDecision::Next(_) => None,
-        }
-    }
-}
-
-impl Decision for ResponseDecision {
-    fn responds(&self) -> Option<u16> {
-        match self {
-            ResponseDecision::Respond(response) => Some(response.status),
-            ResponseDecision::Next(_) => None,
-        }
-    }
-}
-
-impl Decision for BodyDecision {
-    fn responds(&self) -> Option<u16> {
-        match self {
-            BodyDecision::Respond(response) => Some(response.status),
-            _ => None,
         }
     }
 }
@@ -511,8 +497,9 @@ impl Decision for BodyDecision {
 fn arm(live: &mut Live, link: &LoadedMiddleware) {
     live.reusable = false;
     let host = live.store.data_mut();
-    host.deadline = Instant::now() + link.timeout;
+    host.deadline = Instant::now() + link.policy.timeout;
     host.timed_out = false;
+    host.limits.refused = false;
 }
 
 /// `call`, bounded by the middleware's deadline in wall-clock time as well: the epoch deadline
@@ -523,7 +510,7 @@ async fn bounded<T>(
     link: &LoadedMiddleware,
     call: impl Future<Output = wasmtime::Result<T>>,
 ) -> Result<wasmtime::Result<T>, tokio::time::error::Elapsed> {
-    tokio::time::timeout(link.timeout, call).await
+    tokio::time::timeout(link.policy.timeout, call).await
 }
 
 /// A call's result; a successful call leaves its instance reusable. A call stopped while waiting
@@ -537,16 +524,17 @@ fn settle<T>(
             live.reusable = true;
             Ok(value)
         }
-        Ok(Err(e)) => Err(classify(live, &e)),
+        Ok(Err(_)) => Err(classify(live)),
         Err(_) => Err(FailureKind::Timeout),
     }
 }
 
-fn classify(live: &Live, error: &wasmtime::Error) -> FailureKind {
-    let message = format!("{error:#}");
-    if live.store.data().timed_out {
+/// What stopped a call, from the flags the epoch callback and the memory limiter set.
+fn classify(live: &Live) -> FailureKind {
+    let host = live.store.data();
+    if host.timed_out {
         FailureKind::Timeout
-    } else if message.contains("forcing trap when growing memory") || message.contains("memory allocation") {
+    } else if host.limits.refused {
         FailureKind::MemoryLimit
     } else {
         FailureKind::Trap
@@ -555,7 +543,7 @@ fn classify(live: &Live, error: &wasmtime::Error) -> FailureKind {
 
 /// Logs a failure and applies `on-error`: `Some` to deny the request, `None` to carry on.
 fn failed(link: &LoadedMiddleware, kind: FailureKind) -> Option<Failure> {
-    let deny = link.on_error == OnError::Deny;
+    let deny = link.policy.on_error == OnError::Deny;
     link.calls.failure(kind.label(), if deny { "deny" } else { "allow" });
     tracing::warn!(middleware = &*link.name, failure = %kind, on_error = if deny { "deny" } else { "allow" }, "middleware call failed");
     deny.then(|| Failure {

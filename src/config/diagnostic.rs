@@ -20,6 +20,17 @@ pub struct ConfigError {
     pub key: String,
     /// What is wrong, in lowercase, with the offending value in backticks.
     pub message: String,
+    /// The `[middleware.NAME]` the problem is in, if any: the admin API shows it beside that
+    /// middleware.
+    pub middleware: Option<String>,
+}
+
+impl ConfigError {
+    /// This error, as one in `[middleware.NAME]`.
+    pub fn in_middleware(mut self, name: &str) -> Self {
+        self.middleware = Some(name.to_owned());
+        self
+    }
 }
 
 impl fmt::Display for ConfigError {
@@ -66,7 +77,11 @@ impl<'a> Locator<'a> {
     pub(crate) fn error(&self, span: Option<Range<usize>>, message: impl Into<String>) -> ConfigError {
         let span = span.unwrap_or(0..0);
         let key = self.doc.map(|doc| key_path(doc, span.start)).unwrap_or_default();
-        self.error_with_key(span, key, message)
+        let middleware = self.doc.and_then(|doc| middleware_at(doc, span.start));
+        ConfigError {
+            middleware,
+            ..self.error_with_key(span, key, message)
+        }
     }
 
     /// An error at `span` with a key path the caller knows better than the tree does.
@@ -78,6 +93,7 @@ impl<'a> Locator<'a> {
             column,
             key,
             message: message.into(),
+            middleware: None,
         }
     }
 }
@@ -95,6 +111,17 @@ fn key_path(doc: &DeTable<'_>, offset: usize) -> String {
     let mut path = String::new();
     walk_table(doc, offset, &mut path);
     path
+}
+
+/// The name of the `[middleware.NAME]` table that holds `offset`, if one does.
+fn middleware_at(doc: &DeTable<'_>, offset: usize) -> Option<String> {
+    let DeValue::Table(middleware) = doc.get("middleware")?.get_ref() else {
+        return None;
+    };
+    middleware
+        .iter()
+        .find(|(name, value)| name.span().contains(&offset) || walk_value(value, offset, &mut String::new()))
+        .map(|(name, _)| name.get_ref().to_string())
 }
 
 fn walk_table(table: &DeTable<'_>, offset: usize, path: &mut String) -> bool {
@@ -153,5 +180,16 @@ mod tests {
         assert_eq!(at("2"), "server.threads");
         assert_eq!(at("\"b\""), "route[1].name");
         assert_eq!(at("\"u\""), "route[1].upstream");
+    }
+
+    #[test]
+    fn an_error_inside_a_middleware_table_names_the_middleware() {
+        let src =
+            "[server]\nthreads = 2\n\n[middleware.jwt]\ntimeout = \"soon\"\n\n[middleware.limit]\nconfig = { n = 1 }\n";
+        let doc = DeTable::parse(src).unwrap();
+        let at = |needle: &str| middleware_at(doc.get_ref(), src.find(needle).unwrap());
+        assert_eq!(at("\"soon\""), Some("jwt".to_owned()));
+        assert_eq!(at("n = 1"), Some("limit".to_owned()));
+        assert_eq!(at("2"), None);
     }
 }

@@ -271,6 +271,39 @@ impl fmt::Display for HostPattern {
     }
 }
 
+/// `component`: a built-in (`"builtin:NAME"`) or a component file, relative to the config file.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Deserialize)]
+#[serde(try_from = "String")]
+pub enum ComponentRef {
+    /// One of the components built into sluice, by name.
+    Builtin(String),
+    /// A `.wasm` component file, as written (relative to the config file's directory).
+    File(std::path::PathBuf),
+}
+
+impl TryFrom<String> for ComponentRef {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        if s.is_empty() {
+            return Err("`component` is empty; name a built-in (`builtin:NAME`) or a `.wasm` file".to_owned());
+        }
+        Ok(match s.strip_prefix("builtin:") {
+            Some(name) => ComponentRef::Builtin(name.to_owned()),
+            None => ComponentRef::File(s.into()),
+        })
+    }
+}
+
+impl fmt::Display for ComponentRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ComponentRef::Builtin(name) => write!(f, "builtin:{name}"),
+            ComponentRef::File(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
 /// A route's path prefix; starts with `/`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Deserialize)]
 #[serde(try_from = "String")]

@@ -26,9 +26,13 @@ use pingora::protocols::http::client::HttpSession as UpstreamSession;
 use pingora::proxy::Session;
 
 use super::problem::Problem;
-use super::{Exchange, client_ip, forward_request_headers, forward_response_headers, write_response};
-use crate::chain::{BodyOutcome, ChainRun, ResponseOutcome};
+use super::{
+    Exchange, client_ip, forward_request_headers, forward_response_headers, response_headers_phase, write_parts,
+    write_response,
+};
+use crate::chain::{ChainRun, Message, Verdict};
 use crate::live::Route;
+use crate::runtime::Phase;
 use crate::telemetry::TraceContext;
 
 /// Attempts at a request whose pooled upstream connection turned out to be closed.
@@ -45,15 +49,15 @@ pub(super) async fn proxy(
     trace: Option<&TraceContext>,
 ) -> Result<()> {
     let chain = &route.chain;
-    let request_body = if chain.has_request_body_phase() {
+    let request_body = if chain.declares(Phase::RequestBody) {
         let mut body = match read_request_body(session, route.max_body).await? {
             Some(body) => body,
             None => return Ok(()), // too large, answered
         };
-        match run.on_request_body(chain, &mut body).await {
-            BodyOutcome::Continue => {}
-            BodyOutcome::Respond(response) => return write_response(session, response).await,
-            BodyOutcome::Fail(failure) => return Problem::new(500, failure.to_string()).write(session).await,
+        match run.run(Message::RequestBody(&mut body)).await {
+            Verdict::Continue => {}
+            Verdict::Respond(response) => return write_response(session, response).await,
+            Verdict::Fail(failure) => return Problem::new(500, failure.to_string()).write(session).await,
         }
         Some(Bytes::from(body))
     } else {
@@ -111,23 +115,18 @@ pub(super) async fn proxy(
         .cloned()
         .ok_or_else(|| Error::explain(ErrorType::InternalError, "no response header"))?;
     exchange.responded(&route.upstream.metric_name);
-    if chain.has_response_headers_phase() {
-        let replacement = match run.on_response_headers(chain, &mut response).await {
-            ResponseOutcome::Continue => None,
-            ResponseOutcome::Respond(replacement) => Some(replacement),
-            ResponseOutcome::Fail(failure) => return Problem::new(502, failure.to_string()).write(session).await,
-        };
-        if let Some(replacement) = replacement {
-            // The upstream's body is not read: its connection is not reused.
-            upstream.shutdown().await;
-            return write_response(session, replacement).await;
-        }
+    if chain.declares(Phase::ResponseHeaders)
+        && let Some((header, body)) = response_headers_phase(run, &mut response).await?
+    {
+        // The upstream's body is not read: its connection is not reused.
+        upstream.shutdown().await;
+        return write_parts(session, header, body).await;
     }
     forward_response_headers(&mut response)?;
     let head_only = session.req_header().method == http::Method::HEAD;
     let has_body = !head_only && !matches!(response.status.as_u16(), 100..=199 | 204 | 304);
 
-    if chain.has_response_body_phase() && has_body {
+    if chain.declares(Phase::ResponseBody) && has_body {
         let mut body = match read_response_body(&mut upstream, route).await? {
             Some(body) => body,
             None => {
@@ -142,10 +141,10 @@ pub(super) async fn proxy(
         connector
             .release_http_session(upstream, &peer, peer.options.idle_timeout)
             .await;
-        match run.on_response_body(chain, &response, &mut body).await {
-            BodyOutcome::Continue => {}
-            BodyOutcome::Respond(replacement) => return write_response(session, replacement).await,
-            BodyOutcome::Fail(failure) => return Problem::new(502, failure.to_string()).write(session).await,
+        match run.run(Message::ResponseBody(&response, &mut body)).await {
+            Verdict::Continue => {}
+            Verdict::Respond(replacement) => return write_response(session, replacement).await,
+            Verdict::Fail(failure) => return Problem::new(502, failure.to_string()).write(session).await,
         }
         response.remove_header(&TRANSFER_ENCODING);
         response.insert_header(CONTENT_LENGTH, body.len().to_string())?;

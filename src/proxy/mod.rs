@@ -22,9 +22,10 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use bytes::Bytes;
 use sync_wrapper::SyncWrapper;
 
-use crate::chain::{CallRecord, ChainRun, RequestOutcome, ResponseOutcome, request_view};
+use crate::chain::{CallRecord, ChainRun, Message, Verdict, request_view};
 use crate::live::{Route, Snapshot};
 use crate::router::RouteMatch;
+use crate::runtime::Phase;
 use crate::runtime::types::Response;
 use crate::telemetry::TraceContext;
 use crate::upstream::Upstream;
@@ -64,14 +65,14 @@ impl Sluice {
         run: &mut ChainRun,
     ) -> Result<bool> {
         let chain = &route.chain;
-        if chain.has_request_headers_phase() {
-            match run.on_request_headers(chain, session.req_header_mut()).await {
-                RequestOutcome::Continue => {}
-                RequestOutcome::Respond(response) => {
+        if chain.declares(Phase::RequestHeaders) {
+            match run.run(Message::RequestHeaders(session.req_header_mut())).await {
+                Verdict::Continue => {}
+                Verdict::Respond(response) => {
                     write_response(session, response).await?;
                     return Ok(true);
                 }
-                RequestOutcome::Fail(failure) => {
+                Verdict::Fail(failure) => {
                     Problem::new(500, failure.to_string()).write(session).await?;
                     return Ok(true);
                 }
@@ -320,7 +321,7 @@ impl ProxyHttp for Sluice {
                 );
                 let mut chain_run = ChainRun::new(chain, view, ctx.span.clone());
                 let answered = self.run_request_side(session, ctx, route, &mut chain_run).await;
-                if answered.as_ref().is_ok_and(|answered| !answered) && chain.has_response_headers_phase() {
+                if answered.as_ref().is_ok_and(|answered| !answered) && chain.declares(Phase::ResponseHeaders) {
                     // Instances are pooled: keep them through the upstream exchange only if a
                     // response phase will need them.
                     ctx.run = Some(SyncWrapper::new(chain_run));
@@ -425,15 +426,8 @@ impl ProxyHttp for Sluice {
         }
         if let (Some(snapshot), Some(index), Some(chain_run)) = (ctx.snapshot.clone(), ctx.route, ctx.run.as_mut()) {
             let chain = &snapshot.routes[index].chain;
-            if chain.has_response_headers_phase() {
-                let replacement = match chain_run.get_mut().on_response_headers(chain, upstream_response).await {
-                    ResponseOutcome::Continue => None,
-                    ResponseOutcome::Respond(response) => Some(response_parts(response)?),
-                    ResponseOutcome::Fail(failure) => {
-                        let problem = Problem::new(502, failure.to_string());
-                        Some((problem.header()?, problem.body()))
-                    }
-                };
+            if chain.declares(Phase::ResponseHeaders) {
+                let replacement = response_headers_phase(chain_run.get_mut(), upstream_response).await?;
                 if let Some((header, body)) = replacement {
                     let head_only = session.req_header().method == http::Method::HEAD;
                     let bodiless = matches!(upstream_response.status.as_u16(), 204 | 304);
@@ -627,16 +621,38 @@ fn response_parts(response: Response) -> Result<(ResponseHeader, Bytes)> {
     Ok((header, Bytes::from(response.body)))
 }
 
+/// Runs the chain's response-headers phase (reverse order) over the upstream's `response`, for
+/// streaming and buffered routes alike: the head is edited in place, or the phase returns what
+/// answers the client instead (a middleware's response; a 502 problem when one failed with
+/// `on-error = "deny"`).
+async fn response_headers_phase(
+    run: &mut ChainRun,
+    response: &mut ResponseHeader,
+) -> Result<Option<(ResponseHeader, Bytes)>> {
+    Ok(match run.run(Message::ResponseHeaders(response)).await {
+        Verdict::Continue => None,
+        Verdict::Respond(answer) => Some(response_parts(answer)?),
+        Verdict::Fail(failure) => {
+            let problem = Problem::new(502, failure.to_string());
+            Some((problem.header()?, problem.body()))
+        }
+    })
+}
+
 /// Writes a middleware's answer as the whole response.
 async fn write_response(session: &mut Session, response: Response) -> Result<()> {
-    let (header, body) = match response_parts(response) {
-        Ok(parts) => parts,
+    match response_parts(response) {
+        Ok((header, body)) => write_parts(session, header, body).await,
         Err(_) => {
-            return Problem::new(500, "a middleware answered with an invalid response")
+            Problem::new(500, "a middleware answered with an invalid response")
                 .write(session)
-                .await;
+                .await
         }
-    };
+    }
+}
+
+/// Writes `header` and `body` as the whole response (the head alone to a `HEAD`).
+async fn write_parts(session: &mut Session, header: ResponseHeader, body: Bytes) -> Result<()> {
     let head_only = session.req_header().method == http::Method::HEAD;
     session
         .write_response_header(Box::new(header), head_only || body.is_empty())

@@ -66,6 +66,56 @@ pub struct Registration {
     pub response_header_names: Option<Vec<String>>,
 }
 
+impl Registration {
+    /// Whether `init` asked for `phase`: the one place a phase maps to its flag.
+    pub fn declares(&self, phase: Phase) -> bool {
+        match phase {
+            Phase::RequestHeaders => self.request_headers,
+            Phase::RequestBody => self.request_body,
+            Phase::ResponseHeaders => self.response_headers,
+            Phase::ResponseBody => self.response_body,
+        }
+    }
+}
+
+/// A request phase a middleware can declare.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// `on-request-headers`
+    RequestHeaders = 0,
+    /// `on-request-body`
+    RequestBody = 1,
+    /// `on-response-headers`
+    ResponseHeaders = 2,
+    /// `on-response-body`
+    ResponseBody = 3,
+}
+
+impl Phase {
+    /// Every phase, in the order a request meets them.
+    pub const ALL: [Phase; 4] = [
+        Phase::RequestHeaders,
+        Phase::RequestBody,
+        Phase::ResponseHeaders,
+        Phase::ResponseBody,
+    ];
+
+    /// The phase's name, as in the WIT, metrics and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::RequestHeaders => "request-headers",
+            Phase::RequestBody => "request-body",
+            Phase::ResponseHeaders => "response-headers",
+            Phase::ResponseBody => "response-body",
+        }
+    }
+
+    /// Whether the phase sees the response: the chain then runs in reverse order.
+    pub fn is_response(self) -> bool {
+        matches!(self, Phase::ResponseHeaders | Phase::ResponseBody)
+    }
+}
+
 /// Why a component could not be loaded. Messages are lowercase and name what is wrong.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -315,12 +365,12 @@ fn registration_from(results: &[Val]) -> Result<Registration, LoadError> {
             _ => Err(bad()),
         }
     };
-    let has = |flag: &str| phases.iter().any(|p| p == flag);
+    let has = |phase: Phase| phases.iter().any(|p| p == phase.as_str());
     Ok(Registration {
-        request_headers: has("request-headers"),
-        request_body: has("request-body"),
-        response_headers: has("response-headers"),
-        response_body: has("response-body"),
+        request_headers: has(Phase::RequestHeaders),
+        request_body: has(Phase::RequestBody),
+        response_headers: has(Phase::ResponseHeaders),
+        response_body: has(Phase::ResponseBody),
         request_header_names: names("request-headers")?,
         response_header_names: names("response-headers")?,
     })

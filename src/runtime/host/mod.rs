@@ -59,6 +59,7 @@ impl HostState {
                     .trap_on_grow_failure(true)
                     .build(),
                 memory_high_water: 0,
+                refused: false,
             },
             middleware,
             state,
@@ -79,15 +80,18 @@ pub struct Limits {
     inner: StoreLimits,
     /// The largest linear memory size granted so far (initial sizes included), in bytes.
     pub memory_high_water: usize,
+    /// Set when a growth past `memory-limit` was refused: the call's trap is the memory limit's.
+    pub refused: bool,
 }
 
 impl ResourceLimiter for Limits {
     fn memory_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
-        let granted = self.inner.memory_growing(current, desired, maximum)?;
-        if granted {
-            self.memory_high_water = self.memory_high_water.max(desired);
+        let granted = self.inner.memory_growing(current, desired, maximum);
+        match granted {
+            Ok(true) => self.memory_high_water = self.memory_high_water.max(desired),
+            Ok(false) | Err(_) => self.refused = true,
         }
-        Ok(granted)
+        granted
     }
 
     fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
