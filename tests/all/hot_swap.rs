@@ -521,6 +521,12 @@ async fn after_every_kind_of_reload_an_idle_sluice_reloads_nothing_more() {
     let (status, answer) = proxy.admin(reqwest::Method::POST, "/admin/reload", Vec::new()).await;
     assert_eq!(status, 200, "{answer}");
     proxy.sluice.signal(nix::sys::signal::Signal::SIGHUP);
+    // The SIGHUP reload reads the file: let it finish before the edit below truncates it.
+    let started = Instant::now();
+    while proxy.metric("sluice_reloads_total{trigger=\"sighup\"").await < 1.0 {
+        assert!(started.elapsed() < Duration::from_secs(5), "SIGHUP did not reload");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let text = std::fs::read_to_string(&path).unwrap();
     std::fs::write(&path, format!("# edited\n{text}")).unwrap();
     let started = Instant::now();
