@@ -9,6 +9,7 @@
 
 use std::borrow::Cow;
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use http::HeaderValue;
@@ -20,9 +21,14 @@ use wasmtime::Store;
 use super::{Chain, LoadedMiddleware, Reuse};
 use crate::config::OnError;
 use crate::metrics::Outcome;
+use crate::runtime::budget::Meter;
 use crate::runtime::host::HostState;
 use crate::runtime::types::{BodyDecision, HeaderEdits, Request, RequestDecision, Response, ResponseDecision};
 use crate::runtime::{Middleware, Phase};
+
+/// How long creating an instance may take (at least the middleware's `timeout`): the host's work,
+/// microseconds normally, so only a broken host exceeds it.
+const INSTANTIATE_DEADLINE: Duration = Duration::from_secs(1);
 
 /// Headers a middleware may not edit: message framing belongs to the proxy.
 const PROTECTED: [&str; 3] = ["content-length", "transfer-encoding", "connection"];
@@ -235,6 +241,8 @@ impl Bindings {
 struct Live {
     store: Store<HostState>,
     bindings: Bindings,
+    /// The running budget of its calls (also in the store's `HostState`).
+    meter: Arc<Meter>,
     /// Requests it served before this one (reused instances).
     served: u32,
     /// False while a call runs and after one failed: such an instance is never reused.
@@ -379,7 +387,9 @@ impl ChainRun {
             Ok(live) => {
                 arm(live, link);
                 let call = live.bindings.call(&mut live.store, link, &self.request, message);
-                let result = bounded(link, call).instrument(span.clone()).await;
+                let result = bounded(&live.meter, link.policy.timeout, call)
+                    .instrument(span.clone())
+                    .await;
                 settle(live, result)
             }
             Err(kind) => Err(kind),
@@ -464,8 +474,10 @@ async fn instance<'a>(slot: &'a mut Option<Live>, link: &LoadedMiddleware) -> Re
             link.policy.memory_limit as usize,
             link.policy.outbound.clone(),
         );
+        let meter = host.meter.clone();
         let mut store = link.runtime.store(host);
-        store.data_mut().deadline = Instant::now() + link.policy.timeout;
+        // Instantiating is the host's work, not the middleware's: bounded, but not by its budget.
+        store.data_mut().deadline = Instant::now() + INSTANTIATE_DEADLINE.max(link.policy.timeout);
         let bindings = link.artifact.pre.instantiate_async(&mut store).await.map_err(|e| {
             tracing::warn!(middleware = &*link.name, error = %format!("{e:#}"), "cannot instantiate");
             FailureKind::Instantiate
@@ -473,6 +485,7 @@ async fn instance<'a>(slot: &'a mut Option<Live>, link: &LoadedMiddleware) -> Re
         *slot = Some(Live {
             store,
             bindings: Bindings::Sluice(bindings),
+            meter,
             served: 0,
             reusable: true,
         });
@@ -493,32 +506,64 @@ impl Drop for ChainRun {
     }
 }
 
-/// Sets the call's deadline.
+/// Gives the call its budget.
 fn arm(live: &mut Live, link: &LoadedMiddleware) {
     live.reusable = false;
+    live.meter.arm(link.policy.timeout);
     let host = live.store.data_mut();
-    host.deadline = Instant::now() + link.policy.timeout;
     host.timed_out = false;
     host.limits.refused = false;
 }
 
-/// `call`, bounded by the middleware's deadline in wall-clock time as well: the epoch deadline
-/// stops a component that computes, this one a component waiting in the host (on an outbound
-/// request, the state backend, a WASI clock). The timer is only registered if the call does not
-/// finish at its first poll.
+/// The call waited in the host for longer than its `timeout`.
+struct WaitedTooLong;
+
+/// `call`, within the middleware's two budgets of `timeout` ([`crate::runtime::budget`]): the
+/// time its polls run, metered here and enforced by the epoch callback, and the time it waits in
+/// the host (outbound HTTP, the state backend, a WASI clock), enforced here with a timer. Time the
+/// worker spends on other requests between polls counts against neither. The timer exists only
+/// once the call waits.
 async fn bounded<T>(
-    link: &LoadedMiddleware,
+    meter: &Meter,
+    timeout: Duration,
     call: impl Future<Output = wasmtime::Result<T>>,
-) -> Result<wasmtime::Result<T>, tokio::time::error::Elapsed> {
-    tokio::time::timeout(link.policy.timeout, call).await
+) -> Result<wasmtime::Result<T>, WaitedTooLong> {
+    let mut call = std::pin::pin!(call);
+    let mut waited = Duration::ZERO;
+    let mut waiting_since: Option<Instant> = None;
+    let mut timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
+    std::future::poll_fn(|cx| {
+        if let Some(since) = waiting_since.take() {
+            waited += since.elapsed();
+        }
+        meter.enter();
+        let polled = call.as_mut().poll(cx);
+        let yielded = meter.leave();
+        if let Poll::Ready(result) = polled {
+            return Poll::Ready(Ok(result));
+        }
+        if yielded {
+            return Poll::Pending; // ready again at once: not waiting
+        }
+        let Some(left) = timeout.checked_sub(waited).filter(|left| !left.is_zero()) else {
+            return Poll::Ready(Err(WaitedTooLong));
+        };
+        let now = Instant::now();
+        waiting_since = Some(now);
+        let deadline = tokio::time::Instant::from_std(now + left);
+        let timer = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        timer.as_mut().reset(deadline);
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(WaitedTooLong)),
+            Poll::Pending => Poll::Pending,
+        }
+    })
+    .await
 }
 
 /// A call's result; a successful call leaves its instance reusable. A call stopped while waiting
 /// (its future dropped) leaves the instance unusable, and it is never reused.
-fn settle<T>(
-    live: &mut Live,
-    result: Result<wasmtime::Result<T>, tokio::time::error::Elapsed>,
-) -> Result<T, FailureKind> {
+fn settle<T>(live: &mut Live, result: Result<wasmtime::Result<T>, WaitedTooLong>) -> Result<T, FailureKind> {
     match result {
         Ok(Ok(value)) => {
             live.reusable = true;

@@ -2,9 +2,10 @@
 //! load, a fresh instance per request.
 //!
 //! - **Engine**: component model, async, the pooling allocator (instantiation in microseconds),
-//!   epoch interruption driven by a 1 ms ticker thread. Every call gets a deadline; on each tick
-//!   past it the call traps, and before it the call yields to the worker's other requests, so a
-//!   looping component never starves them. Fuel is not used (it roughly doubles execution time).
+//!   epoch interruption driven by a 1 ms ticker thread. Every call gets a budget of running time
+//!   ([`budget`]); on each tick past it the call traps, and before it the call yields to the
+//!   worker's other requests, so a looping component never starves them. Fuel is not used (it
+//!   roughly doubles execution time).
 //! - **Load** ([`Runtime::load`]): `init(config)` runs once, under `wasmtime-wizer`, and the
 //!   initialized state is snapshotted into a new component, which is compiled and stored in the
 //!   [`ArtifactCache`]. A restart or reload with the same component and config loads the compiled
@@ -18,6 +19,7 @@
 //!   `allow-hosts` only, never during `init` (whose memory is snapshotted and cached).
 
 mod bindings;
+pub mod budget;
 mod cache;
 pub mod host;
 
@@ -210,15 +212,23 @@ impl Runtime {
     }
 
     /// A store for one instance, with `state` behind its `state` interface and calls limited by
-    /// memory and deadline (set [`HostState::deadline`] before each call).
+    /// memory and time: a call by the time it runs ([`HostState::meter`], armed before each
+    /// call), `init` and instantiation by [`HostState::deadline`].
     pub fn store(&self, host: HostState) -> Store<HostState> {
         let mut store = Store::new(&self.engine, host);
         store.limiter(|host| &mut host.limits);
         store.epoch_deadline_callback(|mut ctx| {
-            if Instant::now() >= ctx.data().deadline {
-                ctx.data_mut().timed_out = true;
+            let host = ctx.data_mut();
+            // A call is bounded by the time it runs; `init` and instantiation by the clock.
+            let over = match host.meter.polling() {
+                true => host.meter.spent(),
+                false => Instant::now() >= host.deadline,
+            };
+            if over {
+                host.timed_out = true;
                 return Err(wasmtime::format_err!("deadline exceeded"));
             }
+            host.meter.yielded();
             Ok(UpdateDeadline::Yield(1))
         });
         store.set_epoch_deadline(1);

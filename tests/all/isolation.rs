@@ -1,6 +1,7 @@
 //! Isolation under a misbehaving middleware: a component gets no files, environment, sockets or
-//! hosts it was not granted; one that loops forever is cut at its deadline; a storm of traps on one
-//! route leaves another route's latency where it was. (Memory limits and per-request instances:
+//! hosts it was not granted; one that loops forever is cut once it has run its timeout; a storm of
+//! traps on one route leaves another route's latency where it was; calls sharing a worker are
+//! not failed by each other's time. (Memory limits and per-request instances:
 //! `middleware`; waiting in the host past the deadline: `outbound`.) `make test` runs this module
 //! on its own (`cargo test --test all isolation::`) after the rest, so no other test competes for
 //! the two cores while loops spin and latencies are compared.
@@ -32,9 +33,10 @@ async fn misbehaving(component_name: &str, extra: &str, on_error: &str) -> (Slui
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_endless_loop_is_cut_at_its_timeout_and_other_routes_stay_fast() {
     let _serial = SERIAL.lock().await;
-    // The loops are given two seconds: a worker blocked by them would hold plain requests that
-    // long. Calls yield at every epoch tick (1 ms), so plain requests only wait their turn.
-    let (mut sluice, up) = misbehaving("spin", "timeout = \"2s\"", "deny").await;
+    // A call's `timeout` is CPU time it runs: a loop is cut once it has run 500 ms. Calls yield
+    // at every epoch tick (1 ms), so plain requests only wait their turn, and four loops sharing
+    // a worker each get a quarter of it: about 2 s of wall-clock time for all of them.
+    let (mut sluice, up) = misbehaving("spin", "timeout = \"500ms\"", "deny").await;
     // Eight looping requests at once, across both workers...
     let looping = tokio::spawn({
         let url = sluice.url("/mw");
@@ -64,8 +66,8 @@ async fn an_endless_loop_is_cut_at_its_timeout_and_other_routes_stay_fast() {
     let (statuses, took) = looping.await.unwrap();
     assert!(statuses.iter().all(|&s| s == 500), "{statuses:?}");
     assert!(
-        took >= Duration::from_secs(2) && took < Duration::from_secs(5),
-        "8 looping requests took {took:?} (timeout 2s)"
+        took >= Duration::from_millis(500) && took < Duration::from_secs(6),
+        "8 looping requests took {took:?} (500 ms of CPU each, 4 per worker)"
     );
     assert!(
         slowest < Duration::from_millis(1000),
@@ -194,4 +196,65 @@ async fn a_trap_storm_on_one_route_leaves_another_routes_latency_unchanged() {
     let counted = metric_sum(admin, "sluice_middleware_failures_total", &["kind=\"trap\""]).await;
     assert_eq!(counted, traps as f64, "every trap counted");
     assert_eq!(up.requests(), 650, "only plain requests reached the upstream");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_sharing_a_worker_are_not_failed_by_each_others_time() {
+    let _serial = SERIAL.lock().await;
+    // Each call computes a few milliseconds (`x-spin`), yielding at every epoch tick; twelve at
+    // once on each worker take turns, so each one's wall-clock time is many times its own. A
+    // budget counted from the call's start failed them at 30 ms; the time their own polls take
+    // is what counts, and it is well within it.
+    let up = echo().await;
+    let (addr, admin) = (free_addr(), free_addr());
+    let mw = format!(
+        "[middleware.bad]\ncomponent = {:?}\ntimeout = \"30ms\"\non-error = \"deny\"\n",
+        component("spin")
+    );
+    let full = format!(
+        "[server]\nlisten = [\"{addr}\"]\nthreads = 2\nadmin = \"{admin}\"\ncache-dir = {:?}\n\n{}",
+        shared_cache_dir().display().to_string(),
+        config(up.addr(), &mw)
+    );
+    let sluice = Sluice::start_raw(&full, addr);
+    let clients: Vec<_> = (0..24)
+        .map(|_| {
+            let (url, client) = (sluice.url("/mw"), client());
+            tokio::spawn(async move {
+                let mut answers = Vec::new();
+                for _ in 0..10 {
+                    let started = Instant::now();
+                    let status = client
+                        .get(&url)
+                        .header("x-spin", "5000000")
+                        .send()
+                        .await
+                        .unwrap()
+                        .status()
+                        .as_u16();
+                    answers.push((status, started.elapsed()));
+                }
+                answers
+            })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for c in clients {
+        answers.extend(c.await.unwrap());
+    }
+    let mut took: Vec<Duration> = answers.iter().map(|(_, took)| *took).collect();
+    let p50 = quantile(&mut took, 0.5);
+    let failed = answers.iter().filter(|(status, _)| *status != 200).count();
+    let counted = metric_sum(admin, "sluice_middleware_failures_total", &[]).await;
+    eprintln!("240 requests, p50 {p50:?}, {failed} failed");
+    assert!(
+        p50 > Duration::from_millis(30),
+        "the calls did take turns (p50 {p50:?})"
+    );
+    assert_eq!(
+        (failed, counted),
+        (0, 0.0),
+        "{failed} of 240 requests failed (p50 {p50:?})"
+    );
+    assert_eq!(up.requests(), 240);
 }

@@ -19,6 +19,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::runtime::bindings;
+use crate::runtime::budget::Meter;
 use crate::state::State;
 
 /// The data of one middleware instance's `Store`.
@@ -32,7 +33,9 @@ pub struct HostState {
     /// The middleware's name, for logs and state namespacing.
     pub middleware: Arc<str>,
     state: Arc<State>,
-    /// When the current call must end; checked on every epoch tick.
+    /// The running budget of the call being polled ([`crate::runtime::budget`]).
+    pub meter: Arc<Meter>,
+    /// When `init` or an instantiation must end (wall-clock; calls use `meter`).
     pub deadline: Instant,
     /// Set when a call was stopped for exceeding its deadline.
     pub timed_out: bool,
@@ -63,6 +66,7 @@ impl HostState {
             },
             middleware,
             state,
+            meter: Arc::default(),
             deadline: Instant::now(),
             timed_out: false,
         }
