@@ -8,7 +8,9 @@
 #   benches/ab.sh /tmp/before-target/release/sluice target/release/sluice
 #
 # ROUNDS (default 5), DURATION (10s), CONNS (32), PROXY_WORKERS (2) as in load.sh. The config is
-# the plainest route (no middleware), so what differs is the proxy's own per-request work.
+# the plainest route (no middleware), so what differs is the proxy's own per-request work; with
+# STAMP=path/to/stamp.wasm a second route, /chain, runs four `stamp` middleware (header phases,
+# reused instances) and is measured too: what differs there is the chain's per-request work.
 set -euo pipefail
 
 [[ $# -eq 2 ]] || { echo "usage: benches/ab.sh BEFORE_BINARY AFTER_BINARY" >&2; exit 2; }
@@ -45,6 +47,13 @@ targets = ["127.0.0.1:$UPSTREAM_PORT"]
 name = "plain"
 upstream = "up"
 CONF
+  if [[ -n ${STAMP:-} ]]; then
+    for i in 1 2 3 4; do
+      printf '\n[middleware.m%s]\ncomponent = "%s"\nconfig = { name = "m%s", phases = ["request-headers", "response-headers"] }\nreuse = { max-requests = 10000 }\n' \
+        "$i" "$STAMP" "$i" >> "$work/$side/sluice.toml"
+    done
+    printf '\n[[route]]\nname = "chain"\npath-prefix = "/chain"\nupstream = "up"\nmiddleware = ["m1", "m2", "m3", "m4"]\n' >> "$work/$side/sluice.toml"
+  fi
   RUST_LOG=warn "$bin" run --config "$work/$side/sluice.toml" 2>"$work/$side.log" &
   pids+=($!)
 done
@@ -53,21 +62,31 @@ for port in $UPSTREAM_PORT $BEFORE_PORT $AFTER_PORT; do
   body=$(curl -fsS "http://127.0.0.1:$port/") && [[ ${#body} -eq 59 ]] || { echo "ab.sh: port $port does not serve" >&2; cat "$work"/*.log >&2; exit 1; }
 done
 
-measure() { # port -> "req/s p50 p99"
-  wrk -t1 -c"$CONNS" -d"$WARMUP" "http://127.0.0.1:$1/" >/dev/null
-  wrk -t1 -c"$CONNS" -d"$DURATION" --latency "http://127.0.0.1:$1/" |
+measure() { # port [path] -> "req/s p50 p99"
+  wrk -t1 -c"$CONNS" -d"$WARMUP" "http://127.0.0.1:$1${2:-/}" >/dev/null
+  wrk -t1 -c"$CONNS" -d"$DURATION" --latency "http://127.0.0.1:$1${2:-/}" |
     awk '/^Requests\/sec/ {r=$2} $1 == "50%" {p50=$2} $1 == "99%" {p99=$2} END {print r, p50, p99}'
 }
 median() { sort -n -k1,1 | awk '{rows[NR]=$0} END {print rows[int((NR + 1) / 2)]}'; }
 
-b="" a=""
-for round in $(seq "$ROUNDS"); do
-  row=$(measure $BEFORE_PORT); echo "round $round: before: $row" >&2; b+="$row"$'\n'
-  row=$(measure $AFTER_PORT); echo "round $round: after: $row" >&2; a+="$row"$'\n'
-done
-read -r brps bp50 bp99 < <(printf '%s' "$b" | median)
-read -r arps ap50 ap99 < <(printf '%s' "$a" | median)
-echo
-echo "wrk -t1 -c$CONNS -d$DURATION, median of $ROUNDS alternating rounds, $PROXY_WORKERS workers, $(nproc) cores"
-printf '%-8s %12s %10s %10s\n' "" "req/s" "p50" "p99" before "$brps" "$bp50" "$bp99" after "$arps" "$ap50" "$ap99"
-awk -v a="$arps" -v b="$brps" 'BEGIN { printf "after / before = %.3fx (medians)\n", a / b }'
+compare() { # path label
+  local b="" a="" row brps bp50 bp99 arps ap50 ap99
+  for round in $(seq "$ROUNDS"); do
+    row=$(measure $BEFORE_PORT "$1"); echo "$2 round $round: before: $row" >&2; b+="$row"$'\n'
+    row=$(measure $AFTER_PORT "$1"); echo "$2 round $round: after: $row" >&2; a+="$row"$'\n'
+  done
+  read -r brps bp50 bp99 < <(printf '%s' "$b" | median)
+  read -r arps ap50 ap99 < <(printf '%s' "$a" | median)
+  echo
+  echo "$2 ($1): wrk -t1 -c$CONNS -d$DURATION, median of $ROUNDS alternating rounds, $PROXY_WORKERS workers, $(nproc) cores"
+  printf '%-8s %12s %10s %10s\n' "" "req/s" "p50" "p99" before "$brps" "$bp50" "$bp99" after "$arps" "$ap50" "$ap99"
+  awk -v a="$arps" -v b="$brps" 'BEGIN { printf "after / before = %.3fx (medians)\n", a / b }'
+}
+
+compare / plain
+if [[ -n ${STAMP:-} ]]; then
+  for port in $BEFORE_PORT $AFTER_PORT; do
+    curl -fsS -o /dev/null "http://127.0.0.1:$port/chain" || { echo "ab.sh: port $port does not serve /chain" >&2; cat "$work"/*.log >&2; exit 1; }
+  done
+  compare /chain "chain of 4 stamp (reused)"
+fi
