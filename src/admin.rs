@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -27,6 +27,12 @@ use crate::reload::{Attempt, Reloader, SwapError, Trigger};
 /// Largest component `PUT /admin/middleware/NAME/component` accepts.
 pub const MAX_UPLOAD: usize = 256 << 20;
 
+/// Uploads read at the same time; another one meanwhile is answered 429 with `Retry-After`.
+const CONCURRENT_UPLOADS: usize = 1;
+
+/// How long an upload's body may take to arrive: a slow client does not hold the upload slot.
+const UPLOAD_DEADLINE: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// The admin API's settings.
 #[derive(Clone)]
 pub struct Admin {
@@ -35,6 +41,8 @@ pub struct Admin {
     token: Option<[u8; 32]>,
     /// Whether reading calls need the token too: the admin API is not on a loopback address.
     guard_reads: bool,
+    /// Upload slots ([`CONCURRENT_UPLOADS`]).
+    uploads: Arc<tokio::sync::Semaphore>,
 }
 
 impl Admin {
@@ -45,6 +53,7 @@ impl Admin {
             reloader,
             token: token.map(|t| Sha256::digest(t.as_bytes()).into()),
             guard_reads: needs_token(addr),
+            uploads: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_UPLOADS)),
         }
     }
 
@@ -119,16 +128,7 @@ impl Admin {
             },
             (Method::PUT, ["admin", "middleware", name, "component"]) => {
                 let name = name.to_string();
-                let body = match Limited::new(req.into_body(), MAX_UPLOAD).collect().await {
-                    Ok(body) => body.to_bytes(),
-                    Err(e) => {
-                        return problem(
-                            StatusCode::PAYLOAD_TOO_LARGE,
-                            &format!("cannot read the component (at most {MAX_UPLOAD} bytes): {e}"),
-                        );
-                    }
-                };
-                swapped(self.reloader.upload(&name, body).await)
+                self.upload(&name, req).await
             }
             (Method::POST, ["admin", "middleware", name, "rollback"]) => swapped(self.reloader.rollback(name).await),
             (_, ["healthz" | "metrics"] | ["admin", "config" | "middleware" | "reload"])
@@ -200,6 +200,78 @@ fn swapped(result: Result<Attempt, SwapError>) -> Response<Full<Bytes>> {
         Err(e @ SwapError::Rejected(_)) => problem(StatusCode::BAD_REQUEST, &e.to_string()),
         Err(e @ SwapError::NoPrevious(_)) => problem(StatusCode::CONFLICT, &e.to_string()),
     }
+}
+
+impl Admin {
+    /// `PUT /admin/middleware/NAME/component`: refused on its `Content-Length` when that is too
+    /// large, one at a time, the body spooled to a temporary file as it arrives.
+    async fn upload(&self, name: &str, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        let declared = req
+            .headers()
+            .get(hyper::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if let Some(len) = declared.filter(|&len| len > MAX_UPLOAD as u64) {
+            return too_large(&format!("the component is {len} bytes"));
+        }
+        let Ok(_slot) = self.uploads.clone().try_acquire_owned() else {
+            let mut response = problem(
+                StatusCode::TOO_MANY_REQUESTS,
+                "another component upload is being read; try again when it is done",
+            );
+            response
+                .headers_mut()
+                .insert("retry-after", hyper::header::HeaderValue::from_static("1"));
+            return response;
+        };
+        let component = match tokio::time::timeout(UPLOAD_DEADLINE, spool(req.into_body())).await {
+            Ok(Ok(component)) => component,
+            Ok(Err(Spool::TooLarge)) => return too_large("the component is larger"),
+            Ok(Err(Spool::Read(e))) => {
+                return problem(StatusCode::BAD_REQUEST, &format!("cannot read the component: {e}"));
+            }
+            Err(_) => {
+                let detail = format!("the component did not arrive within {}s", UPLOAD_DEADLINE.as_secs());
+                return problem(StatusCode::REQUEST_TIMEOUT, &detail);
+            }
+        };
+        swapped(self.reloader.upload(name, component).await)
+    }
+}
+
+/// Why an upload's body could not be read.
+enum Spool {
+    /// Over [`MAX_UPLOAD`].
+    TooLarge,
+    /// The client broke off, or the temporary file failed.
+    Read(String),
+}
+
+/// The upload's body, written to an unnamed temporary file as it arrives and read back once: the
+/// process holds the component once, never its chunks and a copy of them.
+async fn spool(mut body: Incoming) -> Result<Bytes, Spool> {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+    let io = |e: std::io::Error| Spool::Read(e.to_string());
+    let mut file = tokio::fs::File::from_std(tempfile::tempfile().map_err(io)?);
+    let mut len = 0;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| Spool::Read(e.to_string()))?;
+        if let Ok(data) = frame.into_data() {
+            len += data.len();
+            if len > MAX_UPLOAD {
+                return Err(Spool::TooLarge);
+            }
+            file.write_all(&data).await.map_err(io)?;
+        }
+    }
+    file.rewind().await.map_err(io)?;
+    let mut component = Vec::with_capacity(len);
+    file.read_to_end(&mut component).await.map_err(io)?;
+    Ok(Bytes::from(component))
+}
+
+fn too_large(what: &str) -> Response<Full<Bytes>> {
+    let detail = format!("{what}; an upload is at most {MAX_UPLOAD} bytes (256 MiB)");
+    problem(StatusCode::PAYLOAD_TOO_LARGE, &detail)
 }
 
 fn version_json(version: &LoadedMiddleware) -> Value {

@@ -42,6 +42,8 @@ pub struct Metrics {
     pub target_health: Family<TargetLabels, Gauge>,
     /// `sluice_access_log_dropped_total`: lines the writer could not keep up with.
     pub access_log_dropped: Counter,
+    /// `sluice_requests_shed_total`: requests answered 503 at `max-in-flight`.
+    pub shed: Counter,
 }
 
 /// Labels of `sluice_middleware_call_duration_seconds`.
@@ -243,6 +245,12 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "Access log lines dropped because the writer fell behind",
         access_log_dropped.clone(),
     );
+    let shed = Counter::default();
+    registry.register(
+        "sluice_requests_shed",
+        "Requests answered 503 with Retry-After because max-in-flight requests were being served",
+        shed.clone(),
+    );
     Metrics {
         registry,
         reloads,
@@ -257,6 +265,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         upstream_errors,
         target_health,
         access_log_dropped,
+        shed,
     }
 });
 

@@ -104,6 +104,9 @@ pub struct ServerConfig {
     /// How long `SIGTERM` (and the old process of an upgrade) waits for in-flight requests.
     #[serde(default = "default_grace_period")]
     pub grace_period: AnyDuration,
+    /// Requests served at once, past which a new one is answered 503 with `Retry-After`.
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: Spanned<usize>,
     /// The Unix socket an upgrade hands the listening sockets over on (default: in the temporary
     /// directory, named after the config file's path).
     pub upgrade_sock: Option<PathBuf>,
@@ -172,6 +175,10 @@ impl Config {
     }
 }
 
+fn default_max_in_flight() -> Spanned<usize> {
+    Spanned::new(0..0, 10_000)
+}
+
 fn default_grace_period() -> AnyDuration {
     AnyDuration(std::time::Duration::from_millis(5_000))
 }
@@ -229,6 +236,7 @@ impl Default for ServerConfig {
             tls: Vec::new(),
             h2c: false,
             grace_period: default_grace_period(),
+            max_in_flight: default_max_in_flight(),
             upgrade_sock: None,
             pid_file: None,
             otlp: None,

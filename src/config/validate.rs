@@ -40,6 +40,13 @@ pub(super) fn validate(config: &Config, declared: &Declared, loc: &Locator<'_>, 
         );
     }
 
+    if *server.max_in_flight.get_ref() == 0 {
+        err(
+            server.max_in_flight.span(),
+            "`max-in-flight` must be at least 1: with 0, every request would be refused".into(),
+        );
+    }
+
     if let Some(otlp) = &server.otlp {
         let otlp = otlp.get_ref();
         let endpoint = otlp.endpoint.get_ref();

@@ -274,7 +274,21 @@ impl ProxyHttp for Sluice {
     /// Returns `Ok(true)` when sluice has answered the request itself (no route: 404; wrong
     /// method: 405), `Ok(false)` to go on to the upstream.
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        // Pipelined HTTP/1.1 requests (RFC 9112 §9.3.2) are answered in order, one after the
+        // other; without this pingora answers the first and closes, dropping the rest.
+        session.set_pipelining_enabled(true);
         let snapshot = self.live.load_full();
+        let max_in_flight = *snapshot.config.server.max_in_flight.get_ref();
+        if in_flight() > max_in_flight {
+            // Shed deliberately, before any work: the client is told when to come back.
+            crate::metrics::metrics().shed.inc();
+            let detail = format!("sluice is serving its max-in-flight of {max_in_flight} requests; retry shortly");
+            Problem::new(503, detail)
+                .with_header("retry-after", "1")
+                .write(session)
+                .await?;
+            return Ok(true);
+        }
         let req = session.req_header();
         let trace = TraceContext::from_header(req.headers.get("traceparent").map(|v| v.as_bytes()));
         ctx.trace = Some(trace);

@@ -688,3 +688,45 @@ async fn the_admin_api_shows_no_secret_and_off_loopback_every_call_needs_the_tok
     }
     drop(sluice);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_are_refused_on_their_length_read_one_at_a_time_and_never_held_whole() {
+    use std::io::{Read, Write};
+    let proxy = start("version_one", "", "version = \"v1\"").await;
+    let head = |len: u64| {
+        format!(
+            "PUT /admin/middleware/ver/component HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: {len}\r\n\r\n"
+        )
+    };
+    let answer_of = |stream: &mut std::net::TcpStream| {
+        stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut answer = vec![0; 4096];
+        let n = stream.read(&mut answer).expect("an answer without the body being sent");
+        String::from_utf8_lossy(&answer[..n]).into_owned()
+    };
+
+    // 300 MB announced, nothing sent: 413 at once, from the head alone.
+    let mut big = std::net::TcpStream::connect(proxy.admin).unwrap();
+    big.write_all(head(300_000_000).as_bytes()).unwrap();
+    let answer = answer_of(&mut big);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("300000000 bytes"), "{answer}");
+
+    // One upload arriving slowly holds the upload slot: a second one meanwhile is 429.
+    let mut slow = std::net::TcpStream::connect(proxy.admin).unwrap();
+    slow.write_all(head(1 << 20).as_bytes()).unwrap();
+    slow.write_all(&[0; 1024]).unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut second = std::net::TcpStream::connect(proxy.admin).unwrap();
+    second.write_all(head(10).as_bytes()).unwrap();
+    let answer = answer_of(&mut second);
+    assert!(answer.starts_with("HTTP/1.1 429"), "{answer}");
+    assert!(answer.to_ascii_lowercase().contains("retry-after: 1"), "{answer}");
+
+    // The slow client gives up: its slot is free again, and a real upload swaps in.
+    drop(slow);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (status, answer) = proxy.upload(wasm("version_two")).await;
+    assert_eq!(status, 200, "{answer}");
+    proxy.wait_for("two", Duration::from_secs(5)).await;
+}

@@ -4,6 +4,7 @@ use crate::common;
 
 use common::*;
 use serde_json::Value;
+use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exact_host_beats_wildcard_beats_none_then_longest_prefix() {
@@ -202,4 +203,75 @@ async fn an_http11_request_without_host_or_with_two_is_400_and_never_forwarded()
         assert!(answer.contains(" 200 "), "{request:?} -> {answer}");
     }
     assert_eq!(up.requests(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_requests_are_all_answered_in_order() {
+    use std::io::{Read, Write};
+    let up = echo().await;
+    let sluice = Sluice::start(&format!(
+        "[upstreams.u]\ntargets = [\"{}\"]\n[[route]]\nname = \"all\"\nupstream = \"u\"\n",
+        up.addr()
+    ));
+    // Three requests in one write, the middle one with a body; the last asks to close.
+    let pipeline = "GET /first HTTP/1.1\r\nHost: a.test\r\n\r\n\
+                    POST /second HTTP/1.1\r\nHost: a.test\r\nContent-Length: 5\r\n\r\nhello\
+                    GET /third HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n";
+    let mut stream = std::net::TcpStream::connect(sluice.addr).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    stream.write_all(pipeline.as_bytes()).unwrap();
+    let mut answer = Vec::new();
+    stream
+        .read_to_end(&mut answer)
+        .expect("sluice closes after the last request");
+    let answer = String::from_utf8_lossy(&answer);
+    assert_eq!(answer.matches("HTTP/1.1 200 ").count(), 3, "{answer}");
+    let at = |path: &str| {
+        answer
+            .find(&format!("\"{path}\""))
+            .unwrap_or_else(|| panic!("no {path} in {answer}"))
+    };
+    assert!(at("/first") < at("/second") && at("/second") < at("/third"), "{answer}");
+    assert_eq!(up.requests(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn past_max_in_flight_a_request_is_shed_with_503_and_retry_after() {
+    let up = echo().await;
+    let (addr, admin) = (free_addr(), free_addr());
+    let sluice = Sluice::start_raw(
+        &format!(
+            "[server]\nlisten = [\"{addr}\"]\nadmin = \"{admin}\"\nmax-in-flight = 2\n[upstreams.u]\ntargets = [\"{}\"]\n[[route]]\nname = \"all\"\nupstream = \"u\"\n",
+            up.addr()
+        ),
+        addr,
+    );
+    // Two slow requests fill sluice...
+    let slow: Vec<_> = (0..2)
+        .map(|_| {
+            let req = client().get(sluice.url("/slow")).header("x-echo-delay", "1s");
+            tokio::spawn(async move { req.send().await.unwrap().status().as_u16() })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // ...so a third is answered at once, told when to come back, and never forwarded.
+    let started = std::time::Instant::now();
+    let shed = client().get(sluice.url("/third")).send().await.unwrap();
+    assert!(started.elapsed() < Duration::from_millis(500));
+    assert_eq!(shed.status(), 503);
+    assert_eq!(shed.headers()["retry-after"], "1");
+    let problem: serde_json::Value = shed.json().await.unwrap();
+    assert!(
+        problem["detail"].as_str().unwrap().contains("max-in-flight of 2"),
+        "{problem}"
+    );
+    for request in slow {
+        assert_eq!(request.await.unwrap(), 200);
+    }
+    assert_eq!(up.requests(), 2);
+    assert_eq!(metric_sum(admin, "sluice_requests_shed_total", &[]).await, 1.0);
+    // Once they are done, requests are served again.
+    assert_eq!(client().get(sluice.url("/after")).send().await.unwrap().status(), 200);
 }
