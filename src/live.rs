@@ -184,7 +184,7 @@ impl Snapshot {
                         .map(|version| {
                             Some(Canary {
                                 version,
-                                weight: *canary.weight.get_ref(),
+                                weight: canary.weight.0,
                             })
                         })
                 }

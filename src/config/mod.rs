@@ -30,4 +30,6 @@ use diagnostic::Locator;
 pub use diagnostic::{ConfigError, ConfigErrors};
 pub use parse::{load, parse};
 pub use schema::*;
-pub use units::{AnyDuration, ByteSize, ComponentRef, Duration, HostPattern, ListenAddr, Method, PathPrefix, Target};
+pub use units::{
+    AnyDuration, ByteSize, ComponentRef, Duration, HostPattern, ListenAddr, Method, PathPrefix, Percent, Target,
+};

@@ -9,7 +9,8 @@ use toml::Spanned;
 
 use super::Locator;
 use super::{
-    AnyDuration, ByteSize, ComponentRef, ConfigError, Duration, HostPattern, ListenAddr, Method, PathPrefix, Target,
+    AnyDuration, ByteSize, ComponentRef, ConfigError, Duration, HostPattern, ListenAddr, Method, PathPrefix, Percent,
+    Target,
 };
 
 /// Built-in middleware names, usable as `component = "builtin:<name>"`.
@@ -572,7 +573,7 @@ pub struct CanaryConfig {
     /// The canary's component.
     pub component: Spanned<ComponentRef>,
     /// Percent of requests (0–100) that run the canary.
-    pub weight: Spanned<u8>,
+    pub weight: Percent,
     /// An optional version label.
     pub version: Option<String>,
 }

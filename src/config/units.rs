@@ -271,6 +271,23 @@ impl fmt::Display for HostPattern {
     }
 }
 
+/// A share of requests, in percent: 0 to 100.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "i64")]
+pub struct Percent(pub u8);
+
+impl TryFrom<i64> for Percent {
+    type Error = String;
+
+    fn try_from(n: i64) -> Result<Self, String> {
+        u8::try_from(n)
+            .ok()
+            .filter(|&n| n <= 100)
+            .map(Percent)
+            .ok_or_else(|| format!("`{n}` is not a percentage (0–100)"))
+    }
+}
+
 /// `component`: a built-in (`"builtin:NAME"`) or a component file, relative to the config file.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Deserialize)]
 #[serde(try_from = "String")]

@@ -150,17 +150,6 @@ pub(super) fn validate(config: &Config, declared: &Declared, loc: &Locator<'_>, 
                 );
             }
         }
-        if let Some(canary) = &mw.canary
-            && *canary.weight.get_ref() > 100
-        {
-            err(
-                canary.weight.span(),
-                format!(
-                    "canary `weight` is a percentage (0–100), not `{}`",
-                    canary.weight.get_ref()
-                ),
-            );
-        }
     }
 
     let mut names: HashMap<&str, usize> = HashMap::new();
