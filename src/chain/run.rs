@@ -394,8 +394,7 @@ impl ChainRun {
             }
             Err(kind) => Err(kind),
         };
-        let link = link.clone();
-        self.record(&link, phase, &result, started.elapsed(), &span);
+        record(&mut self.calls, link, phase, &result, started.elapsed(), &span);
         result
     }
 
@@ -430,33 +429,33 @@ impl ChainRun {
         }
         Ok(None)
     }
+}
 
-    /// Counts and records one call of `link` in `phase` that took `took`.
-    fn record(
-        &mut self,
-        link: &LoadedMiddleware,
-        phase: Phase,
-        result: &Result<Decision, FailureKind>,
-        took: Duration,
-        span: &tracing::Span,
-    ) {
-        let (outcome, label, status) = match result {
-            Ok(Decision::Respond(response)) => (Outcome::Respond, "respond", Some(response.status)),
-            Ok(Decision::Next { .. }) => (Outcome::Next, "next", None),
-            Err(kind) => (Outcome::Failed, kind.label(), None),
-        };
-        link.calls.count(phase, outcome, took);
-        if let Some(status) = status {
-            link.calls.short_circuit(phase, status);
-        }
-        span.record("outcome", label);
-        self.calls.push(CallRecord {
-            middleware: link.name.clone(),
-            phase,
-            outcome: label,
-            status,
-        });
+/// Counts and records one call of `link` in `phase` that took `took`.
+fn record(
+    calls: &mut Vec<CallRecord>,
+    link: &LoadedMiddleware,
+    phase: Phase,
+    result: &Result<Decision, FailureKind>,
+    took: Duration,
+    span: &tracing::Span,
+) {
+    let (outcome, label, status) = match result {
+        Ok(Decision::Respond(response)) => (Outcome::Respond, "respond", Some(response.status)),
+        Ok(Decision::Next { .. }) => (Outcome::Next, "next", None),
+        Err(kind) => (Outcome::Failed, kind.label(), None),
+    };
+    link.calls.count(phase, outcome, took);
+    if let Some(status) = status {
+        link.calls.short_circuit(phase, status);
     }
+    span.record("outcome", label);
+    calls.push(CallRecord {
+        middleware: link.name.clone(),
+        phase,
+        outcome: label,
+        status,
+    });
 }
 
 /// The request's instance of `link` in `slot`: created (or taken from the idle ones) on first use.
