@@ -11,7 +11,7 @@ use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
 use crate::chain::{Artifact, Canary, Chain, Deployment, LoadedMiddleware, Policy, Provenance, Reuse, Source};
-use crate::config::{ComponentRef, Config, ConfigError, ConfigErrors, MiddlewareConfig};
+use crate::config::{ComponentRef, Config, ConfigError, ConfigErrors, Instances, MiddlewareConfig};
 use crate::error::Error;
 use crate::router::Router;
 use crate::runtime::host::Outbound;
@@ -485,10 +485,15 @@ fn outbound(name: &str, mw: &MiddlewareConfig) -> Option<Arc<Outbound>> {
     })
 }
 
+/// The bounds on `mw`'s reused instances; `None` for fresh instances.
 fn reuse(mw: &MiddlewareConfig) -> Option<Reuse> {
-    mw.reuse.as_ref().map(|reuse| Reuse {
-        max_requests: reuse.get_ref().max_requests,
-        max_memory: reuse.get_ref().max_memory.map_or(mw.memory_limit.0 / 2, |m| m.0),
+    if mw.instances == Instances::Fresh {
+        return None;
+    }
+    let reuse = mw.reuse.as_ref().map(|reuse| *reuse.get_ref()).unwrap_or_default();
+    Some(Reuse {
+        max_requests: reuse.max_requests,
+        max_memory: reuse.max_memory.map_or(mw.memory_limit.0 / 2, |m| m.0),
     })
 }
 

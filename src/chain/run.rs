@@ -8,6 +8,7 @@
 //! `wasi:http` component, a native built-in) is a variant there, not a copy of the loop.
 
 use std::borrow::Cow;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::{Duration, Instant};
@@ -24,7 +25,7 @@ use crate::metrics::Outcome;
 use crate::runtime::budget::Meter;
 use crate::runtime::host::HostState;
 use crate::runtime::types::{BodyDecision, HeaderEdits, Request, RequestDecision, Response, ResponseDecision};
-use crate::runtime::{Middleware, Phase};
+use crate::runtime::{Middleware, POOLED_INSTANCES, Phase};
 
 /// How long creating an instance may take (at least the middleware's `timeout`): the host's work,
 /// microseconds normally, so only a broken host exceeds it.
@@ -249,9 +250,15 @@ struct Live {
     reusable: bool,
 }
 
-/// A middleware's idle instances, when it has `reuse`: taken by a request, given back after it.
+/// A middleware's idle instances, when its instances are reused: taken by a request, given back
+/// after it.
 #[derive(Default)]
 pub struct IdleInstances(Mutex<Vec<Live>>);
+
+/// Idle instances of every middleware together: at most half of the engine's pool, so a request
+/// always finds a free slot for an instance it must create.
+static IDLE_TOTAL: AtomicUsize = AtomicUsize::new(0);
+const MAX_IDLE_TOTAL: usize = POOLED_INSTANCES as usize / 2;
 
 impl std::fmt::Debug for IdleInstances {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -261,27 +268,40 @@ impl std::fmt::Debug for IdleInstances {
 }
 
 impl IdleInstances {
-    /// Idle instances kept per middleware, at most; more are dropped. Each holds a slot of the
-    /// engine's instance pool.
+    /// Idle instances kept per middleware, at most; more are dropped.
     const MAX_IDLE: usize = 64;
 
     fn take(&self) -> Option<Live> {
-        self.0.lock().ok()?.pop()
+        let live = self.0.lock().ok()?.pop()?;
+        IDLE_TOTAL.fetch_sub(1, Ordering::Relaxed);
+        Some(live)
     }
 
     /// Keeps `live` for another request, unless it failed, served its `max-requests` or grew past
-    /// `max-memory`.
+    /// `max-memory`, or the idle instances already fill their share of the pool.
     fn give_back(&self, mut live: Live, reuse: Reuse) {
         live.served += 1;
         let grown = live.store.data().limits.memory_high_water as u64 > reuse.max_memory;
         if !live.reusable || live.served >= reuse.max_requests || grown {
             return;
         }
-        if let Ok(mut idle) = self.0.lock()
-            && idle.len() < Self::MAX_IDLE
-        {
-            idle.push(live);
+        let Ok(mut idle) = self.0.lock() else { return };
+        if idle.len() >= Self::MAX_IDLE {
+            return;
         }
+        if IDLE_TOTAL.fetch_add(1, Ordering::Relaxed) >= MAX_IDLE_TOTAL {
+            IDLE_TOTAL.fetch_sub(1, Ordering::Relaxed);
+            return;
+        }
+        idle.push(live);
+    }
+}
+
+impl Drop for IdleInstances {
+    /// A retired version's idle instances leave the pool's count.
+    fn drop(&mut self) {
+        let idle = self.0.get_mut().map_or(0, |idle| idle.len());
+        IDLE_TOTAL.fetch_sub(idle, Ordering::Relaxed);
     }
 }
 

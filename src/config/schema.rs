@@ -489,6 +489,8 @@ pub enum Balance {
 /// allow-hosts = []                  # "host:port" it may call with outbound HTTP
 /// outbound-timeout = "1s"          # connect + response head; default: `timeout`
 /// outbound-max-response = "1MiB"   # largest outbound response body
+/// instances = "reused"             # | "fresh": a new instance per request
+/// reuse = { max-requests = 1000 }  # bounds on a reused instance's life
 /// ```
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -519,11 +521,28 @@ pub struct MiddlewareConfig {
     pub outbound_max_response: ByteSize,
     /// A second version taking a share of requests.
     pub canary: Option<CanaryConfig>,
-    /// Reuse instances across requests instead of a fresh one per request.
+    /// Reused instances (the default) or a fresh instance per request.
+    #[serde(default)]
+    pub instances: Instances,
+    /// Bounds on a reused instance's life; default: [`ReuseConfig::default`].
     pub reuse: Option<Spanned<ReuseConfig>>,
 }
 
-/// `[middleware.NAME] reuse`: instances serve several requests, within bounds.
+/// `[middleware.NAME] instances`: how much one request's call is isolated from the next's.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Instances {
+    /// An instance serves request after request, within the `reuse` bounds, and is retired after a
+    /// failed call: what a request leaves in its memory, a later one can see.
+    #[default]
+    Reused,
+    /// A fresh instance from the initialized snapshot for every request: nothing one request
+    /// leaves behind is visible to another. For middleware handling one tenant's data that must
+    /// never reach another's.
+    Fresh,
+}
+
+/// `[middleware.NAME] reuse`: how long a reused instance serves.
 ///
 /// ```toml
 /// reuse = { max-requests = 1000, max-memory = "32MiB" }
@@ -537,6 +556,15 @@ pub struct ReuseConfig {
     /// An instance whose linear memory has grown past this is retired after its request;
     /// default: half of `memory-limit`.
     pub max_memory: Option<ByteSize>,
+}
+
+impl Default for ReuseConfig {
+    fn default() -> Self {
+        ReuseConfig {
+            max_requests: default_max_requests(),
+            max_memory: None,
+        }
+    }
 }
 
 fn default_max_requests() -> u32 {

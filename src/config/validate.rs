@@ -7,7 +7,8 @@ use std::path::Path;
 
 use super::parse::{Declared, valid_name};
 use super::{
-    BUILTIN_MIDDLEWARE, ByteSize, ComponentRef, Config, ConfigError, HostPattern, Locator, RouteConfig, StateBackend,
+    BUILTIN_MIDDLEWARE, ByteSize, ComponentRef, Config, ConfigError, HostPattern, Instances, Locator, RouteConfig,
+    StateBackend,
 };
 
 /// Checks what deserialization cannot: references, duplicates, empty lists, ranges.
@@ -135,6 +136,12 @@ pub(super) fn validate(config: &Config, declared: &Declared, loc: &Locator<'_>, 
             );
         }
         if let Some(reuse) = &mw.reuse {
+            if mw.instances == Instances::Fresh {
+                err(
+                    reuse.span(),
+                    "`reuse` bounds a reused instance's life, and `instances = \"fresh\"` reuses none: remove one of them".into(),
+                );
+            }
             if reuse.get_ref().max_requests == 0 {
                 err(reuse.span(), "`reuse.max-requests` must be at least 1".into());
             }

@@ -10,10 +10,10 @@
 //!   initialized state is snapshotted into a new component, which is compiled and stored in the
 //!   [`ArtifactCache`]. A restart or reload with the same component and config loads the compiled
 //!   snapshot from disk and skips both `init` and Cranelift.
-//! - **Per request** ([`Runtime::instantiate`]): a fresh instance from the snapshot's
-//!   `InstancePre`, with `init`'s work already in its memory. Nothing one request leaves behind is
-//!   visible to the next. A middleware with `reuse` keeps idle instances instead (see
-//!   `chain::IdleInstances`), trading that isolation for speed.
+//! - **Instances**: created from the snapshot's `InstancePre`, with `init`'s work already in
+//!   their memory. By default an instance serves request after request within bounds (see
+//!   `chain::IdleInstances`); with `instances = "fresh"` every request gets a new one, and nothing
+//!   one request leaves behind is visible to the next.
 //! - **Capabilities**: WASI clocks and random, nothing else (see [`host::HostState::new`]); the
 //!   `state` and `log` interfaces; `wasi:http` outbound requests to the middleware's
 //!   `allow-hosts` only, never during `init` (whose memory is snapshotted and cached).
@@ -47,6 +47,9 @@ const INIT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The largest linear memory any middleware may have; `memory-limit` is capped at this.
 pub const MAX_MEMORY: u64 = 1 << 30;
+
+/// Component instances the engine's pool holds, live and idle together.
+pub const POOLED_INSTANCES: u32 = 2_000;
 
 /// Bumped when the snapshot recipe changes, so old cache entries are not reused.
 const SNAPSHOT_FORMAT: &str = "sluice-snapshot-1";
@@ -172,7 +175,7 @@ impl Runtime {
     pub fn new(cache_dir: PathBuf) -> Result<Arc<Runtime>, LoadError> {
         let internal = |e: wasmtime::Error| LoadError::Internal(format!("{e:#}"));
         let mut pool = PoolingAllocationConfig::new();
-        pool.total_component_instances(2_000)
+        pool.total_component_instances(POOLED_INSTANCES)
             .total_core_instances(20_000)
             .total_memories(4_000)
             .total_tables(20_000)

@@ -231,12 +231,32 @@ async fn remembered(sluice: &Sluice, path: &str, headers: &[(&str, &str)]) -> (S
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fresh_instances_never_see_an_earlier_request() {
     let up = echo().await;
-    let mw = format!("[middleware.mem]\ncomponent = {:?}\n", component("remember"));
+    let mw = format!(
+        "[middleware.mem]\ncomponent = {:?}\ninstances = \"fresh\"\n",
+        component("remember")
+    );
     let sluice = Sluice::start(&config(up.addr(), &["mem"], &mw));
     for i in 0..5 {
         let seen = remembered(&sluice, &format!("/mw/{i}"), &[]).await;
         assert_eq!(seen, ("1".to_owned(), "none".to_owned()), "request {i}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_are_reused_by_default_within_bounds() {
+    let up = echo().await;
+    let mw = format!("[middleware.mem]\ncomponent = {:?}\n", component("remember"));
+    let sluice = Sluice::start(&config(up.addr(), &["mem"], &mw));
+    let mut served = Vec::new();
+    for i in 0..3 {
+        served.push(remembered(&sluice, &format!("/mw/{i}"), &[]).await);
+    }
+    let counts: Vec<&str> = served.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(counts, ["1", "2", "3"], "one instance serves request after request");
+    assert_eq!(served[2].1, "/mw/1");
+    // Retired after a failed call, as with explicit `reuse` bounds.
+    assert_eq!(remembered(&sluice, "/mw/trap", &[("x-trap", "1")]).await.0, "-");
+    assert_eq!(remembered(&sluice, "/mw/after", &[]).await.0, "1");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -285,6 +305,23 @@ fn reuse_bounds_are_checked_at_load() {
         err.contains(
             "`reuse.max-memory` (32.0 MiB) is over `memory-limit` (16.0 MiB): an instance never grows that far"
         ),
+        "{err}"
+    );
+
+    let err = check_config(&format!(
+        "[middleware.mem]\ncomponent = {:?}\ninstances = \"fresh\"\nreuse = {{ max-requests = 10 }}\n",
+        component("remember")
+    ));
+    assert!(
+        err.contains(":6:9: `middleware.mem.reuse`: `reuse` bounds a reused instance's life, and `instances = \"fresh\"` reuses none"),
+        "{err}"
+    );
+    let err = check_config(&format!(
+        "[middleware.mem]\ncomponent = {:?}\ninstances = \"shared\"\n",
+        component("remember")
+    ));
+    assert!(
+        err.contains(":5:13: `middleware.mem.instances`: unknown variant `shared`, expected `reused` or `fresh`"),
         "{err}"
     );
 }
