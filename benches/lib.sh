@@ -1,4 +1,4 @@
-# Shared by the load scripts (load.sh, ab.sh, swap.sh): a scratch directory removed on exit with
+# Shared by the load scripts (load.sh, peers.sh, ab.sh, swap.sh): a scratch directory removed on exit with
 # every process started, tool checks, nginx instances and waiting for a port. Source it after
 # `set -euo pipefail`; it sets `work`, `nginx_bin` and `pids`.
 
@@ -54,4 +54,15 @@ wait_port() { # port [tenths of a second, default 300] : returns once something 
   echo "$(basename "$0"): nothing listens on port $1" >&2
   cat "$work"/*.log >&2 || true
   exit 1
+}
+
+hs256_token() { # secret : prints an HS256 JWT for the benches' auth-jwt config (sub bench, iss
+  # https://id.example.com, aud orders, a day valid), signed with python's hmac, not sluice's library
+  SECRET="$1" python3 - <<'PY'
+import base64, hashlib, hmac, json, os, time
+b64 = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+claims = {"sub": "bench", "iss": "https://id.example.com", "aud": "orders", "exp": int(time.time()) + 86400}
+signing = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode()) + "." + b64(json.dumps(claims).encode())
+print(signing + "." + b64(hmac.new(os.environ["SECRET"].encode(), signing.encode(), hashlib.sha256).digest()))
+PY
 }

@@ -159,14 +159,7 @@ for port in $NGINX_TLS_PORT $SLUICE_TLS_PORT; do
 done
 
 # POST /orders: an HS256 token signed here (python's hmac, not sluice's JWT library), the order.
-token=$(SECRET="$secret" python3 - <<'PY'
-import base64, hashlib, hmac, json, os, time
-b64 = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=").decode()
-claims = {"sub": "bench", "iss": "https://id.example.com", "aud": "orders", "exp": int(time.time()) + 86400}
-signing = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode()) + "." + b64(json.dumps(claims).encode())
-print(signing + "." + b64(hmac.new(os.environ["SECRET"].encode(), signing.encode(), hashlib.sha256).digest()))
-PY
-)
+token=$(hs256_token "$secret")
 cat > "$work/orders.lua" <<LUA
 wrk.method = "POST"
 wrk.body = io.open("$data/order.json"):read("*a")

@@ -41,14 +41,7 @@ stamp=$(ls -t "$target"/release/build/sluice-*/out/middleware-target/wasm32-wasi
 filter="$root/benches/proxy-wasm-stamp/target/wasm32-wasip1/release/proxy_wasm_stamp.wasm"
 
 secret="a 32-byte secret for HS256 tokens"
-token=$(SECRET="$secret" python3 - <<'PY'
-import base64, hashlib, hmac, json, os, time
-b64 = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=").decode()
-claims = {"sub": "bench", "iss": "https://id.example.com", "aud": "orders", "exp": int(time.time()) + 86400}
-signing = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode()) + "." + b64(json.dumps(claims).encode())
-print(signing + "." + b64(hmac.new(os.environ["SECRET"].encode(), signing.encode(), hashlib.sha256).digest()))
-PY
-)
+token=$(hs256_token "$secret")
 jwk_k=$(SECRET="$secret" python3 -c 'import base64, os; print(base64.urlsafe_b64encode(os.environ["SECRET"].encode()).rstrip(b"=").decode())')
 printf 'wrk.headers["Authorization"] = "Bearer %s"\n' "$token" >"$work/token.lua"
 
