@@ -13,6 +13,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::runtime::host::HostCalls;
 use crate::runtime::{Phase, Registration};
 
 /// Every metric sluice exports.
@@ -28,6 +29,8 @@ pub struct Metrics {
     pub versions: Family<VersionLabels, Gauge>,
     /// `sluice_middleware_call_duration_seconds{middleware, version, phase}`
     pub call_duration: Family<CallTimeLabels, Histogram, fn() -> Histogram>,
+    /// `sluice_middleware_host_calls_total{middleware, version, interface}`
+    pub host_calls: Family<HostCallLabels, Counter>,
     /// `sluice_middleware_short_circuits_total{middleware, version, phase, status}`
     pub short_circuits: Family<ShortCircuitLabels, Counter>,
     /// `sluice_requests_total{route, method, status}`
@@ -55,6 +58,17 @@ pub struct CallTimeLabels {
     pub version: String,
     /// The phase.
     pub phase: String,
+}
+
+/// Labels of `sluice_middleware_host_calls_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HostCallLabels {
+    /// The middleware's name.
+    pub middleware: String,
+    /// Its version label.
+    pub version: String,
+    /// `state`, `log` or `http` (outbound requests).
+    pub interface: &'static str,
 }
 
 /// Labels of `sluice_middleware_short_circuits_total`.
@@ -200,6 +214,12 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         prometheus_client::registry::Unit::Seconds,
         call_duration.clone(),
     );
+    let host_calls = Family::<HostCallLabels, Counter>::default();
+    registry.register(
+        "sluice_middleware_host_calls",
+        "What middleware asked of the host (state operations, log lines, outbound HTTP requests)",
+        host_calls.clone(),
+    );
     let short_circuits = Family::<ShortCircuitLabels, Counter>::default();
     registry.register(
         "sluice_middleware_short_circuits",
@@ -258,6 +278,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         failures,
         versions,
         call_duration,
+        host_calls,
         short_circuits,
         requests,
         request_duration,
@@ -311,6 +332,8 @@ const OUTCOMES: [&str; 3] = ["next", "respond", "failed"];
 pub struct CallCounters {
     phases: [Option<[Counter; 3]>; 4],
     durations: [Option<Histogram>; 4],
+    /// By interface: state, log, http.
+    host_calls: [Counter; 3],
     middleware: Arc<String>,
     version: Arc<String>,
 }
@@ -345,9 +368,20 @@ impl CallCounters {
                     .clone()
             })
         });
+        let host_calls = ["state", "log", "http"].map(|interface| {
+            METRICS
+                .host_calls
+                .get_or_create(&HostCallLabels {
+                    middleware: middleware.to_owned(),
+                    version: version.to_owned(),
+                    interface,
+                })
+                .clone()
+        });
         CallCounters {
             phases,
             durations,
+            host_calls,
             middleware: Arc::new(middleware.to_owned()),
             version: Arc::new(version.to_owned()),
         }
@@ -360,6 +394,15 @@ impl CallCounters {
         }
         if let Some(histogram) = &self.durations[phase as usize] {
             histogram.observe(took.as_secs_f64());
+        }
+    }
+
+    /// Counts what one call asked of the host.
+    pub fn count_host_calls(&self, calls: HostCalls) {
+        for (counter, n) in self.host_calls.iter().zip([calls.state, calls.log, calls.http]) {
+            if n > 0 {
+                counter.inc_by(u64::from(n));
+            }
         }
     }
 

@@ -23,7 +23,7 @@ use super::{Chain, LoadedMiddleware, Reuse};
 use crate::config::OnError;
 use crate::metrics::Outcome;
 use crate::runtime::budget::Meter;
-use crate::runtime::host::HostState;
+use crate::runtime::host::{HostCalls, HostState};
 use crate::runtime::types::{BodyDecision, HeaderEdits, Request, RequestDecision, Response, ResponseDecision};
 use crate::runtime::{Middleware, POOLED_INSTANCES, Phase};
 
@@ -328,6 +328,8 @@ pub struct CallRecord {
     pub outcome: &'static str,
     /// The status it answered with, for `respond`.
     pub status: Option<u16>,
+    /// What it asked of the host (state, log, outbound HTTP) during the call.
+    pub host_calls: HostCalls,
 }
 
 /// One link of the chain, for one request.
@@ -403,18 +405,23 @@ impl ChainRun {
             phase = phase.as_str(),
             outcome = tracing::field::Empty,
         );
-        let result = match instance(live, link).await {
+        let (result, host_calls) = match instance(live, link).await {
             Ok(live) => {
                 arm(live, link);
                 let call = live.bindings.call(&mut live.store, link, &self.request, message);
                 let result = bounded(&live.meter, link.policy.timeout, call)
                     .instrument(span.clone())
                     .await;
-                settle(live, result)
+                (settle(live, result), live.store.data_mut().take_calls())
             }
-            Err(kind) => Err(kind),
+            Err(kind) => (Err(kind), HostCalls::default()),
         };
-        record(&mut self.calls, link, phase, &result, started.elapsed(), &span);
+        let call = Call {
+            phase,
+            took: started.elapsed(),
+            host_calls,
+        };
+        record(&mut self.calls, link, call, &result, &span);
         result
     }
 
@@ -451,13 +458,23 @@ impl ChainRun {
     }
 }
 
-/// Counts and records one call of `link` in `phase` that took `took`.
+/// One call's measurements, for [`record`].
+struct Call {
+    phase: Phase,
+    took: Duration,
+    host_calls: HostCalls,
+}
+
+/// Counts and records one `call` of `link`.
 fn record(
     calls: &mut Vec<CallRecord>,
     link: &LoadedMiddleware,
-    phase: Phase,
+    Call {
+        phase,
+        took,
+        host_calls,
+    }: Call,
     result: &Result<Decision, FailureKind>,
-    took: Duration,
     span: &tracing::Span,
 ) {
     let (outcome, label, status) = match result {
@@ -466,6 +483,7 @@ fn record(
         Err(kind) => (Outcome::Failed, kind.label(), None),
     };
     link.calls.count(phase, outcome, took);
+    link.calls.count_host_calls(host_calls);
     if let Some(status) = status {
         link.calls.short_circuit(phase, status);
     }
@@ -475,6 +493,7 @@ fn record(
         phase,
         outcome: label,
         status,
+        host_calls,
     });
 }
 

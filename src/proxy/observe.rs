@@ -51,6 +51,11 @@ impl AccessEntry<'_> {
                     "name": &*call.middleware,
                     "phase": call.phase.as_str(),
                     "outcome": call.outcome,
+                    "host_calls": {
+                        "state": call.host_calls.state,
+                        "log": call.host_calls.log,
+                        "http": call.host_calls.http,
+                    },
                 });
                 if let Some(status) = call.status {
                     entry["status"] = status.into();

@@ -294,3 +294,96 @@ async fn logs_to_a_file_have_no_colour_codes_and_json_logs_are_one_object_a_line
         "{out:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_middleware_ask_of_the_host_is_counted_per_call_in_metrics_and_the_access_log() {
+    let fetched = Canned::start(Reply::Body(200, b"{}".to_vec())).await;
+    let (addr, admin) = (free_addr(), free_addr());
+    let config = format!(
+        r#"[server]
+listen = ["{addr}"]
+admin = "{admin}"
+cache-dir = {cache:?}
+access-log = "access.log"
+
+[upstreams.u]
+targets = ["{dead}"]
+
+[middleware.count]
+component = {count:?}
+
+[middleware.snoop]
+component = {snoop:?}
+allow-hosts = ["{fetched}"]
+
+{stamp}
+[[route]]
+name = "api"
+upstream = "u"
+middleware = ["tag", "count", "snoop"]
+"#,
+        cache = shared_cache_dir().display().to_string(),
+        dead = free_addr(),
+        count = component("state_counter"),
+        snoop = component("snoop"),
+        fetched = fetched.addr,
+        stamp = stamp("tag", "\"request-headers\""),
+    );
+    let sluice = Sluice::start_raw(&config, addr);
+    let client = client();
+    for _ in 0..2 {
+        // `snoop` answers itself, after fetching what `x-fetch` names.
+        let resp = client
+            .get(sluice.url("/"))
+            .header("x-fetch", fetched.url("/"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+    }
+    assert_eq!(fetched.hits(), 2);
+
+    // Per middleware and interface: `count` makes 3 state operations and logs a line per request,
+    // `snoop` sends one outbound request, `tag` asks nothing.
+    let host_calls = |labels: &'static [&'static str]| metric_sum(admin, "sluice_middleware_host_calls_total", labels);
+    assert_eq!(host_calls(&["middleware=\"count\"", "interface=\"state\""]).await, 6.0);
+    assert_eq!(host_calls(&["middleware=\"count\"", "interface=\"log\""]).await, 2.0);
+    assert_eq!(host_calls(&["middleware=\"count\"", "interface=\"http\""]).await, 0.0);
+    assert_eq!(host_calls(&["middleware=\"snoop\"", "interface=\"http\""]).await, 2.0);
+    assert_eq!(host_calls(&["middleware=\"snoop\"", "interface=\"state\""]).await, 0.0);
+    assert_eq!(host_calls(&["middleware=\"tag\""]).await, 0.0);
+
+    // The access log line of each request says the same, call by call.
+    let path = sluice.dir.path().join("access.log");
+    let mut lines = Vec::new();
+    for _ in 0..50 {
+        lines = std::fs::read_to_string(&path)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        if lines.len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(lines.len(), 2, "{lines:#?}");
+    for line in &lines {
+        let entry: Value = serde_json::from_str(line).unwrap();
+        let calls: Vec<(&str, &Value)> = entry["middleware"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|call| (call["name"].as_str().unwrap(), &call["host_calls"]))
+            .collect();
+        assert_eq!(
+            calls,
+            [
+                ("tag", &serde_json::json!({ "state": 0, "log": 0, "http": 0 })),
+                ("count", &serde_json::json!({ "state": 3, "log": 1, "http": 0 })),
+                ("snoop", &serde_json::json!({ "state": 0, "log": 0, "http": 1 })),
+            ],
+            "{line}"
+        );
+    }
+}

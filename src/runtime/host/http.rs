@@ -40,10 +40,16 @@ impl Outbound {
     }
 }
 
-/// The hooks of one instance's `wasi:http`: `None` denies every request (no `allow-hosts`, and
-/// always during `init`).
+/// The hooks of one instance's `wasi:http`: `policy` `None` denies every request (no
+/// `allow-hosts`, and always during `init`).
 #[derive(Default)]
-pub struct OutboundHooks(pub Option<Arc<Outbound>>);
+pub struct OutboundHooks {
+    pub policy: Option<Arc<Outbound>>,
+    /// Requests the guest sent (allowed or not) since [`HostState::take_calls`] last read them.
+    ///
+    /// [`HostState::take_calls`]: super::HostState::take_calls
+    pub sent: u32,
+}
 
 type SendFuture = Box<
     dyn Future<
@@ -68,7 +74,8 @@ impl WasiHttpHooks for OutboundHooks {
         let host = uri.host().unwrap_or_default().to_owned();
         let tls = uri.scheme() == Some(&http::uri::Scheme::HTTPS);
         let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
-        let policy = match &self.0 {
+        self.sent += 1;
+        let policy = match &self.policy {
             Some(policy) if policy.allows(&host, port) => policy.clone(),
             denied => {
                 let middleware = denied.as_ref().map_or("-", |p| &*p.middleware);

@@ -5,6 +5,7 @@ use crate::runtime::bindings::log::{Host, Level};
 
 impl Host for HostState {
     async fn log(&mut self, level: Level, message: String) {
+        self.calls.log += 1;
         let middleware = &*self.middleware;
         match level {
             Level::Trace => tracing::trace!(target: "sluice::middleware", middleware, "{message}"),

@@ -39,6 +39,20 @@ pub struct HostState {
     pub deadline: Instant,
     /// Set when a call was stopped for exceeding its deadline.
     pub timed_out: bool,
+    /// What the guest asked of the host since [`HostState::take_calls`] last read it.
+    calls: HostCalls,
+}
+
+/// What a middleware asked of the host during one call, by interface: how chatty the boundary
+/// is. Outbound HTTP counts requests sent (allowed or denied), not the body stream's calls.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HostCalls {
+    /// `sluice:middleware/state` operations.
+    pub state: u32,
+    /// `sluice:middleware/log` lines.
+    pub log: u32,
+    /// `wasi:http` outbound requests.
+    pub http: u32,
 }
 
 impl HostState {
@@ -55,7 +69,10 @@ impl HostState {
             wasi,
             table: ResourceTable::new(),
             http: WasiHttpCtx::new(),
-            outbound: http::OutboundHooks(outbound),
+            outbound: http::OutboundHooks {
+                policy: outbound,
+                sent: 0,
+            },
             limits: Limits {
                 inner: StoreLimitsBuilder::new()
                     .memory_size(memory_limit)
@@ -69,6 +86,16 @@ impl HostState {
             meter: Arc::default(),
             deadline: Instant::now(),
             timed_out: false,
+            calls: HostCalls::default(),
+        }
+    }
+
+    /// The host calls made since the last time this was called (so: during the call just made).
+    pub fn take_calls(&mut self) -> HostCalls {
+        let http = std::mem::take(&mut self.outbound.sent);
+        HostCalls {
+            http,
+            ..std::mem::take(&mut self.calls)
         }
     }
 

@@ -1,5 +1,6 @@
 //! Counts requests in `state` (key `hits`) and reports the count in request header `x-hits`;
-//! `x-last-path` carries the previous request's path, read back with `get`.
+//! `x-last-path` carries the previous request's path, read back with `get`. Three state
+//! operations and one log line per request.
 use sluice_sdk::*;
 
 struct StateCounter;
@@ -16,6 +17,7 @@ impl Middleware for StateCounter {
         };
         let last = state::get("last-path").ok().flatten().unwrap_or_default();
         let _ = state::set("last-path", req.path_with_query.as_bytes(), 0);
+        log(Level::Debug, &format!("request {hits}"));
         let mut edits = HeaderEdits::set("x-hits", hits);
         edits.set.push(("x-last-path".to_owned(), last));
         RequestDecision::Next((edits, Vec::new()))
