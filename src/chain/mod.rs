@@ -130,9 +130,9 @@ impl LoadedMiddleware {
             artifact,
             policy,
             provenance,
+            idle: IdleInstances::new(runtime.idle_slots()),
             state,
             runtime,
-            idle: IdleInstances::default(),
         }
     }
 

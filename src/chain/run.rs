@@ -8,7 +8,6 @@
 //! `wasi:http` component, a native built-in) is a variant there, not a copy of the loop.
 
 use std::borrow::Cow;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::{Duration, Instant};
@@ -25,7 +24,7 @@ use crate::metrics::Outcome;
 use crate::runtime::budget::Meter;
 use crate::runtime::host::{HostCalls, HostState};
 use crate::runtime::types::{BodyDecision, HeaderEdits, Request, RequestDecision, Response, ResponseDecision};
-use crate::runtime::{Middleware, POOLED_INSTANCES, Phase};
+use crate::runtime::{IdleSlots, Middleware, Phase};
 
 /// How long creating an instance may take (at least the middleware's `timeout`): the host's work,
 /// microseconds normally, so only a broken host exceeds it.
@@ -251,18 +250,15 @@ struct Live {
 }
 
 /// A middleware's idle instances, when its instances are reused: taken by a request, given back
-/// after it.
-#[derive(Default)]
-pub struct IdleInstances(Mutex<Vec<Live>>);
-
-/// Idle instances of every middleware together: at most half of the engine's pool, so a request
-/// always finds a free slot for an instance it must create.
-static IDLE_TOTAL: AtomicUsize = AtomicUsize::new(0);
-const MAX_IDLE_TOTAL: usize = POOLED_INSTANCES as usize / 2;
+/// after it. Each holds one of the runtime's [`IdleSlots`].
+pub struct IdleInstances {
+    idle: Mutex<Vec<Live>>,
+    slots: Arc<IdleSlots>,
+}
 
 impl std::fmt::Debug for IdleInstances {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let idle = self.0.lock().map_or(0, |idle| idle.len());
+        let idle = self.idle.lock().map_or(0, |idle| idle.len());
         f.debug_tuple("IdleInstances").field(&idle).finish()
     }
 }
@@ -271,9 +267,17 @@ impl IdleInstances {
     /// Idle instances kept per middleware, at most; more are dropped.
     const MAX_IDLE: usize = 64;
 
+    /// None idle yet, holding slots of `slots`.
+    pub fn new(slots: Arc<IdleSlots>) -> Self {
+        IdleInstances {
+            idle: Mutex::default(),
+            slots,
+        }
+    }
+
     fn take(&self) -> Option<Live> {
-        let live = self.0.lock().ok()?.pop()?;
-        IDLE_TOTAL.fetch_sub(1, Ordering::Relaxed);
+        let live = self.idle.lock().ok()?.pop()?;
+        self.slots.release(1);
         Some(live)
     }
 
@@ -285,23 +289,18 @@ impl IdleInstances {
         if !live.reusable || live.served >= reuse.max_requests || grown {
             return;
         }
-        let Ok(mut idle) = self.0.lock() else { return };
-        if idle.len() >= Self::MAX_IDLE {
-            return;
+        let Ok(mut idle) = self.idle.lock() else { return };
+        if idle.len() < Self::MAX_IDLE && self.slots.try_hold() {
+            idle.push(live);
         }
-        if IDLE_TOTAL.fetch_add(1, Ordering::Relaxed) >= MAX_IDLE_TOTAL {
-            IDLE_TOTAL.fetch_sub(1, Ordering::Relaxed);
-            return;
-        }
-        idle.push(live);
     }
 }
 
 impl Drop for IdleInstances {
     /// A retired version's idle instances leave the pool's count.
     fn drop(&mut self) {
-        let idle = self.0.get_mut().map_or(0, |idle| idle.len());
-        IDLE_TOTAL.fetch_sub(idle, Ordering::Relaxed);
+        let idle = self.idle.get_mut().map_or(0, |idle| idle.len());
+        self.slots.release(idle);
     }
 }
 

@@ -25,6 +25,7 @@ pub mod host;
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -49,7 +50,32 @@ const INIT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const MAX_MEMORY: u64 = 1 << 30;
 
 /// Component instances the engine's pool holds, live and idle together.
-pub const POOLED_INSTANCES: u32 = 2_000;
+const POOLED_INSTANCES: u32 = 2_000;
+
+/// The slots of the engine's instance pool that idle (reused) instances may hold, shared by every
+/// middleware of one [`Runtime`]: half the pool, so a request always finds a free slot for an
+/// instance it must create.
+#[derive(Debug)]
+pub struct IdleSlots {
+    held: AtomicUsize,
+    max: usize,
+}
+
+impl IdleSlots {
+    /// Takes a slot for one more idle instance; false when they are all held.
+    pub fn try_hold(&self) -> bool {
+        self.held
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |held| {
+                (held < self.max).then_some(held + 1)
+            })
+            .is_ok()
+    }
+
+    /// Gives back `n` slots (idle instances taken or dropped).
+    pub fn release(&self, n: usize) {
+        self.held.fetch_sub(n, Ordering::Relaxed);
+    }
+}
 
 /// Bumped when the snapshot recipe changes, so old cache entries are not reused.
 const SNAPSHOT_FORMAT: &str = "sluice-snapshot-1";
@@ -160,6 +186,7 @@ pub struct Runtime {
     engine: Engine,
     linker: Linker<HostState>,
     cache: ArtifactCache,
+    idle_slots: Arc<IdleSlots>,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -211,7 +238,21 @@ impl Runtime {
         host::add_to_linker(&mut linker).map_err(internal)?;
         let cache = ArtifactCache::new(cache_dir.clone())
             .map_err(|e| LoadError::Internal(format!("cannot use cache-dir `{}`: {e}", cache_dir.display())))?;
-        Ok(Arc::new(Runtime { engine, linker, cache }))
+        let idle_slots = Arc::new(IdleSlots {
+            held: AtomicUsize::new(0),
+            max: POOLED_INSTANCES as usize / 2,
+        });
+        Ok(Arc::new(Runtime {
+            engine,
+            linker,
+            cache,
+            idle_slots,
+        }))
+    }
+
+    /// The pool slots idle instances of every middleware share.
+    pub fn idle_slots(&self) -> Arc<IdleSlots> {
+        self.idle_slots.clone()
     }
 
     /// A store for one instance, with `state` behind its `state` interface and calls limited by
@@ -410,11 +451,24 @@ fn wave_string(s: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::wave_string;
+    use super::{IdleSlots, wave_string};
 
     #[test]
     fn wave_strings_escape_json() {
         assert_eq!(wave_string(r#"{"a":"b\"c"}"#), r#""{\"a\":\"b\\\"c\"}""#);
         assert_eq!(wave_string("x\ny\u{1}"), "\"x\\ny\\u{1}\"");
+    }
+
+    #[test]
+    fn idle_slots_are_bounded_and_come_back() {
+        let slots = IdleSlots {
+            held: Default::default(),
+            max: 2,
+        };
+        assert!(slots.try_hold() && slots.try_hold());
+        assert!(!slots.try_hold(), "all held");
+        slots.release(1);
+        assert!(slots.try_hold(), "one came back");
+        assert!(!slots.try_hold());
     }
 }
