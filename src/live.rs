@@ -408,6 +408,7 @@ impl Loader<'_> {
             middleware = name,
             digest = &loaded.digest[..12],
             cached = loaded.cached,
+            initial_memory = loaded.initial_memory,
             took_ms = loaded.took.as_secs_f64() * 1e3,
             "middleware loaded"
         );
@@ -416,8 +417,20 @@ impl Loader<'_> {
             config_json: wanted.config_json,
             registration: loaded.registration,
             pre: loaded.pre,
+            initial_memory: loaded.initial_memory,
             component: bytes,
         };
+        let policy = policy(name, mw, artifact.initial_memory);
+        if let Some(reuse) = policy.reuse
+            && reuse.max_memory < artifact.initial_memory
+        {
+            tracing::warn!(
+                middleware = name,
+                max_memory = reuse.max_memory,
+                initial_memory = artifact.initial_memory,
+                "`reuse.max-memory` is below what an instance starts with: every instance is retired after one request"
+            );
+        }
         let provenance = Provenance {
             version: wanted.version,
             configured: wanted.configured,
@@ -429,7 +442,7 @@ impl Loader<'_> {
         Ok(Arc::new(LoadedMiddleware::new(
             name.into(),
             artifact,
-            policy(name, mw),
+            policy,
             provenance,
             self.state.clone(),
             self.runtime.clone(),
@@ -453,18 +466,18 @@ impl Wanted {
             && live.provenance.configured == self.configured
             && live.provenance.source == self.source
             && live.provenance.version == self.version
-            && live.policy == policy(&live.name, mw)
+            && live.policy == policy(&live.name, mw, live.artifact.initial_memory)
             && Arc::ptr_eq(&live.state, state)
     }
 }
 
-/// How `mw`'s calls are bounded, from its config.
-fn policy(name: &str, mw: &MiddlewareConfig) -> Policy {
+/// How `mw`'s calls are bounded, from its config and what an instance starts with.
+fn policy(name: &str, mw: &MiddlewareConfig, initial_memory: u64) -> Policy {
     Policy {
         timeout: mw.timeout.0,
         memory_limit: mw.memory_limit.0,
         on_error: mw.on_error,
-        reuse: reuse(mw),
+        reuse: reuse(mw, initial_memory),
         outbound: outbound(name, mw),
     }
 }
@@ -485,15 +498,19 @@ fn outbound(name: &str, mw: &MiddlewareConfig) -> Option<Arc<Outbound>> {
     })
 }
 
-/// The bounds on `mw`'s reused instances; `None` for fresh instances.
-fn reuse(mw: &MiddlewareConfig) -> Option<Reuse> {
+/// The bounds on `mw`'s reused instances; `None` for fresh instances. `max-memory` defaults to
+/// halfway from what an instance starts with (`initial_memory`) to `memory-limit`: an instance
+/// retires once it has grown by half of the room it had, however large its snapshot.
+fn reuse(mw: &MiddlewareConfig, initial_memory: u64) -> Option<Reuse> {
     if mw.instances == Instances::Fresh {
         return None;
     }
     let reuse = mw.reuse.as_ref().map(|reuse| *reuse.get_ref()).unwrap_or_default();
+    let limit = mw.memory_limit.0;
+    let halfway = initial_memory + limit.saturating_sub(initial_memory) / 2;
     Some(Reuse {
         max_requests: reuse.max_requests,
-        max_memory: reuse.max_memory.map_or(mw.memory_limit.0 / 2, |m| m.0),
+        max_memory: reuse.max_memory.map_or(halfway, |m| m.0),
     })
 }
 

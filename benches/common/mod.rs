@@ -56,6 +56,7 @@ pub fn link(
         config_json: config.to_owned(),
         registration: loaded.registration,
         pre: loaded.pre,
+        initial_memory: loaded.initial_memory,
         component: bytes::Bytes::copy_from_slice(wasm),
     };
     let policy = Policy {

@@ -53,6 +53,8 @@ pub struct Artifact {
     pub registration: Registration,
     /// Pre-linked and pre-initialized.
     pub pre: MiddlewarePre<HostState>,
+    /// The linear memory an instance starts with, in bytes.
+    pub initial_memory: u64,
     /// The component's bytes, kept to load it again with another config (an uploaded component
     /// survives reloads) and to roll back to.
     pub component: bytes::Bytes,

@@ -162,6 +162,18 @@ pub enum LoadError {
     /// `init` trapped or ran out of time or memory.
     #[error("failed in `init`: {0}")]
     InitFailed(String),
+    /// An instance starts with more linear memory than `memory-limit` allows.
+    #[error(
+        "cannot start within its `memory-limit` of {}: an instance starts with {} (raise `memory-limit`)",
+        mib(*limit),
+        mib(*needs)
+    )]
+    MemoryLimit {
+        /// `memory-limit`, in bytes.
+        limit: u64,
+        /// The initial memory an instance asked for when refused, in bytes.
+        needs: u64,
+    },
     /// The engine or the artifact cache failed.
     #[error("{0}")]
     Internal(String),
@@ -175,6 +187,9 @@ pub struct Loaded {
     pub registration: Registration,
     /// Pre-linked, pre-initialized: instantiating costs microseconds.
     pub pre: MiddlewarePre<HostState>,
+    /// The linear memory an instance starts with (its largest memory, in bytes): what `init`
+    /// left in the snapshot. Measured at load by instantiating once under `memory-limit`.
+    pub initial_memory: u64,
     /// Whether the compiled snapshot came from the artifact cache.
     pub cached: bool,
     /// How long loading took.
@@ -297,7 +312,7 @@ impl Runtime {
         let (component, registration, cached) = match self.cache.get(&self.engine, &key) {
             Some((component, registration)) => (component, registration, true),
             None => {
-                let host = HostState::new(name.into(), state, memory_limit.min(MAX_MEMORY) as usize, None);
+                let host = HostState::new(name.into(), state.clone(), memory_limit.min(MAX_MEMORY) as usize, None);
                 let mut store = self.store(host);
                 let mut wizer = wasmtime_wizer::Wizer::new();
                 wizer.init_func(format!("init({})", wave_string(config_json)));
@@ -326,13 +341,39 @@ impl Runtime {
             .instantiate_pre(&component)
             .map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?;
         let pre = MiddlewarePre::new(instance_pre).map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?;
+        let initial_memory = self.initial_memory(name, &pre, state, memory_limit).await?;
         Ok(Loaded {
             digest,
             registration,
             pre,
+            initial_memory,
             cached,
             took: started.elapsed(),
         })
+    }
+
+    /// Instantiates `pre` once under `memory_limit` (a cached snapshot was made under whatever
+    /// limit its first load had) and says how much linear memory the instance started with.
+    async fn initial_memory(
+        &self,
+        name: &str,
+        pre: &MiddlewarePre<HostState>,
+        state: Arc<State>,
+        memory_limit: u64,
+    ) -> Result<u64, LoadError> {
+        let limit = memory_limit.min(MAX_MEMORY);
+        let mut store = self.store(HostState::new(name.into(), state, limit as usize, None));
+        store.data_mut().deadline = Instant::now() + INIT_TIMEOUT;
+        let instantiated = pre.instantiate_async(&mut store).await;
+        let host = store.data();
+        match instantiated {
+            Ok(_) => Ok(host.limits.memory_high_water as u64),
+            Err(_) if host.limits.refused => Err(LoadError::MemoryLimit {
+                limit,
+                needs: host.limits.refused_size as u64,
+            }),
+            Err(e) => Err(LoadError::Internal(format!("cannot instantiate: {e:#}"))),
+        }
     }
 
     /// Compiles `bytes` without running `init` or snapshotting: every instance then needs its
@@ -362,6 +403,11 @@ impl Runtime {
         }
         hex::encode(key.finalize())
     }
+}
+
+/// `bytes` as MiB, for messages.
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / f64::from(1 << 20))
 }
 
 /// `init`'s error, told apart: a missing `init` export (wrong world), a deadline, anything else.

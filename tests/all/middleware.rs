@@ -174,12 +174,16 @@ async fn unbounded_allocation_stops_at_the_memory_limit() {
 }
 
 fn check_config(body: &str) -> String {
-    let full = format!(
+    check_config_raw(&format!(
         "[server]\ncache-dir = {:?}\n{body}",
         shared_cache_dir().display().to_string()
-    );
-    let (_dir, _path, out) = run_on_config("check", &full);
-    assert!(!out.status.success(), "sluice check accepted:\n{body}");
+    ))
+}
+
+/// `sluice check`'s complaint about `config`, which it must refuse.
+fn check_config_raw(config: &str) -> String {
+    let (_dir, _path, out) = run_on_config("check", config);
+    assert!(!out.status.success(), "sluice check accepted:\n{config}");
     String::from_utf8(out.stderr).unwrap()
 }
 
@@ -257,6 +261,35 @@ async fn instances_are_reused_by_default_within_bounds() {
     // Retired after a failed call, as with explicit `reuse` bounds.
     assert_eq!(remembered(&sluice, "/mw/trap", &[("x-trap", "1")]).await.0, "-");
     assert_eq!(remembered(&sluice, "/mw/after", &[]).await.0, "1");
+
+    // The default `max-memory` follows where an instance starts: ~1.1 MiB here, over half of a
+    // 2 MiB `memory-limit`, and still reused.
+    let mw = format!(
+        "[middleware.mem]\ncomponent = {:?}\nmemory-limit = \"2MiB\"\n",
+        component("remember")
+    );
+    let sluice = Sluice::start(&config(up.addr(), &["mem"], &mw));
+    let mut counts = Vec::new();
+    for i in 0..3 {
+        counts.push(remembered(&sluice, &format!("/mw/{i}"), &[]).await.0);
+    }
+    assert_eq!(counts, ["1", "2", "3"], "reused under a tight memory-limit");
+
+    // A `max-memory` below that can never let an instance be reused: said at load.
+    let mw = format!(
+        "[middleware.mem]\ncomponent = {:?}\nreuse = {{ max-memory = \"1MiB\" }}\n",
+        component("remember")
+    );
+    let sluice = Sluice::start(&config(up.addr(), &["mem"], &mw));
+    assert!(
+        sluice.stderr().contains(
+            "`reuse.max-memory` is below what an instance starts with: every instance is retired after one request"
+        ),
+        "{}",
+        sluice.stderr()
+    );
+    assert_eq!(remembered(&sluice, "/mw/a", &[]).await.0, "1");
+    assert_eq!(remembered(&sluice, "/mw/b", &[]).await.0, "1");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -322,6 +355,26 @@ fn reuse_bounds_are_checked_at_load() {
     ));
     assert!(
         err.contains(":5:13: `middleware.mem.instances`: unknown variant `shared`, expected `reused` or `fresh`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_memory_limit_below_what_an_instance_starts_with_is_refused_at_load_even_from_the_cache() {
+    // `remember`'s snapshot, made (and cached) under the default limit, starts at ~1.1 MiB.
+    let body = |limit: &str| {
+        format!(
+            "[server]\ncache-dir = {:?}\n[middleware.mem]\ncomponent = {:?}\nconfig = {{ tag = \"cached\" }}\n{limit}",
+            shared_cache_dir().display().to_string(),
+            component("remember")
+        )
+    };
+    let (_dir, _path, out) = run_on_config("check", &body(""));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let err = check_config_raw(&body("memory-limit = \"1MiB\"\n"));
+    assert!(
+        err.contains(":4:13: `middleware.mem.component`: middleware `mem`: component")
+            && err.contains("cannot start within its `memory-limit` of 1.0 MiB: an instance starts with 1.1 MiB"),
         "{err}"
     );
 }

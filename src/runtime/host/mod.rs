@@ -80,6 +80,7 @@ impl HostState {
                     .build(),
                 memory_high_water: 0,
                 refused: false,
+                refused_size: 0,
             },
             middleware,
             state,
@@ -113,6 +114,8 @@ pub struct Limits {
     pub memory_high_water: usize,
     /// Set when a growth past `memory-limit` was refused: the call's trap is the memory limit's.
     pub refused: bool,
+    /// The size the last refused growth asked for, in bytes.
+    pub refused_size: usize,
 }
 
 impl ResourceLimiter for Limits {
@@ -120,7 +123,10 @@ impl ResourceLimiter for Limits {
         let granted = self.inner.memory_growing(current, desired, maximum);
         match granted {
             Ok(true) => self.memory_high_water = self.memory_high_water.max(desired),
-            Ok(false) | Err(_) => self.refused = true,
+            Ok(false) | Err(_) => {
+                self.refused = true;
+                self.refused_size = desired;
+            }
         }
         granted
     }
