@@ -3,8 +3,9 @@
 //!
 //! A [`LoadedMiddleware`] is one `[middleware.NAME]` compiled and initialized at load. A [`Chain`]
 //! is a route's list of them. A [`ChainRun`] is one request's pass through a chain: it holds the
-//! request's instances (one per middleware, created on first use, serving every phase of that
-//! request) and the chain context.
+//! request's fresh instances (one per middleware with `instances = "fresh"`, created on first use,
+//! serving every phase of that request; a reused instance is held for one call only) and the
+//! chain context.
 
 mod run;
 

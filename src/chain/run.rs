@@ -243,7 +243,7 @@ struct Live {
     bindings: Bindings,
     /// The running budget of its calls (also in the store's `HostState`).
     meter: Arc<Meter>,
-    /// Requests it served before this one (reused instances).
+    /// Requests that began on it (reused instances).
     served: u32,
     /// False while a call runs and after one failed: such an instance is never reused.
     reusable: bool,
@@ -281,10 +281,11 @@ impl IdleInstances {
         Some(live)
     }
 
-    /// Keeps `live` for another request, unless it failed, served its `max-requests` or grew past
-    /// `max-memory`, or the idle instances already fill their share of the pool.
-    fn give_back(&self, mut live: Live, reuse: Reuse) {
-        live.served += 1;
+    /// Keeps `live` for another call, unless it failed, served its `max-requests` or grew past
+    /// `max-memory`, or the idle instances already fill their share of the pool. `began` counts a
+    /// request that began on it.
+    fn give_back(&self, mut live: Live, reuse: Reuse, began: bool) {
+        live.served += u32::from(began);
         let grown = live.store.data().limits.memory_high_water as u64 > reuse.max_memory;
         if !live.reusable || live.served >= reuse.max_requests || grown {
             return;
@@ -304,9 +305,9 @@ impl Drop for IdleInstances {
     }
 }
 
-/// One request's pass through a chain: the version of each link it runs, their instances (created
-/// on first use and kept for every phase of the request) and its view of the request, with the
-/// context.
+/// One request's pass through a chain: the version of each link it runs, their fresh instances
+/// (created on first use and kept for every phase of the request; a reused instance is taken for a
+/// call and given back right after it) and its view of the request, with the context.
 pub struct ChainRun {
     slots: Vec<Slot>,
     request: Request,
@@ -336,8 +337,12 @@ struct Slot {
     /// The version this request runs (the canary's, for its share of requests: picked once, so
     /// every phase runs the same version).
     link: Arc<LoadedMiddleware>,
-    /// Created on first use.
+    /// A fresh instance: created on first use, kept for the request. A reused one: only while a
+    /// call runs.
     live: Option<Live>,
+    /// Whether a call of this link was made for this request (a reused instance counts the
+    /// requests that began on it).
+    began: bool,
 }
 
 impl ChainRun {
@@ -350,6 +355,7 @@ impl ChainRun {
                 .map(|deployment| Slot {
                     link: deployment.pick().clone(),
                     live: None,
+                    began: false,
                 })
                 .collect(),
             request,
@@ -395,7 +401,7 @@ impl ChainRun {
     async fn call(&mut self, index: usize, message: &Message<'_>) -> Result<Decision, FailureKind> {
         let phase = message.phase();
         let started = Instant::now();
-        let Slot { link, live } = &mut self.slots[index];
+        let Slot { link, live, began } = &mut self.slots[index];
         let span = tracing::debug_span!(
             parent: &self.span,
             "middleware",
@@ -421,6 +427,15 @@ impl ChainRun {
             host_calls,
         };
         record(&mut self.calls, link, call, &result, &span);
+        // A reused instance goes back to the idle ones after each call, not after the request: a
+        // request waiting on its upstream holds none, so a worker's calls keep running on the
+        // same few (cache-hot) instances whatever the number of requests in flight.
+        if let Some(reuse) = link.policy.reuse
+            && let Some(instance) = live.take()
+        {
+            link.idle.give_back(instance, reuse, !*began);
+        }
+        *began = true;
         result
     }
 
@@ -528,19 +543,6 @@ async fn instance<'a>(slot: &'a mut Option<Live>, link: &LoadedMiddleware) -> Re
         });
     }
     Ok(slot.as_mut().expect("just created"))
-}
-
-impl Drop for ChainRun {
-    /// Gives reused instances back to their middleware.
-    fn drop(&mut self) {
-        for slot in &mut self.slots {
-            if let Some(reuse) = slot.link.policy.reuse
-                && let Some(live) = slot.live.take()
-            {
-                slot.link.idle.give_back(live, reuse);
-            }
-        }
-    }
 }
 
 /// Gives the call its budget.

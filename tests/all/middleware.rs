@@ -293,6 +293,36 @@ async fn instances_are_reused_by_default_within_bounds() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reused_instance_is_held_for_a_call_not_for_the_request() {
+    let up = echo().await;
+    let mw = format!("[middleware.mem]\ncomponent = {:?}\n", component("remember"));
+    let sluice = Sluice::start(&config(up.addr(), &["mem"], &mw));
+    // A request waiting 1 s for its upstream, after its middleware call...
+    let slow = {
+        let url = sluice.url("/mw/slow");
+        tokio::spawn(async move {
+            let seen: Value = client()
+                .get(url)
+                .header("x-echo-delay", "1s")
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            seen["headers"]["x-served"].as_str().unwrap().to_owned()
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // ...holds no instance: the next request's call runs on the one the slow request's call used.
+    assert_eq!(
+        remembered(&sluice, "/mw/next", &[]).await,
+        ("2".to_owned(), "/mw/slow".to_owned())
+    );
+    assert_eq!(slow.await.unwrap(), "1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reused_instances_serve_max_requests_then_retire() {
     let up = echo().await;
     let mw = format!(
