@@ -16,6 +16,8 @@
 #
 #   make bench                      # runs load.sh, then this
 #   ROUNDS=3 DURATION=5s benches/peers.sh
+#   BEFORE=/tmp/sluice-old benches/peers.sh   # adds the default-instance rows of another sluice
+#                                             # binary (a build of an earlier commit), same run
 set -euo pipefail
 
 DURATION=${DURATION:-8s}
@@ -25,6 +27,7 @@ CONNS=${CONNS:-32}
 UPSTREAM_PORT=${UPSTREAM_PORT:-18091}
 NGINX_PORT=${NGINX_PORT:-18092}
 SLUICE_PORT=${SLUICE_PORT:-18093}
+BEFORE_PORT=${BEFORE_PORT:-18099} # the BEFORE binary's, when given
 ENVOY_PORT=${ENVOY_PORT:-18094} # and the next four: one listener per Envoy scenario
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -186,6 +189,13 @@ done
 RUST_LOG=warn "$target/release/sluice" run --config "$work/sluice.toml" 2>"$work/sluice.log" &
 sluice_pid=$!
 pids+=("$sluice_pid")
+if [[ -n ${BEFORE:-} ]]; then
+  sed "s/127.0.0.1:$SLUICE_PORT/127.0.0.1:$BEFORE_PORT/" "$work/sluice.toml" >"$work/before.toml"
+  RUST_LOG=warn "$BEFORE" run --config "$work/before.toml" 2>"$work/before.log" &
+  before_pid=$!
+  pids+=("$before_pid")
+  wait_port "$BEFORE_PORT" 600
+fi
 
 for port in $UPSTREAM_PORT $NGINX_PORT $SLUICE_PORT $ENVOY_PORT $((ENVOY_PORT + 1)) $((ENVOY_PORT + 2)) $((ENVOY_PORT + 3)); do
   wait_port "$port" 600
@@ -239,6 +249,12 @@ targets=("$nginx_pid $NGINX_PORT/" "$envoy_pid $ENVOY_PORT/" "$envoy_pid $((ENVO
   "$sluice_pid $SLUICE_PORT/four-default/" "$sluice_pid $SLUICE_PORT/four-fresh/"
   "$sluice_pid $SLUICE_PORT/jwt-default/ $work/token.lua" "$sluice_pid $SLUICE_PORT/jwt-fresh/ $work/token.lua")
 baseline=(- - 1 1 1 - 5 5 5 5 5) # the row whose CPU a row's "added" is over
+if [[ -n ${BEFORE:-} ]]; then
+  labels+=("before: sluice, empty chain" "before: + 1 stamp" "before: + 4 stamp" "before: auth-jwt + rate-limit")
+  targets+=("$before_pid $BEFORE_PORT/empty/" "$before_pid $BEFORE_PORT/one-default/" "$before_pid $BEFORE_PORT/four-default/"
+    "$before_pid $BEFORE_PORT/jwt-default/ $work/token.lua")
+  baseline+=(- 11 11 11)
+fi
 declare -A results
 for round in $(seq "$ROUNDS"); do
   for i in "${!labels[@]}"; do
