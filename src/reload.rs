@@ -526,7 +526,17 @@ pub async fn watch(reloader: Arc<Reloader>) {
         }
         if reloader.reload(Trigger::File).await.is_ok() {
             files = rewatch(&mut dirs);
-            loaded = fingerprint(&files).await;
+            // The reload read the files after `seen` settled: what it loaded is `seen` or newer.
+            // Fingerprinting them now instead would take a write made right after the new
+            // snapshot went live (and before this line) as loaded, and never reload it; with
+            // `seen`, such a write differs and reloads. Files the new config added: as they are.
+            let mut now = fingerprint(&files).await;
+            for (path, content) in &seen {
+                if let Some(entry) = now.get_mut(path) {
+                    *entry = *content;
+                }
+            }
+            loaded = now;
         } else {
             loaded = seen;
         }
