@@ -162,7 +162,7 @@ pub struct FailureLabels {
     pub middleware: String,
     /// Its version label.
     pub version: String,
-    /// `trap`, `timeout`, `memory-limit`, `instantiate`, `bad-output`.
+    /// `trap`, `timeout`, `memory-limit`, `instantiate`, `bad-output`, `quarantined`.
     pub kind: String,
     /// What `on-error` did: `deny` or `allow`.
     pub on_error: String,

@@ -12,7 +12,7 @@ mod run;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-pub use run::{CallRecord, ChainRun, Failure, FailureKind, IdleInstances, Message, Verdict, request_view};
+pub use run::{CallRecord, ChainRun, Failure, FailureKind, IdleInstances, Message, Quarantine, Verdict, request_view};
 
 use crate::config::OnError;
 use crate::runtime::host::HostState;
@@ -41,6 +41,8 @@ pub struct LoadedMiddleware {
     pub idle: IdleInstances,
     /// Calls counted by phase and outcome, labelled with this version.
     pub calls: crate::metrics::CallCounters,
+    /// Its run of failed calls; past a few, its calls take turns.
+    pub quarantine: Quarantine,
 }
 
 /// A component as compiled and initialized with one config.
@@ -134,6 +136,7 @@ impl LoadedMiddleware {
             policy,
             provenance,
             idle: IdleInstances::new(runtime.idle_slots()),
+            quarantine: Quarantine::default(),
             state,
             runtime,
         }

@@ -46,6 +46,9 @@ pub enum FailureKind {
     Instantiate,
     /// It answered with something sluice cannot use (e.g. an invalid header).
     BadOutput,
+    /// It kept failing, so its calls run one at a time ([`Quarantine`]), and this one waited for
+    /// its turn past its `timeout`.
+    Quarantined,
 }
 
 impl FailureKind {
@@ -57,6 +60,7 @@ impl FailureKind {
             FailureKind::Trap => "trap",
             FailureKind::Instantiate => "instantiate",
             FailureKind::BadOutput => "bad-output",
+            FailureKind::Quarantined => "quarantined",
         }
     }
 }
@@ -69,6 +73,7 @@ impl std::fmt::Display for FailureKind {
             FailureKind::Trap => "trapped",
             FailureKind::Instantiate => "could not be instantiated",
             FailureKind::BadOutput => "returned an invalid answer",
+            FailureKind::Quarantined => "kept failing, and this call waited for its turn past its timeout",
         })
     }
 }
@@ -410,6 +415,21 @@ impl ChainRun {
             phase = phase.as_str(),
             outcome = tracing::field::Empty,
         );
+        // A middleware that keeps failing runs one call at a time: what it burns (a memory bomb's
+        // page faults and resets, a loop's CPU up to its deadline) stays on at most one worker.
+        let _turn = match link.quarantine.turn(link.policy.timeout).await {
+            Ok(turn) => turn,
+            Err(kind) => {
+                let call = Call {
+                    phase,
+                    took: started.elapsed(),
+                    host_calls: HostCalls::default(),
+                };
+                let result = Err(kind);
+                record(&mut self.calls, link, call, &result, &span);
+                return result;
+            }
+        };
         let (result, host_calls) = match instance(live, link).await {
             Ok(live) => {
                 arm(live, link);
@@ -427,6 +447,7 @@ impl ChainRun {
             host_calls,
         };
         record(&mut self.calls, link, call, &result, &span);
+        link.quarantine.settle(&link.name, &result);
         // A reused instance goes back to the idle ones after each call, not after the request: a
         // request waiting on its upstream holds none, so a worker's calls keep running on the
         // same few (cache-hot) instances whatever the number of requests in flight.
@@ -622,6 +643,78 @@ fn classify(live: &Live) -> FailureKind {
         FailureKind::MemoryLimit
     } else {
         FailureKind::Trap
+    }
+}
+
+/// Consecutive failed calls (traps, timeouts, memory limits) after which a middleware is
+/// quarantined.
+const QUARANTINE_AFTER: u32 = 5;
+
+/// A middleware's run of failed calls. After [`QUARANTINE_AFTER`] in a row its calls take turns,
+/// one at a time across the workers, each waiting at most its `timeout` for its turn; the first
+/// call that succeeds lifts it. A healthy middleware never waits here.
+pub struct Quarantine {
+    failures: std::sync::atomic::AtomicU32,
+    turn: tokio::sync::Semaphore,
+}
+
+impl Default for Quarantine {
+    fn default() -> Self {
+        Quarantine {
+            failures: Default::default(),
+            turn: tokio::sync::Semaphore::new(1),
+        }
+    }
+}
+
+impl std::fmt::Debug for Quarantine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Quarantine")
+            .field("failures", &self.failures.load(std::sync::atomic::Ordering::Relaxed))
+            .finish()
+    }
+}
+
+impl Quarantine {
+    fn active(&self) -> bool {
+        self.failures.load(std::sync::atomic::Ordering::Relaxed) >= QUARANTINE_AFTER
+    }
+
+    /// Waits for this call's turn when quarantined (`None` when not).
+    async fn turn(&self, timeout: Duration) -> Result<Option<tokio::sync::SemaphorePermit<'_>>, FailureKind> {
+        if !self.active() {
+            return Ok(None);
+        }
+        match tokio::time::timeout(timeout, self.turn.acquire()).await {
+            Ok(Ok(permit)) => Ok(Some(permit)),
+            _ => Err(FailureKind::Quarantined),
+        }
+    }
+
+    /// Counts a call's result: a success lifts the quarantine, a failure of the middleware's own
+    /// making (not a bad answer, not a wait for its turn) adds to the run.
+    fn settle(&self, name: &str, result: &Result<Decision, FailureKind>) {
+        use std::sync::atomic::Ordering::Relaxed;
+        match result {
+            Ok(_) => {
+                if self.failures.swap(0, Relaxed) >= QUARANTINE_AFTER {
+                    tracing::info!(
+                        middleware = name,
+                        "middleware answered again: its calls run concurrently again"
+                    );
+                }
+            }
+            Err(FailureKind::Trap | FailureKind::Timeout | FailureKind::MemoryLimit) => {
+                if self.failures.fetch_add(1, Relaxed) + 1 == QUARANTINE_AFTER {
+                    tracing::warn!(
+                        middleware = name,
+                        failures = QUARANTINE_AFTER,
+                        "middleware keeps failing: its calls now run one at a time until one succeeds"
+                    );
+                }
+            }
+            Err(_) => {}
+        }
     }
 }
 
