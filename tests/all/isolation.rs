@@ -22,6 +22,29 @@ fn config(upstream: std::net::SocketAddr, middleware: &str) -> String {
     )
 }
 
+/// How long each of `n` requests to `url`, one after the other, took (each must answer 200).
+async fn latencies(client: &reqwest::Client, url: &str, n: usize) -> Vec<Duration> {
+    let mut took = Vec::with_capacity(n);
+    for _ in 0..n {
+        let started = Instant::now();
+        assert_eq!(client.get(url).send().await.unwrap().status(), 200);
+        took.push(started.elapsed());
+    }
+    took
+}
+
+/// A sluice with an admin listener and two workers in front of `upstream`, routes `mw` (through
+/// `middleware`, which defines `bad`) and `plain`.
+fn start_with_admin(upstream: std::net::SocketAddr, middleware: &str) -> (Sluice, std::net::SocketAddr) {
+    let (addr, admin) = (free_addr(), free_addr());
+    let full = format!(
+        "[server]\nlisten = [\"{addr}\"]\nthreads = 2\nadmin = \"{admin}\"\ncache-dir = {:?}\n\n{}",
+        shared_cache_dir().display().to_string(),
+        config(upstream, middleware)
+    );
+    (Sluice::start_raw(&full, addr), admin)
+}
+
 async fn misbehaving(component_name: &str, extra: &str, on_error: &str) -> (Sluice, EchoServer) {
     let up = echo().await;
     let mw = format!(
@@ -127,28 +150,13 @@ async fn a_component_gets_no_files_environment_sockets_or_hosts_it_was_not_grant
 async fn a_trap_storm_on_one_route_leaves_another_routes_latency_unchanged() {
     let _serial = SERIAL.lock().await;
     let up = echo().await;
-    let (addr, admin) = (free_addr(), free_addr());
     let mw = format!(
         "[middleware.bad]\ncomponent = {:?}\non-error = \"deny\"\n",
         component("trap")
     );
-    let full = format!(
-        "[server]\nlisten = [\"{addr}\"]\nthreads = 2\nadmin = \"{admin}\"\ncache-dir = {:?}\n\n{}",
-        shared_cache_dir().display().to_string(),
-        config(up.addr(), &mw)
-    );
-    let mut sluice = Sluice::start_raw(&full, addr);
+    let (mut sluice, admin) = start_with_admin(up.addr(), &mw);
     let client = client();
     let plain = sluice.url("/plain");
-    async fn latencies(client: &reqwest::Client, url: &str, n: usize) -> Vec<Duration> {
-        let mut took = Vec::with_capacity(n);
-        for _ in 0..n {
-            let started = Instant::now();
-            assert_eq!(client.get(url).send().await.unwrap().status(), 200);
-            took.push(started.elapsed());
-        }
-        took
-    }
     latencies(&client, &plain, 50).await; // warm-up
     let mut quiet = latencies(&client, &plain, 300).await;
 
@@ -207,17 +215,11 @@ async fn calls_sharing_a_worker_are_not_failed_by_each_others_time() {
     // budget counted from the call's start failed them at 30 ms; the time their own polls take
     // is what counts, and it is well within it.
     let up = echo().await;
-    let (addr, admin) = (free_addr(), free_addr());
     let mw = format!(
         "[middleware.bad]\ncomponent = {:?}\ntimeout = \"30ms\"\non-error = \"deny\"\n",
         component("spin")
     );
-    let full = format!(
-        "[server]\nlisten = [\"{addr}\"]\nthreads = 2\nadmin = \"{admin}\"\ncache-dir = {:?}\n\n{}",
-        shared_cache_dir().display().to_string(),
-        config(up.addr(), &mw)
-    );
-    let sluice = Sluice::start_raw(&full, addr);
+    let (sluice, admin) = start_with_admin(up.addr(), &mw);
     let clients: Vec<_> = (0..24)
         .map(|_| {
             let (url, client) = (sluice.url("/mw"), client());
@@ -264,30 +266,15 @@ async fn calls_sharing_a_worker_are_not_failed_by_each_others_time() {
 async fn a_memory_bomb_storm_on_one_route_is_quarantined_and_another_route_stays_fast() {
     let _serial = SERIAL.lock().await;
     let up = echo().await;
-    let (addr, admin) = (free_addr(), free_addr());
     // Each call writes 16 MiB, 1 MiB at a time, before the limit stops it: page faults on the
     // way up, a memory reset after, on whichever worker ran it.
     let mw = format!(
         "[middleware.bad]\ncomponent = {:?}\nmemory-limit = \"16MiB\"\non-error = \"deny\"\n",
         component("hog")
     );
-    let full = format!(
-        "[server]\nlisten = [\"{addr}\"]\nthreads = 2\nadmin = \"{admin}\"\ncache-dir = {:?}\n\n{}",
-        shared_cache_dir().display().to_string(),
-        config(up.addr(), &mw)
-    );
-    let mut sluice = Sluice::start_raw(&full, addr);
+    let (mut sluice, admin) = start_with_admin(up.addr(), &mw);
     let client = client();
     let plain = sluice.url("/plain");
-    async fn latencies(client: &reqwest::Client, url: &str, n: usize) -> Vec<Duration> {
-        let mut took = Vec::with_capacity(n);
-        for _ in 0..n {
-            let started = Instant::now();
-            assert_eq!(client.get(url).send().await.unwrap().status(), 200);
-            took.push(started.elapsed());
-        }
-        took
-    }
     latencies(&client, &plain, 50).await; // warm-up
     let mut quiet = latencies(&client, &plain, 200).await;
 

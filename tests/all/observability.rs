@@ -52,6 +52,25 @@ upstream = "dead"
     (Sluice::start_raw(&config, addr), admin)
 }
 
+/// The lines of `sluice`'s `access.log` once there are `n` (written by a background thread: it is
+/// given a second).
+async fn access_log_lines(sluice: &Sluice, n: usize) -> Vec<String> {
+    let path = sluice.dir.path().join("access.log");
+    let mut lines = Vec::new();
+    for _ in 0..50 {
+        lines = std::fs::read_to_string(&path)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        if lines.len() >= n {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    lines
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_requests_middleware_calls_and_upstreams_as_they_flow() {
     let up = echo().await;
@@ -190,19 +209,7 @@ async fn every_request_gets_one_json_access_log_line_and_its_trace_is_propagated
     assert_eq!(client.get(sluice.url("/nowhere")).send().await.unwrap().status(), 404);
 
     // Five requests, five lines (written by a background thread: give it a moment).
-    let path = sluice.dir.path().join("access.log");
-    let mut lines = Vec::new();
-    for _ in 0..50 {
-        lines = std::fs::read_to_string(&path)
-            .unwrap_or_default()
-            .lines()
-            .map(str::to_owned)
-            .collect();
-        if lines.len() >= 5 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    let lines = access_log_lines(&sluice, 5).await;
     assert_eq!(lines.len(), 5, "{lines:#?}");
     // Each line is written when its request ends, by the worker that served it: order them.
     let mut entries: Vec<Value> = lines.iter().map(|l| serde_json::from_str(l).unwrap()).collect();
@@ -354,19 +361,7 @@ middleware = ["tag", "count", "snoop"]
     assert_eq!(host_calls(&["middleware=\"tag\""]).await, 0.0);
 
     // The access log line of each request says the same, call by call.
-    let path = sluice.dir.path().join("access.log");
-    let mut lines = Vec::new();
-    for _ in 0..50 {
-        lines = std::fs::read_to_string(&path)
-            .unwrap_or_default()
-            .lines()
-            .map(str::to_owned)
-            .collect();
-        if lines.len() >= 2 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    let lines = access_log_lines(&sluice, 2).await;
     assert_eq!(lines.len(), 2, "{lines:#?}");
     for line in &lines {
         let entry: Value = serde_json::from_str(line).unwrap();
