@@ -297,29 +297,14 @@ async fn a_reused_instance_is_held_for_a_call_not_for_the_request() {
     let up = echo().await;
     let mw = format!("[middleware.mem]\ncomponent = {:?}\n", component("remember"));
     let sluice = Sluice::start(&config(up.addr(), &["mem"], &mw));
-    // A request waiting 1 s for its upstream, after its middleware call...
-    let slow = {
-        let url = sluice.url("/mw/slow");
-        tokio::spawn(async move {
-            let seen: Value = client()
-                .get(url)
-                .header("x-echo-delay", "1s")
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            seen["headers"]["x-served"].as_str().unwrap().to_owned()
-        })
-    };
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    // ...holds no instance: the next request's call runs on the one the slow request's call used.
-    assert_eq!(
-        remembered(&sluice, "/mw/next", &[]).await,
-        ("2".to_owned(), "/mw/slow".to_owned())
-    );
-    assert_eq!(slow.await.unwrap(), "1");
+    // A request waiting 1 s for its upstream, after its middleware call, holds no instance: the
+    // next request's call runs on the one the slow request's call used.
+    let (slow, next) = tokio::join!(remembered(&sluice, "/mw/slow", &[("x-echo-delay", "1s")]), async {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        remembered(&sluice, "/mw/next", &[]).await
+    });
+    assert_eq!(next, ("2".to_owned(), "/mw/slow".to_owned()));
+    assert_eq!(slow.0, "1");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
