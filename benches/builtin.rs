@@ -2,6 +2,10 @@
 //! proxy runs for one request, without the network), and for auth-jwt HS256 and schema-validate
 //! the same work done natively with the same crates: the ratio is the Wasm tax.
 //!
+//! For redact and rate-limit, `native` runs the components' own code (`mask.rs`, `limit.rs`,
+//! which the components compile too) natively; rate-limit's state is sluice's in-memory backend,
+//! as the component's `state` calls reach it.
+//!
 //! `cargo bench --bench builtin`. For each middleware: `fresh` (a new instance from the
 //! pre-initialized snapshot per request, the default) and `reused` (`reuse`: an idle instance
 //! serves the next request). `all-four` runs auth-jwt, rate-limit, schema-validate and redact on
@@ -14,6 +18,14 @@
 
 mod common;
 
+// The built-ins' own code, compiled for the host. Not every item is used outside the component.
+#[allow(dead_code)]
+#[path = "../middleware/builtin/rate-limit/src/limit.rs"]
+mod limit;
+#[allow(dead_code)]
+#[path = "../middleware/builtin/redact/src/mask.rs"]
+mod mask;
+
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -24,6 +36,7 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use serde_json::{Map, Value, json};
 use sluice::chain::{Chain, ChainRun, LoadedMiddleware, Message, Reuse, Verdict, request_view};
 use sluice::runtime::Runtime;
+use sluice::state::MemoryState;
 
 const SECRET: &str = "a 32-byte secret for HS256 tokens";
 const ORDER: &[u8] = include_bytes!("data/order.json");
@@ -143,6 +156,50 @@ impl NativeJwt {
     }
 }
 
+/// What rate-limit does per request, natively: the key, the GCRA step against the in-memory
+/// state (keys namespaced as the host does), the context entries, then the response headers.
+struct NativeRateLimit {
+    limiter: limit::Limiter,
+    state: MemoryState,
+}
+
+impl limit::Store for MemoryState {
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, String> {
+        MemoryState::get(self, &format!("rate-limit:{key}"))
+    }
+
+    fn compare_and_swap(&self, key: &str, old: Option<&[u8]>, new: &[u8], ttl_ms: u64) -> Result<bool, String> {
+        MemoryState::compare_and_swap(self, &format!("rate-limit:{key}"), old, new.to_vec(), ttl_ms)
+    }
+}
+
+impl NativeRateLimit {
+    fn new() -> Self {
+        NativeRateLimit {
+            limiter: limit::Limiter::new(&config("rate-limit")).unwrap(),
+            state: MemoryState::default(),
+        }
+    }
+
+    fn allow(&self, client_addr: &str) -> Vec<(String, Vec<u8>)> {
+        let key = limit::client_ip(client_addr);
+        let limit::Decision::Allowed { remaining, reset } = self.limiter.take(&self.state, key).unwrap() else {
+            panic!("limited");
+        };
+        let context = [
+            ("rate-limit.limit", self.limiter.burst.to_string()),
+            ("rate-limit.remaining", remaining.to_string()),
+            ("rate-limit.reset", reset.to_string()),
+        ];
+        let headers = ["ratelimit-limit", "ratelimit-remaining", "ratelimit-reset"];
+        headers
+            .iter()
+            .zip(context)
+            .map(|(header, (_, value))| (header.to_string(), value.into_bytes()))
+            .collect()
+    }
+}
+
 fn per_middleware(c: &mut Criterion) {
     let rt = current_thread();
     let cache = tempfile::tempdir().unwrap();
@@ -184,6 +241,18 @@ fn per_middleware(c: &mut Criterion) {
         b.iter(|| {
             let instance: Value = serde_json::from_slice(ORDER).unwrap();
             assert_eq!(validator.iter_errors(&instance).count(), 0);
+        })
+    });
+    let rate_limit = NativeRateLimit::new();
+    group.bench_function("rate-limit/native", |b| {
+        b.iter(|| assert_eq!(rate_limit.allow("127.0.0.1:1234").len(), 3))
+    });
+    let masker = mask::Masker::new(&config("redact")).unwrap();
+    group.bench_function("redact/native", |b| {
+        b.iter(|| {
+            let masked = masker.body(CUSTOMERS.to_vec(), true, false).unwrap();
+            assert!(masked.windows(10).any(|w| w == b"[REDACTED]"));
+            masked
         })
     });
     group.finish();
