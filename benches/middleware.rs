@@ -22,8 +22,8 @@ use common::{REUSE, current_thread, link, test_component};
 use criterion::{Criterion, criterion_group, criterion_main};
 use pingora::http::{RequestHeader, ResponseHeader};
 use sluice::chain::{Chain, ChainRun, Message, Reuse, request_view};
-use sluice::runtime::Runtime;
 use sluice::runtime::host::HostState;
+use sluice::runtime::{Runtime, Start};
 use sluice::state::State;
 
 fn request() -> RequestHeader {
@@ -120,34 +120,44 @@ fn per_request(c: &mut Criterion) {
     group.finish();
 }
 
-/// Loading a middleware: `init` under wizer, the snapshot compiled by Cranelift and written to the
-/// artifact cache (uncached), or the compiled snapshot read back (cached, what a restart or a reload
-/// with an unchanged component does).
+/// Loading a middleware. With a snapshot (`instances = "fresh"`): `init` under wizer, the snapshot
+/// compiled by Cranelift and written to the artifact cache (uncached), or the compiled snapshot read
+/// back (cached, what a restart or a reload with an unchanged component does). Without (reused
+/// instances): the component compiled as built and cached, or read back, and `init` run once.
 fn load(c: &mut Criterion) {
     let rt = current_thread();
     let mut group = c.benchmark_group("load");
     group.sample_size(10);
-    for (component, config) in [("stamp", r#"{"name":"a"}"#), ("regex_init", "{}")] {
+    let cases = [("stamp", r#"{"name":"a"}"#), ("regex_init", "{}")];
+    for ((component, config), start) in cases
+        .iter()
+        .flat_map(|case| [(case, Start::Snapshot), (case, Start::Init)])
+    {
+        let (component, config, start) = (*component, *config, start);
+        let label = match start {
+            Start::Snapshot => component.to_owned(),
+            Start::Init => format!("{component}/no-snapshot"),
+        };
         let wasm = test_component(component);
         let state: Arc<State> = Arc::new(State::memory());
-        group.bench_function(format!("{component}/uncached"), |b| {
+        group.bench_function(format!("{label}/uncached"), |b| {
             b.iter(|| {
                 let cache = tempfile::tempdir().unwrap();
                 let runtime = Runtime::new(cache.path().to_owned()).unwrap();
                 let loaded = rt
-                    .block_on(runtime.load("m", &wasm, config, state.clone(), 64 << 20))
+                    .block_on(runtime.load("m", &wasm, config, state.clone(), 64 << 20, start))
                     .unwrap();
                 assert!(!loaded.cached);
             })
         });
         let cache = tempfile::tempdir().unwrap();
         let runtime = Runtime::new(cache.path().to_owned()).unwrap();
-        rt.block_on(runtime.load("m", &wasm, config, state.clone(), 64 << 20))
+        rt.block_on(runtime.load("m", &wasm, config, state.clone(), 64 << 20, start))
             .unwrap();
-        group.bench_function(format!("{component}/cached"), |b| {
+        group.bench_function(format!("{label}/cached"), |b| {
             b.iter(|| {
                 let loaded = rt
-                    .block_on(runtime.load("m", &wasm, config, state.clone(), 64 << 20))
+                    .block_on(runtime.load("m", &wasm, config, state.clone(), 64 << 20, start))
                     .unwrap();
                 assert!(loaded.cached);
             })

@@ -15,7 +15,7 @@ use crate::config::{ComponentRef, Config, ConfigError, ConfigErrors, Instances, 
 use crate::error::Error;
 use crate::router::Router;
 use crate::runtime::host::Outbound;
-use crate::runtime::{LoadError, Runtime};
+use crate::runtime::{LoadError, Runtime, Start};
 use crate::state::{RedisState, State};
 use crate::upstream::{Upstream, UpstreamTls};
 
@@ -400,14 +400,28 @@ impl Loader<'_> {
 
     async fn instantiate(&self, bytes: Bytes, wanted: Wanted) -> Result<Arc<LoadedMiddleware>, LoadError> {
         let (name, mw) = (self.name, self.mw);
+        // A fresh instance per request needs `init` done beforehand, in a snapshot; a reused one
+        // runs it when created, and spares compiling the component again for each config.
+        let start = match mw.instances {
+            Instances::Fresh => Start::Snapshot,
+            Instances::Reused => Start::Init,
+        };
         let loaded = self
             .runtime
-            .load(name, &bytes, &wanted.config_json, self.state.clone(), mw.memory_limit.0)
+            .load(
+                name,
+                &bytes,
+                &wanted.config_json,
+                self.state.clone(),
+                mw.memory_limit.0,
+                start,
+            )
             .await?;
         tracing::info!(
             middleware = name,
             digest = &loaded.digest[..12],
             cached = loaded.cached,
+            start = ?loaded.start,
             initial_memory = loaded.initial_memory,
             took_ms = loaded.took.as_secs_f64() * 1e3,
             "middleware loaded"
@@ -417,6 +431,8 @@ impl Loader<'_> {
             config_json: wanted.config_json,
             registration: loaded.registration,
             pre: loaded.pre,
+            start: loaded.start,
+            code: loaded.code,
             initial_memory: loaded.initial_memory,
             component: bytes,
         };
@@ -439,14 +455,20 @@ impl Loader<'_> {
             cached: loaded.cached,
             load_time: loaded.took,
         };
-        Ok(Arc::new(LoadedMiddleware::new(
+        let loaded_middleware = LoadedMiddleware::new(
             name.into(),
             artifact,
             policy,
             provenance,
             self.state.clone(),
             self.runtime.clone(),
-        )))
+        );
+        // The instance load started (and ran `init` in) serves first: no request waits for it.
+        if let Some(reuse) = loaded_middleware.policy.reuse {
+            let outbound = loaded_middleware.policy.outbound.clone();
+            loaded_middleware.idle.adopt(loaded.instance, outbound, reuse);
+        }
+        Ok(Arc::new(loaded_middleware))
     }
 }
 

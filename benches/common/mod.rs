@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use sluice::chain::{Artifact, LoadedMiddleware, Policy, Provenance, Reuse};
 use sluice::config::OnError;
-use sluice::runtime::Runtime;
+use sluice::runtime::{Runtime, Start};
 use sluice::state::State;
 
 /// The allocator the sluice binary runs with (src/main.rs): glibc malloc here was a sixth of a
@@ -48,14 +48,18 @@ pub fn link(
     reuse: Option<Reuse>,
 ) -> Arc<LoadedMiddleware> {
     let state: Arc<State> = Arc::new(State::memory());
+    // As sluice loads them: fresh instances from a snapshot, reused ones running `init` once each.
+    let start = if reuse.is_some() { Start::Init } else { Start::Snapshot };
     let loaded = rt
-        .block_on(runtime.load(name, wasm, config, state.clone(), 64 << 20))
+        .block_on(runtime.load(name, wasm, config, state.clone(), 64 << 20, start))
         .expect("loads");
     let artifact = Artifact {
         digest: loaded.digest.clone(),
         config_json: config.to_owned(),
         registration: loaded.registration,
         pre: loaded.pre,
+        start: loaded.start,
+        code: loaded.code,
         initial_memory: loaded.initial_memory,
         component: bytes::Bytes::copy_from_slice(wasm),
     };

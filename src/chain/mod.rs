@@ -17,7 +17,7 @@ pub use run::{CallRecord, ChainRun, Failure, FailureKind, IdleInstances, Message
 use crate::config::OnError;
 use crate::runtime::host::HostState;
 use crate::runtime::host::Outbound;
-use crate::runtime::{MiddlewarePre, Phase, Registration, Runtime};
+use crate::runtime::{MiddlewarePre, Phase, Registration, Runtime, Start};
 use crate::state::State;
 
 /// One version of a `[middleware.NAME]`, compiled, initialized and ready to instantiate per
@@ -54,9 +54,14 @@ pub struct Artifact {
     pub config_json: String,
     /// What its `init` declared.
     pub registration: Registration,
-    /// Pre-linked and pre-initialized.
+    /// Pre-linked (and, from a snapshot, pre-initialized).
     pub pre: MiddlewarePre<HostState>,
-    /// The linear memory an instance starts with, in bytes.
+    /// Whether an instance starts from a snapshot or runs `init(config_json)` when created.
+    pub start: Start,
+    /// The compiled code `pre` instantiates: held here so that middleware of one component
+    /// share one image ([`Runtime`] keeps it only while someone holds it).
+    pub code: Arc<wasmtime::component::Component>,
+    /// The linear memory an instance starts serving with, in bytes.
     pub initial_memory: u64,
     /// The component's bytes, kept to load it again with another config (an uploaded component
     /// survives reloads) and to roll back to.

@@ -22,9 +22,9 @@ use super::{Chain, LoadedMiddleware, Reuse};
 use crate::config::OnError;
 use crate::metrics::Outcome;
 use crate::runtime::budget::Meter;
-use crate::runtime::host::{HostCalls, HostState};
+use crate::runtime::host::{HostCalls, HostState, Outbound};
 use crate::runtime::types::{BodyDecision, HeaderEdits, Request, RequestDecision, Response, ResponseDecision};
-use crate::runtime::{IdleSlots, Middleware, Phase};
+use crate::runtime::{IdleSlots, Middleware, Phase, Start, Started};
 
 /// How long creating an instance may take (at least the middleware's `timeout`): the host's work,
 /// microseconds normally, so only a broken host exceeds it.
@@ -278,6 +278,21 @@ impl IdleInstances {
             idle: Mutex::default(),
             slots,
         }
+    }
+
+    /// Keeps `instance`, started at load, as the first idle one, with outbound HTTP to `outbound`.
+    pub fn adopt(&self, instance: Started, outbound: Option<Arc<Outbound>>, reuse: Reuse) {
+        let Started { mut store, bindings } = instance;
+        store.data_mut().set_outbound(outbound);
+        store.data_mut().take_calls();
+        let live = Live {
+            meter: store.data().meter.clone(),
+            store,
+            bindings: Bindings::Sluice(bindings),
+            served: 0,
+            reusable: true,
+        };
+        self.give_back(live, reuse, false);
     }
 
     fn take(&self) -> Option<Live> {
@@ -555,6 +570,9 @@ async fn instance<'a>(slot: &'a mut Option<Live>, link: &LoadedMiddleware) -> Re
             tracing::warn!(middleware = &*link.name, error = %format!("{e:#}"), "cannot instantiate");
             FailureKind::Instantiate
         })?;
+        if link.artifact.start == Start::Init {
+            init(&mut store, &bindings, link).await?;
+        }
         *slot = Some(Live {
             store,
             bindings: Bindings::Sluice(bindings),
@@ -564,6 +582,22 @@ async fn instance<'a>(slot: &'a mut Option<Live>, link: &LoadedMiddleware) -> Re
         });
     }
     Ok(slot.as_mut().expect("just created"))
+}
+
+/// Runs `init` in a new instance, as at load (where it succeeded with the same config), under the
+/// instantiation deadline and without outbound HTTP.
+async fn init(store: &mut Store<HostState>, bindings: &Middleware, link: &LoadedMiddleware) -> Result<(), FailureKind> {
+    let outbound = store.data_mut().set_outbound(None);
+    let result = bindings.call_init(&mut *store, &link.artifact.config_json).await;
+    store.data_mut().set_outbound(outbound);
+    store.data_mut().take_calls();
+    let message = match result {
+        Ok(Ok(_)) => return Ok(()),
+        Ok(Err(message)) => message,
+        Err(e) => format!("{e:#}"),
+    };
+    tracing::warn!(middleware = &*link.name, error = %message, "`init` failed in a new instance");
+    Err(FailureKind::Instantiate)
 }
 
 /// Gives the call its budget.

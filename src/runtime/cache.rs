@@ -17,7 +17,8 @@ use wasmtime::component::Component;
 
 use super::Registration;
 
-/// A directory of `KEY.cwasm` (compiled, initialized component) and `KEY.json` (its registration).
+/// A directory of `KEY.cwasm` (a compiled component: a snapshot, or a component's own code) and,
+/// for a snapshot, `KEY.json` (what its `init` registered).
 #[derive(Debug, Clone)]
 pub struct ArtifactCache {
     dir: PathBuf,
@@ -45,22 +46,31 @@ impl ArtifactCache {
     pub fn get(&self, engine: &Engine, key: &str) -> Option<(Component, Registration)> {
         let meta = std::fs::read(self.dir.join(format!("{key}.json"))).ok()?;
         let entry: Entry = serde_json::from_slice(&meta).ok()?;
+        Some((self.get_code(engine, key)?, entry.registration))
+    }
+
+    /// The compiled component stored under `key`, if any; corrupt or incompatible counts as missing.
+    pub fn get_code(&self, engine: &Engine, key: &str) -> Option<Component> {
         let path = self.dir.join(format!("{key}.cwasm"));
         // SAFETY: the file was written by `put` from `Component::serialize` for an engine with the
         // same compilation settings (they are part of the key), and the cache directory is
         // trusted like the binary (module docs). wasmtime still checks the header and version.
         #[allow(unsafe_code)]
-        let component = unsafe { Component::deserialize_file(engine, &path) }.ok()?;
-        Some((component, entry.registration))
+        unsafe { Component::deserialize_file(engine, &path) }.ok()
     }
 
-    /// Stores a compiled component and its registration under `key`.
-    pub fn put(&self, key: &str, compiled: &[u8], registration: &Registration) -> std::io::Result<()> {
-        let meta = serde_json::to_vec(&Entry {
-            registration: registration.clone(),
-        })?;
+    /// Stores a compiled component under `key`, with its registration if it is a snapshot.
+    pub fn put(&self, key: &str, compiled: &[u8], registration: Option<&Registration>) -> std::io::Result<()> {
         self.write_atomically(&format!("{key}.cwasm"), compiled)?;
-        self.write_atomically(&format!("{key}.json"), &meta)
+        match registration {
+            None => Ok(()),
+            Some(registration) => {
+                let meta = serde_json::to_vec(&Entry {
+                    registration: registration.clone(),
+                })?;
+                self.write_atomically(&format!("{key}.json"), &meta)
+            }
+        }
     }
 
     fn write_atomically(&self, name: &str, bytes: &[u8]) -> std::io::Result<()> {

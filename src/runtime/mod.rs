@@ -6,26 +6,32 @@
 //!   ([`budget`]); on each tick past it the call traps, and before it the call yields to the
 //!   worker's other requests, so a looping component never starves them. Fuel is not used (it
 //!   roughly doubles execution time).
-//! - **Load** ([`Runtime::load`]): `init(config)` runs once, under `wasmtime-wizer`, and the
-//!   initialized state is snapshotted into a new component, which is compiled and stored in the
-//!   [`ArtifactCache`]. A restart or reload with the same component and config loads the compiled
-//!   snapshot from disk and skips both `init` and Cranelift.
-//! - **Instances**: created from the snapshot's `InstancePre`, with `init`'s work already in
-//!   their memory. By default an instance serves request after request within bounds (see
-//!   `chain::IdleInstances`); with `instances = "fresh"` every request gets a new one, and nothing
-//!   one request leaves behind is visible to the next.
+//! - **Load** ([`Runtime::load`], two ways: [`Start`]). For reused instances (the default) the
+//!   component is compiled once, whatever its config, and stored in the [`ArtifactCache`]; each
+//!   instance runs `init(config)` when created, the first one at load. For fresh instances
+//!   `init(config)` runs once under `wasmtime-wizer`, and the initialized state is snapshotted into
+//!   a new component, compiled and cached under a key with the config. A restart or reload with
+//!   the same component (and, for a snapshot, config) loads the compiled code from disk and skips
+//!   Cranelift. Functions compiled once are kept (`functions.rs`), so another snapshot of the same
+//!   code compiles only what differs.
+//! - **Instances**: by default an instance serves request after request within bounds (see
+//!   `chain::IdleInstances`); with `instances = "fresh"` every request gets a new one from the
+//!   snapshot, with `init`'s work already in its memory, and nothing one request leaves behind is
+//!   visible to the next.
 //! - **Capabilities**: WASI clocks and random, nothing else (see [`host::HostState::new`]); the
 //!   `state` and `log` interfaces; `wasi:http` outbound requests to the middleware's
-//!   `allow-hosts` only, never during `init` (whose memory is snapshotted and cached).
+//!   `allow-hosts` only, never during `init` (which runs at load, and may be snapshotted).
 
 mod bindings;
 pub mod budget;
 mod cache;
+mod functions;
 pub mod host;
 
+use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -36,6 +42,7 @@ use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Stor
 pub use bindings::types;
 pub use bindings::{Middleware, MiddlewarePre};
 pub use cache::ArtifactCache;
+use functions::FunctionCache;
 use host::HostState;
 
 use crate::state::State;
@@ -80,6 +87,22 @@ impl IdleSlots {
 /// Bumped when the snapshot recipe changes, so old cache entries are not reused.
 const SNAPSHOT_FORMAT: &str = "sluice-snapshot-1";
 
+/// Bumped when how a component's own code is compiled changes (its cache entries hold no snapshot).
+const CODE_FORMAT: &str = "sluice-code-1";
+
+/// How a loaded component's instances start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// From the snapshot `init` left at load: instantiating is all. Each config is its own
+    /// component, compiled on its first load: what `instances = "fresh"` needs, where every
+    /// request gets a new instance.
+    Snapshot,
+    /// From the component as built: each instance runs `init(config)` once, when created. The code
+    /// is compiled once per component whatever the config, so fifty middleware of one component
+    /// load in the time of one. What reused instances use: they are created rarely.
+    Init,
+}
+
 /// What `init` declared: the phases to call and the headers to pass.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Registration {
@@ -95,6 +118,22 @@ pub struct Registration {
     pub request_header_names: Option<Vec<String>>,
     /// Response headers to pass; `None`: all.
     pub response_header_names: Option<Vec<String>>,
+}
+
+impl From<bindings::types::Registration> for Registration {
+    fn from(r: bindings::types::Registration) -> Self {
+        use bindings::types::Phases;
+        let lowercase =
+            |names: Option<Vec<String>>| names.map(|names| names.into_iter().map(|n| n.to_ascii_lowercase()).collect());
+        Registration {
+            request_headers: r.phases.contains(Phases::REQUEST_HEADERS),
+            request_body: r.phases.contains(Phases::REQUEST_BODY),
+            response_headers: r.phases.contains(Phases::RESPONSE_HEADERS),
+            response_body: r.phases.contains(Phases::RESPONSE_BODY),
+            request_header_names: lowercase(r.request_headers),
+            response_header_names: lowercase(r.response_headers),
+        }
+    }
 }
 
 impl Registration {
@@ -179,21 +218,47 @@ pub enum LoadError {
     Internal(String),
 }
 
-/// A component compiled, initialized and ready to instantiate.
+/// A component compiled, initialized (in a snapshot, or once to check it: [`Start`]) and ready to
+/// instantiate.
 pub struct Loaded {
     /// sha256 of the component's bytes, hex.
     pub digest: String,
     /// What `init` declared.
     pub registration: Registration,
-    /// Pre-linked, pre-initialized: instantiating costs microseconds.
+    /// Pre-linked (and with [`Start::Snapshot`], pre-initialized): instantiating costs
+    /// microseconds.
     pub pre: MiddlewarePre<HostState>,
-    /// The linear memory an instance starts with (its largest memory, in bytes): what `init`
-    /// left in the snapshot. Measured at load by instantiating once under `memory-limit`.
+    /// How its instances start.
+    pub start: Start,
+    /// Its compiled code, shared by every middleware loaded from the same component with
+    /// [`Start::Init`]; whoever keeps `pre` keeps this too.
+    pub code: Arc<Component>,
+    /// The instance load started under `memory-limit` (and with [`Start::Init`], ran `init` in):
+    /// a reused middleware's first idle instance.
+    pub instance: Started,
+    /// The linear memory an instance starts serving with (its largest memory, in bytes): what
+    /// `init` left, measured on `instance`.
     pub initial_memory: u64,
-    /// Whether the compiled snapshot came from the artifact cache.
+    /// Whether the compiled code came from the artifact cache.
     pub cached: bool,
     /// How long loading took.
     pub took: Duration,
+}
+
+/// An instance and its store.
+pub struct Started {
+    /// Its store.
+    pub store: Store<HostState>,
+    /// Its exports.
+    pub bindings: Middleware,
+}
+
+/// The instantiation or `init` of `store`'s instance was refused memory past `limit`.
+fn memory_refused(store: &Store<HostState>, limit: u64) -> LoadError {
+    LoadError::MemoryLimit {
+        limit,
+        needs: store.data().limits.refused_size as u64,
+    }
 }
 
 /// The process's wasmtime engine, linker and artifact cache.
@@ -201,6 +266,9 @@ pub struct Runtime {
     engine: Engine,
     linker: Linker<HostState>,
     cache: ArtifactCache,
+    /// Components compiled as built, by cache key, while some loaded middleware holds them: every
+    /// middleware of one component shares one compiled image.
+    code: Mutex<HashMap<String, Weak<Component>>>,
     idle_slots: Arc<IdleSlots>,
 }
 
@@ -215,7 +283,6 @@ impl std::fmt::Debug for Runtime {
 impl Runtime {
     /// Creates the engine (and its epoch ticker thread) with artifacts cached in `cache_dir`.
     pub fn new(cache_dir: PathBuf) -> Result<Arc<Runtime>, LoadError> {
-        let internal = |e: wasmtime::Error| LoadError::Internal(format!("{e:#}"));
         let mut pool = PoolingAllocationConfig::new();
         pool.total_component_instances(POOLED_INSTANCES)
             .total_core_instances(20_000)
@@ -234,7 +301,9 @@ impl Runtime {
             .wasm_component_model(true)
             .epoch_interruption(true)
             .memory_reservation(MAX_MEMORY)
-            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
+            .enable_incremental_compilation(Arc::new(FunctionCache::default()))
+            .map_err(internal)?;
         let engine = Engine::new(&config).map_err(internal)?;
 
         let ticker = engine.weak();
@@ -261,6 +330,7 @@ impl Runtime {
             engine,
             linker,
             cache,
+            code: Mutex::default(),
             idle_slots,
         }))
     }
@@ -294,8 +364,10 @@ impl Runtime {
         store
     }
 
-    /// Compiles `bytes`, runs `init(config_json)` once and snapshots the result, or takes all of
-    /// that from the artifact cache.
+    /// Loads `bytes` with `config_json` for instances that start as `start` says: with
+    /// [`Start::Snapshot`], compiles it, runs `init(config_json)` once and snapshots the result;
+    /// with [`Start::Init`], compiles it (once per component) and runs `init` once to check it.
+    /// Compiled code comes from the artifact cache when it is there.
     pub async fn load(
         &self,
         name: &str,
@@ -303,76 +375,147 @@ impl Runtime {
         config_json: &str,
         state: Arc<State>,
         memory_limit: u64,
+        start: Start,
     ) -> Result<Loaded, LoadError> {
         let started = Instant::now();
         let digest = hex::encode(Sha256::digest(bytes));
-        let key = self.cache_key(&digest, config_json);
-        let internal = |e: wasmtime::Error| LoadError::Internal(format!("{e:#}"));
-
-        let (component, registration, cached) = match self.cache.get(&self.engine, &key) {
-            Some((component, registration)) => (component, registration, true),
-            None => {
-                let host = HostState::new(name.into(), state.clone(), memory_limit.min(MAX_MEMORY) as usize, None);
-                let mut store = self.store(host);
-                let mut wizer = wasmtime_wizer::Wizer::new();
-                wizer.init_func(format!("init({})", wave_string(config_json)));
-                let linker = &self.linker;
-                let (snapshot, results) = wizer
-                    .run_component(&mut store, bytes, async |store, component| {
-                        // wizer has compiled the component by now (seconds for a large one): the
-                        // deadline covers instantiation and `init` only.
-                        store.data_mut().deadline = Instant::now() + INIT_TIMEOUT;
-                        linker.instantiate_async(store, component).await
-                    })
-                    .await
-                    .map_err(|e| classify_init_error(e, store.data().timed_out))?;
-                let registration = registration_from(&results)?;
-                let component =
-                    Component::new(&self.engine, &snapshot).map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
-                let compiled = component.serialize().map_err(internal)?;
-                if let Err(e) = self.cache.put(&key, &compiled, &registration) {
-                    tracing::warn!(middleware = name, error = %e, "cannot write the artifact cache; the next start compiles again");
-                }
-                (component, registration, false)
+        let limit = memory_limit.min(MAX_MEMORY);
+        let (code, pre, instance, registration, cached) = match start {
+            Start::Snapshot => {
+                let (component, registration, cached) =
+                    self.snapshot(name, &digest, bytes, config_json, &state, limit).await?;
+                let pre = self.pre(&component)?;
+                let instance = self.first_instance(name, &pre, state, limit).await?;
+                (Arc::new(component), pre, instance, registration, cached)
+            }
+            Start::Init => {
+                let (code, cached) = self.code(&digest, bytes)?;
+                let pre = self.pre(&code)?;
+                let mut instance = self.first_instance(name, &pre, state, limit).await?;
+                let registration = self.init(&mut instance, config_json, limit).await?;
+                (code, pre, instance, registration, cached)
             }
         };
-        let instance_pre = self
-            .linker
-            .instantiate_pre(&component)
-            .map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?;
-        let pre = MiddlewarePre::new(instance_pre).map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?;
-        let initial_memory = self.initial_memory(name, &pre, state, memory_limit).await?;
+        let initial_memory = instance.store.data().limits.memory_high_water as u64;
         Ok(Loaded {
             digest,
             registration,
             pre,
+            start,
+            code,
+            instance,
             initial_memory,
             cached,
             took: started.elapsed(),
         })
     }
 
-    /// Instantiates `pre` once under `memory_limit` (a cached snapshot was made under whatever
-    /// limit its first load had) and says how much linear memory the instance started with.
-    async fn initial_memory(
+    /// `bytes` initialized with `config_json` by wizer and compiled, from the artifact cache or
+    /// made (and cached): the component, what `init` returned, and whether it was cached.
+    async fn snapshot(
+        &self,
+        name: &str,
+        digest: &str,
+        bytes: &[u8],
+        config_json: &str,
+        state: &Arc<State>,
+        limit: u64,
+    ) -> Result<(Component, Registration, bool), LoadError> {
+        let key = self.cache_key(SNAPSHOT_FORMAT, digest, config_json);
+        if let Some((component, registration)) = self.cache.get(&self.engine, &key) {
+            return Ok((component, registration, true));
+        }
+        let host = HostState::new(name.into(), state.clone(), limit as usize, None);
+        let mut store = self.store(host);
+        let mut wizer = wasmtime_wizer::Wizer::new();
+        wizer.init_func(format!("init({})", wave_string(config_json)));
+        let linker = &self.linker;
+        let (snapshot, results) = wizer
+            .run_component(&mut store, bytes, async |store, component| {
+                // wizer has compiled the component by now (seconds for a large one): the
+                // deadline covers instantiation and `init` only.
+                store.data_mut().deadline = Instant::now() + INIT_TIMEOUT;
+                linker.instantiate_async(store, component).await
+            })
+            .await
+            .map_err(|e| classify_init_error(e, store.data().timed_out))?;
+        let registration = registration_from(&results)?;
+        let component = Component::new(&self.engine, &snapshot).map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
+        let compiled = component.serialize().map_err(internal)?;
+        if let Err(e) = self.cache.put(&key, &compiled, Some(&registration)) {
+            tracing::warn!(middleware = name, error = %e, "cannot write the artifact cache; the next start compiles again");
+        }
+        Ok((component, registration, false))
+    }
+
+    /// `bytes` compiled as built: the image a loaded middleware already holds, else from the
+    /// artifact cache, else compiled (and cached); and whether it was not compiled now.
+    fn code(&self, digest: &str, bytes: &[u8]) -> Result<(Arc<Component>, bool), LoadError> {
+        let key = self.cache_key(CODE_FORMAT, digest, "");
+        let held = self
+            .code
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+            .and_then(Weak::upgrade);
+        if let Some(code) = held {
+            return Ok((code, true));
+        }
+        let (component, cached) = match self.cache.get_code(&self.engine, &key) {
+            Some(component) => (component, true),
+            None => {
+                let component =
+                    Component::new(&self.engine, bytes).map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
+                let compiled = component.serialize().map_err(internal)?;
+                if let Err(e) = self.cache.put(&key, &compiled, None) {
+                    tracing::warn!(error = %e, "cannot write the artifact cache; the next start compiles again");
+                }
+                (component, false)
+            }
+        };
+        let code = Arc::new(component);
+        let mut held = self.code.lock().unwrap_or_else(|e| e.into_inner());
+        held.retain(|_, code| code.strong_count() > 0);
+        held.insert(key, Arc::downgrade(&code));
+        Ok((code, cached))
+    }
+
+    fn pre(&self, component: &Component) -> Result<MiddlewarePre<HostState>, LoadError> {
+        let instance_pre = self
+            .linker
+            .instantiate_pre(component)
+            .map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?;
+        MiddlewarePre::new(instance_pre).map_err(|e| LoadError::WrongWorld(format!("{e:#}")))
+    }
+
+    /// Starts one instance of `pre` under `limit`, as a request would: what it needs is known at
+    /// load (a cached snapshot was made under whatever limit its first load had).
+    async fn first_instance(
         &self,
         name: &str,
         pre: &MiddlewarePre<HostState>,
         state: Arc<State>,
-        memory_limit: u64,
-    ) -> Result<u64, LoadError> {
-        let limit = memory_limit.min(MAX_MEMORY);
+        limit: u64,
+    ) -> Result<Started, LoadError> {
         let mut store = self.store(HostState::new(name.into(), state, limit as usize, None));
         store.data_mut().deadline = Instant::now() + INIT_TIMEOUT;
-        let instantiated = pre.instantiate_async(&mut store).await;
-        let host = store.data();
-        match instantiated {
-            Ok(_) => Ok(host.limits.memory_high_water as u64),
-            Err(_) if host.limits.refused => Err(LoadError::MemoryLimit {
-                limit,
-                needs: host.limits.refused_size as u64,
-            }),
+        match pre.instantiate_async(&mut store).await {
+            Ok(bindings) => Ok(Started { store, bindings }),
+            Err(_) if store.data().limits.refused => Err(memory_refused(&store, limit)),
             Err(e) => Err(LoadError::Internal(format!("cannot instantiate: {e:#}"))),
+        }
+    }
+
+    /// Runs `init(config_json)` in `instance`, as every instance of a [`Start::Init`] middleware
+    /// will when created: what it registered.
+    async fn init(&self, instance: &mut Started, config_json: &str, limit: u64) -> Result<Registration, LoadError> {
+        let Started { store, bindings } = instance;
+        store.data_mut().deadline = Instant::now() + INIT_TIMEOUT;
+        match bindings.call_init(&mut *store, config_json).await {
+            Ok(Ok(registration)) => Ok(registration.into()),
+            Ok(Err(message)) => Err(LoadError::InitRejected(message)),
+            Err(_) if store.data().limits.refused => Err(memory_refused(store, limit)),
+            Err(e) => Err(classify_init_error(e, store.data().timed_out)),
         }
     }
 
@@ -380,29 +523,24 @@ impl Runtime {
     /// own `init` call. Not used to serve; benches use it to measure what pre-initialization saves.
     pub fn prepare(&self, bytes: &[u8]) -> Result<MiddlewarePre<HostState>, LoadError> {
         let component = Component::new(&self.engine, bytes).map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
-        let instance_pre = self
-            .linker
-            .instantiate_pre(&component)
-            .map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?;
-        MiddlewarePre::new(instance_pre).map_err(|e| LoadError::WrongWorld(format!("{e:#}")))
+        self.pre(&component)
     }
 
-    fn cache_key(&self, digest: &str, config_json: &str) -> String {
+    fn cache_key(&self, format: &str, digest: &str, config_json: &str) -> String {
         use std::hash::{Hash, Hasher};
         let mut engine_hasher = std::collections::hash_map::DefaultHasher::new();
         self.engine.precompile_compatibility_hash().hash(&mut engine_hasher);
         let mut key = Sha256::new();
-        for part in [
-            SNAPSHOT_FORMAT,
-            digest,
-            config_json,
-            &engine_hasher.finish().to_string(),
-        ] {
+        for part in [format, digest, config_json, &engine_hasher.finish().to_string()] {
             key.update(part.as_bytes());
             key.update([0]);
         }
         hex::encode(key.finalize())
     }
+}
+
+fn internal(e: wasmtime::Error) -> LoadError {
+    LoadError::Internal(format!("{e:#}"))
 }
 
 /// `bytes` as MiB, for messages.

@@ -23,5 +23,6 @@ mod redis_state;
 mod routing;
 mod runtime_load;
 mod schema_validate;
+mod startup;
 mod tls;
 mod upstreams;

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use sluice::runtime::{LoadError, Runtime};
+use sluice::runtime::{LoadError, Runtime, Start};
 use sluice::state::State;
 
 fn component(name: &str) -> Vec<u8> {
@@ -24,7 +24,10 @@ async fn init_runs_once_and_the_snapshot_is_cached() {
     let cache = tempfile::tempdir().unwrap();
     let runtime = Runtime::new(cache.path().to_owned()).unwrap();
     let bytes = component("stamp");
-    let first = runtime.load("a", &bytes, STAMP_A, state(), 64 << 20).await.unwrap();
+    let first = runtime
+        .load("a", &bytes, STAMP_A, state(), 64 << 20, Start::Snapshot)
+        .await
+        .unwrap();
     assert!(!first.cached);
     let r = &first.registration;
     assert!(
@@ -35,48 +38,99 @@ async fn init_runs_once_and_the_snapshot_is_cached() {
 
     // A second runtime (a restart) with the same cache directory loads the compiled snapshot.
     let restarted = Runtime::new(cache.path().to_owned()).unwrap();
-    let again = restarted.load("a", &bytes, STAMP_A, state(), 64 << 20).await.unwrap();
+    let again = restarted
+        .load("a", &bytes, STAMP_A, state(), 64 << 20, Start::Snapshot)
+        .await
+        .unwrap();
     assert!(again.cached);
     assert_eq!(again.registration, first.registration);
     eprintln!("stamp: first load {:?}, cached load {:?}", first.took, again.took);
 
     // Another config is another snapshot.
     let other = restarted
-        .load("b", &bytes, r#"{"name":"b"}"#, state(), 64 << 20)
+        .load("b", &bytes, r#"{"name":"b"}"#, state(), 64 << 20, Start::Snapshot)
         .await
         .unwrap();
     assert!(!other.cached);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_snapshot_a_component_is_compiled_once_whatever_its_config() {
+    let cache = tempfile::tempdir().unwrap();
+    let runtime = Runtime::new(cache.path().to_owned()).unwrap();
+    let bytes = component("stamp");
+    let first = runtime
+        .load("a", &bytes, STAMP_A, state(), 64 << 20, Start::Init)
+        .await
+        .unwrap();
+    assert!(!first.cached);
+    assert_eq!(first.start, Start::Init);
+    let r = &first.registration;
+    assert!(
+        r.request_headers && r.response_body && !r.request_body && !r.response_headers,
+        "init ran at load and registered its phases: {r:?}"
+    );
+    assert!(first.initial_memory > 0);
+
+    // Another config of the same component: the same compiled code, `init` run with the new config.
+    let other = runtime
+        .load("b", &bytes, r#"{"name":"b"}"#, state(), 64 << 20, Start::Init)
+        .await
+        .unwrap();
+    assert!(other.cached, "a second config compiled the component again");
+    assert!(
+        std::sync::Arc::ptr_eq(&first.code, &other.code),
+        "two images of one component"
+    );
+    assert_ne!(other.registration, first.registration);
+
+    // A restart: the code from the artifact cache, for a config it never saw.
+    drop((first, other));
+    let restarted = Runtime::new(cache.path().to_owned()).unwrap();
+    let again = restarted
+        .load("c", &bytes, r#"{"name":"c"}"#, state(), 64 << 20, Start::Init)
+        .await
+        .unwrap();
+    assert!(again.cached);
+    eprintln!("stamp without a snapshot: cached load {:?}", again.took);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_config_init_rejects_is_refused_with_its_message() {
     let cache = tempfile::tempdir().unwrap();
     let runtime = Runtime::new(cache.path().to_owned()).unwrap();
-    let err = runtime
-        .load("a", &component("stamp"), "{}", state(), 64 << 20)
-        .await
-        .err()
-        .expect("must be refused");
-    assert!(
-        matches!(&err, LoadError::InitRejected(m) if m.contains("`name` is required")),
-        "{err}"
-    );
+    for start in [Start::Snapshot, Start::Init] {
+        let err = runtime
+            .load("a", &component("stamp"), "{}", state(), 64 << 20, start)
+            .await
+            .err()
+            .expect("must be refused");
+        assert!(
+            matches!(&err, LoadError::InitRejected(m) if m.contains("`name` is required")),
+            "{start:?}: {err}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_wrong_world_and_garbage_are_refused() {
     let cache = tempfile::tempdir().unwrap();
     let runtime = Runtime::new(cache.path().to_owned()).unwrap();
-    let err = runtime
-        .load("w", &component("wrong_world"), "{}", state(), 64 << 20)
-        .await
-        .err()
-        .expect("must be refused");
-    assert!(matches!(err, LoadError::WrongWorld(_)), "{err}");
-    let err = runtime
-        .load("g", b"not wasm at all", "{}", state(), 64 << 20)
-        .await
-        .err()
-        .expect("must be refused");
-    assert!(matches!(err, LoadError::WrongWorld(_) | LoadError::Invalid(_)), "{err}");
+    for start in [Start::Snapshot, Start::Init] {
+        let err = runtime
+            .load("w", &component("wrong_world"), "{}", state(), 64 << 20, start)
+            .await
+            .err()
+            .expect("must be refused");
+        assert!(matches!(err, LoadError::WrongWorld(_)), "{start:?}: {err}");
+        let err = runtime
+            .load("g", b"not wasm at all", "{}", state(), 64 << 20, start)
+            .await
+            .err()
+            .expect("must be refused");
+        assert!(
+            matches!(err, LoadError::WrongWorld(_) | LoadError::Invalid(_)),
+            "{start:?}: {err}"
+        );
+    }
 }

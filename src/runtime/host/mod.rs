@@ -91,6 +91,11 @@ impl HostState {
         }
     }
 
+    /// Sets what outbound HTTP may reach (`None`: nothing), and says what it was.
+    pub fn set_outbound(&mut self, policy: Option<Arc<Outbound>>) -> Option<Arc<Outbound>> {
+        std::mem::replace(&mut self.outbound.policy, policy)
+    }
+
     /// The host calls made since the last time this was called (so: during the call just made).
     pub fn take_calls(&mut self) -> HostCalls {
         let http = std::mem::take(&mut self.outbound.sent);
