@@ -1,15 +1,19 @@
 //! The artifact cache: compiled components on disk, content-addressed, so a restart or a reload
 //! loads precompiled code (milliseconds) instead of compiling again (up to seconds).
 //!
-//! An entry's key is the sha256 of everything that determines it: the component's bytes, the
-//! `config` given to `init` (the snapshot holds `init`'s state), and the engine's compilation
-//! settings. Files are written to a temporary name and renamed, so a reader never sees half a file.
+//! An entry's key is the sha256 of everything that determines it: what kind of entry it is (a
+//! component's own code, or a snapshot), the component's bytes, for a snapshot the `config` given
+//! to `init` (the snapshot holds `init`'s state), and the engine's version and compilation
+//! settings, so one sluice never loads what another compiled differently. Files are written to a
+//! temporary name and renamed, so a reader (another sluice sharing the directory too) never sees
+//! half a file.
 //!
 //! Loading an artifact runs its machine code: the cache directory must be as trusted as the
 //! sluice binary itself.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use serde::{Deserialize, Serialize};
 use wasmtime::Engine;
@@ -74,7 +78,11 @@ impl ArtifactCache {
     }
 
     fn write_atomically(&self, name: &str, bytes: &[u8]) -> std::io::Result<()> {
-        let tmp = self.dir.join(format!(".{name}.{}.tmp", std::process::id()));
+        // Unique per process and write: concurrent starts sharing the directory, or two loads in
+        // one process, never write the same temporary file; the rename is atomic.
+        static WRITES: AtomicU64 = AtomicU64::new(0);
+        let n = WRITES.fetch_add(1, Relaxed);
+        let tmp = self.dir.join(format!(".{name}.{}.{n}.tmp", std::process::id()));
         let mut file = std::fs::File::create(&tmp)?;
         file.write_all(bytes)?;
         file.sync_all()?;

@@ -444,7 +444,11 @@ impl Runtime {
         let compiled = component.serialize().map_err(internal)?;
         if let Err(e) = self.cache.put(&key, &compiled, Some(&registration)) {
             tracing::warn!(middleware = name, error = %e, "cannot write the artifact cache; the next start compiles again");
+            return Ok((component, registration, false));
         }
+        // Served from the file: its code is paged in as it runs (and shared by every sluice using the
+        // cache) instead of held whole in this process's memory, as after a start from the cache.
+        let component = self.cache.get_code(&self.engine, &key).unwrap_or(component);
         Ok((component, registration, false))
     }
 
@@ -467,10 +471,14 @@ impl Runtime {
                 let component =
                     Component::new(&self.engine, bytes).map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
                 let compiled = component.serialize().map_err(internal)?;
-                if let Err(e) = self.cache.put(&key, &compiled, None) {
-                    tracing::warn!(error = %e, "cannot write the artifact cache; the next start compiles again");
+                match self.cache.put(&key, &compiled, None) {
+                    // Served from the file, as after a start from the cache (see `snapshot`).
+                    Ok(()) => (self.cache.get_code(&self.engine, &key).unwrap_or(component), false),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot write the artifact cache; the next start compiles again");
+                        (component, false)
+                    }
                 }
-                (component, false)
             }
         };
         let code = Arc::new(component);

@@ -202,3 +202,39 @@ async fn every_new_reused_instance_runs_init_with_its_config() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sluices_starting_at_once_on_one_empty_cache_both_serve_and_leave_it_whole() {
+    let up = echo().await;
+    let shared = tempfile::tempdir().unwrap();
+    let cache = shared.path().join("cache");
+    let schemas = suite_schemas(3);
+    let start = || {
+        let addr = free_addr();
+        Sluice::spawn(
+            &config(addr, &cache, up.addr(), &schemas, ""),
+            addr,
+            tempfile::tempdir().unwrap(),
+            &[],
+        )
+    };
+    // Both compile the component at the same time and write the same entry.
+    let (a, b) = std::thread::scope(|s| {
+        let a = s.spawn(start);
+        let b = s.spawn(start);
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    each_route_validates_with_its_own_schema(&a, &schemas).await;
+    each_route_validates_with_its_own_schema(&b, &schemas).await;
+    assert_eq!(cached(&cache, "cwasm"), 1);
+    assert_eq!(cached(&cache, "tmp"), 0, "a temporary file was left behind");
+
+    // A third start loads what they wrote.
+    let c = start();
+    each_route_validates_with_its_own_schema(&c, &schemas).await;
+    let log = c.stderr();
+    assert!(
+        log.contains("cached=true") && !log.contains("cached=false"),
+        "the third start compiled again:\n{log}"
+    );
+}
