@@ -254,6 +254,19 @@ struct Live {
     reusable: bool,
 }
 
+impl Live {
+    /// A new instance, not yet serving.
+    fn new(store: Store<HostState>, bindings: Middleware) -> Self {
+        Live {
+            meter: store.data().meter.clone(),
+            store,
+            bindings: Bindings::Sluice(bindings),
+            served: 0,
+            reusable: true,
+        }
+    }
+}
+
 /// A middleware's idle instances, when its instances are reused: taken by a request, given back
 /// after it. Each holds one of the runtime's [`IdleSlots`].
 pub struct IdleInstances {
@@ -285,14 +298,7 @@ impl IdleInstances {
         let Started { mut store, bindings } = instance;
         store.data_mut().set_outbound(outbound);
         store.data_mut().take_calls();
-        let live = Live {
-            meter: store.data().meter.clone(),
-            store,
-            bindings: Bindings::Sluice(bindings),
-            served: 0,
-            reusable: true,
-        };
-        self.give_back(live, reuse, false);
+        self.give_back(Live::new(store, bindings), reuse, false);
     }
 
     fn take(&self) -> Option<Live> {
@@ -562,7 +568,6 @@ async fn instance<'a>(slot: &'a mut Option<Live>, link: &LoadedMiddleware) -> Re
             link.policy.memory_limit as usize,
             link.policy.outbound.clone(),
         );
-        let meter = host.meter.clone();
         let mut store = link.runtime.store(host);
         // Instantiating is the host's work, not the middleware's: bounded, but not by its budget.
         store.data_mut().deadline = Instant::now() + INSTANTIATE_DEADLINE.max(link.policy.timeout);
@@ -573,13 +578,7 @@ async fn instance<'a>(slot: &'a mut Option<Live>, link: &LoadedMiddleware) -> Re
         if link.artifact.start == Start::Init {
             init(&mut store, &bindings, link).await?;
         }
-        *slot = Some(Live {
-            store,
-            bindings: Bindings::Sluice(bindings),
-            meter,
-            served: 0,
-            reusable: true,
-        });
+        *slot = Some(Live::new(store, bindings));
     }
     Ok(slot.as_mut().expect("just created"))
 }
