@@ -29,12 +29,12 @@ mod mask;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::{REUSE, builtin, current_thread, link};
+use common::{REUSE, builtin, current_thread, facts, link};
 use criterion::{Criterion, criterion_group, criterion_main};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, decode, decode_header, encode};
 use pingora::http::{RequestHeader, ResponseHeader};
 use serde_json::{Map, Value, json};
-use sluice::chain::{Chain, ChainRun, LoadedMiddleware, Message, Reuse, Verdict, request_view};
+use sluice::chain::{Chain, ChainRun, LoadedMiddleware, Message, Reuse, Verdict};
 use sluice::runtime::Runtime;
 use sluice::state::MemoryState;
 
@@ -102,21 +102,22 @@ fn response() -> ResponseHeader {
 
 /// One request through every phase of `chain`, as the proxy's buffered path runs them.
 fn one_request(rt: &tokio::runtime::Runtime, chain: &Chain, req: &RequestHeader) {
-    let view = request_view(req, "http", "api.example.com", "127.0.0.1:1234".into(), "orders");
+    let facts = facts("orders");
     let mut upstream = req.clone();
     let mut body = ORDER.to_vec();
     let mut response = response();
     let mut response_body = CUSTOMERS.to_vec();
     rt.block_on(async {
-        let mut run = ChainRun::new(chain, view, tracing::Span::none());
+        let mut run = ChainRun::new(chain, facts, tracing::Span::none());
+        let verdict = run.run(Message::RequestHeaders(&mut upstream)).await;
+        assert!(matches!(verdict, Verdict::Continue));
         for message in [
-            Message::RequestHeaders(&mut upstream),
-            Message::RequestBody(&mut body),
-            Message::ResponseHeaders(&mut response),
+            Message::RequestBody(&upstream, &mut body),
+            Message::ResponseHeaders(&upstream, &mut response),
         ] {
             assert!(matches!(run.run(message).await, Verdict::Continue));
         }
-        let message = Message::ResponseBody(&response, &mut response_body);
+        let message = Message::ResponseBody(&upstream, &response, &mut response_body);
         assert!(matches!(run.run(message).await, Verdict::Continue));
     });
 }

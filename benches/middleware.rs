@@ -18,11 +18,12 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{REUSE, current_thread, link, test_component};
+use common::{REUSE, current_thread, facts, link, test_component};
 use criterion::{Criterion, criterion_group, criterion_main};
 use pingora::http::{RequestHeader, ResponseHeader};
-use sluice::chain::{Chain, ChainRun, Message, Reuse, request_view};
+use sluice::chain::{Chain, ChainRun, Message, Reuse};
 use sluice::runtime::host::HostState;
+use sluice::runtime::types::Request;
 use sluice::runtime::{Runtime, Start};
 use sluice::state::State;
 
@@ -40,14 +41,12 @@ fn request() -> RequestHeader {
 }
 
 fn one_request(rt: &tokio::runtime::Runtime, chain: &Chain) {
-    let req = request();
-    let view = request_view(&req, "http", "api.example.com", "127.0.0.1:1234".into(), "bench");
-    let mut upstream = req.clone();
+    let mut req = request();
     let mut response = ResponseHeader::build(200, None).unwrap();
     rt.block_on(async {
-        let mut run = ChainRun::new(chain, view, tracing::Span::none());
-        let _ = run.run(Message::RequestHeaders(&mut upstream)).await;
-        let _ = run.run(Message::ResponseHeaders(&mut response)).await;
+        let mut run = ChainRun::new(chain, facts("bench"), tracing::Span::none());
+        let _ = run.run(Message::RequestHeaders(&mut req)).await;
+        let _ = run.run(Message::ResponseHeaders(&req, &mut response)).await;
     });
 }
 
@@ -104,6 +103,7 @@ fn per_request(c: &mut Criterion) {
     let raw = runtime.prepare(&regex_wasm).unwrap();
     let state: Arc<State> = Arc::new(State::memory());
     let req = request();
+    let headers: Vec<(&str, &[u8])> = req.headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes())).collect();
     group.bench_function("regex-init/init-per-request", |b| {
         b.iter(|| {
             rt.block_on(async {
@@ -112,8 +112,17 @@ fn per_request(c: &mut Criterion) {
                 let mut store = runtime.store(host);
                 let instance = raw.instantiate_async(&mut store).await.unwrap();
                 instance.call_init(&mut store, "{}").await.unwrap().unwrap();
-                let view = request_view(&req, "http", "api.example.com", "127.0.0.1:1234".into(), "bench");
-                instance.call_on_request_headers(&mut store, &view).await.unwrap();
+                let view = Request {
+                    method: "GET",
+                    scheme: "http",
+                    authority: "api.example.com",
+                    path_with_query: "/api/v3/users/42/profile",
+                    headers: &headers,
+                    client_addr: "127.0.0.1:1234",
+                    route: "bench",
+                    context: &[],
+                };
+                instance.call_on_request_headers(&mut store, view).await.unwrap();
             })
         })
     });
@@ -166,9 +175,75 @@ fn load(c: &mut Criterion) {
     group.finish();
 }
 
+/// The floor of one phase call: `stamp`'s `on-response-headers` called straight through its
+/// bindings on one instance (no chain, no budget, no metrics), with a request of empty strings and
+/// no headers, and with the bench request's four headers and 8-header response: what crossing
+/// the boundary costs before sluice does anything around it.
+fn boundary(c: &mut Criterion) {
+    let rt = current_thread();
+    let cache = tempfile::tempdir().unwrap();
+    let runtime = Runtime::new(cache.path().to_owned()).unwrap();
+    let stamp = test_component("stamp");
+    let state: Arc<State> = Arc::new(State::memory());
+    let loaded = rt
+        .block_on(runtime.load("b", &stamp, r#"{"name":"b"}"#, state, 64 << 20, Start::Init))
+        .unwrap();
+    let sluice::runtime::Started { mut store, bindings } = loaded.instance;
+    store.data_mut().deadline = std::time::Instant::now() + Duration::from_secs(3600);
+    let empty = Request {
+        method: "",
+        scheme: "",
+        authority: "",
+        path_with_query: "",
+        headers: &[],
+        client_addr: "",
+        route: "",
+        context: &[],
+    };
+    let req = request();
+    let headers: Vec<(&str, &[u8])> = req.headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes())).collect();
+    let full = Request {
+        method: "GET",
+        scheme: "http",
+        authority: "api.example.com",
+        path_with_query: "/api/v3/users/42/profile",
+        headers: &headers,
+        client_addr: "127.0.0.1:1234",
+        route: "bench",
+        context: &[("stamp.path", "a")],
+    };
+    let response: Vec<(&str, &[u8])> = [
+        ("server", "nginx"),
+        ("date", "Thu, 03 Dec 2026 10:00:00 GMT"),
+        ("content-type", "text/plain"),
+        ("content-length", "60"),
+        ("connection", "keep-alive"),
+        ("x-stamp-response", "a"),
+        ("x-stamp-response", "b"),
+        ("cache-control", "no-store"),
+    ]
+    .iter()
+    .map(|(n, v)| (*n, v.as_bytes()))
+    .collect();
+    let mut group = c.benchmark_group("boundary");
+    group.bench_function("response-headers/empty", |b| {
+        b.iter(|| {
+            rt.block_on(bindings.call_on_response_headers(&mut store, empty.clone(), 200, &[]))
+                .unwrap()
+        })
+    });
+    group.bench_function("response-headers/full", |b| {
+        b.iter(|| {
+            rt.block_on(bindings.call_on_response_headers(&mut store, full.clone(), 200, &response))
+                .unwrap()
+        })
+    });
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().measurement_time(Duration::from_secs(4)).warm_up_time(Duration::from_secs(1));
-    targets = per_request, load
+    targets = per_request, boundary, load
 }
 criterion_main!(benches);

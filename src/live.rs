@@ -45,10 +45,8 @@ pub struct Snapshot {
 /// One route, ready to serve.
 #[derive(Debug, Clone)]
 pub struct Route {
-    /// The route's name from config.
-    pub name: String,
-    /// The same, as the `route` label of its metrics.
-    pub metric_name: Arc<String>,
+    /// The route's name from config (also its metrics' `route` label, and what middleware see).
+    pub name: Arc<String>,
     /// Where its requests go.
     pub upstream: Arc<Upstream>,
     /// The middleware its requests run through.
@@ -210,8 +208,7 @@ impl Snapshot {
                 continue; // its upstream failed to load, reported above
             };
             routes.push(Route {
-                name: route.name.get_ref().clone(),
-                metric_name: Arc::new(route.name.get_ref().clone()),
+                name: Arc::new(route.name.get_ref().clone()),
                 upstream: upstream.clone(),
                 chain: Chain::of(links),
                 max_body: route.max_body.0,

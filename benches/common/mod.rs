@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use sluice::chain::{Artifact, LoadedMiddleware, Policy, Provenance, Reuse};
+use sluice::chain::{Artifact, LoadedMiddleware, Policy, Provenance, RequestFacts, Reuse};
 use sluice::config::OnError;
 use sluice::runtime::{Runtime, Start};
 use sluice::state::State;
@@ -29,6 +29,16 @@ pub fn builtin(name: &str) -> Vec<u8> {
         .unwrap_or_else(|| panic!("no builtin:{name}"))
         .1
         .to_vec()
+}
+
+/// What middleware see of a bench request besides its head, on route `route`.
+pub fn facts(route: &str) -> RequestFacts {
+    RequestFacts {
+        scheme: "http",
+        authority: "api.example.com".to_owned(),
+        client_addr: "127.0.0.1:1234".to_owned(),
+        route: Arc::new(route.to_owned()),
+    }
 }
 
 /// Instances reused for as long as the bench runs.

@@ -12,7 +12,7 @@ mod run;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-pub use run::{CallRecord, ChainRun, Failure, FailureKind, IdleInstances, Message, Quarantine, Verdict, request_view};
+pub use run::{CallRecord, ChainRun, Failure, FailureKind, IdleInstances, Message, Quarantine, RequestFacts, Verdict};
 
 use crate::config::OnError;
 use crate::runtime::host::HostState;

@@ -7,13 +7,12 @@
 //! `sluice:middleware` component) is [`Bindings::call`]; a second kind of link (a standard
 //! `wasi:http` component, a native built-in) is a variant there, not a copy of the loop.
 
-use std::borrow::Cow;
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use http::HeaderValue;
 use http::header::HeaderName;
+use http::{HeaderMap, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};
 use tracing::Instrument;
 use wasmtime::Store;
@@ -21,6 +20,7 @@ use wasmtime::Store;
 use super::{Chain, LoadedMiddleware, Reuse};
 use crate::config::OnError;
 use crate::metrics::Outcome;
+use crate::runtime::Registration;
 use crate::runtime::budget::Meter;
 use crate::runtime::host::{HostCalls, HostState, Outbound};
 use crate::runtime::types::{BodyDecision, HeaderEdits, Request, RequestDecision, Response, ResponseDecision};
@@ -105,16 +105,17 @@ pub enum Verdict {
     Fail(Failure),
 }
 
-/// What one phase of the chain reads and may change.
+/// What one phase of the chain reads and may change. Every phase sees the request head as the
+/// request-headers phase left it (the edits of the middleware before it applied).
 pub enum Message<'a> {
     /// The request head going upstream (header edits; context for later middleware).
     RequestHeaders(&'a mut RequestHeader),
     /// The whole request body (a `replace` changes it for the next middleware and the upstream).
-    RequestBody(&'a mut Vec<u8>),
+    RequestBody(&'a RequestHeader, &'a mut Vec<u8>),
     /// The response head going to the client (header edits).
-    ResponseHeaders(&'a mut ResponseHeader),
+    ResponseHeaders(&'a RequestHeader, &'a mut ResponseHeader),
     /// The whole response body, under its head.
-    ResponseBody(&'a ResponseHeader, &'a mut Vec<u8>),
+    ResponseBody(&'a RequestHeader, &'a ResponseHeader, &'a mut Vec<u8>),
 }
 
 impl Message<'_> {
@@ -122,18 +123,17 @@ impl Message<'_> {
     pub fn phase(&self) -> Phase {
         match self {
             Message::RequestHeaders(_) => Phase::RequestHeaders,
-            Message::RequestBody(_) => Phase::RequestBody,
-            Message::ResponseHeaders(_) => Phase::ResponseHeaders,
+            Message::RequestBody(..) => Phase::RequestBody,
+            Message::ResponseHeaders(..) => Phase::ResponseHeaders,
             Message::ResponseBody(..) => Phase::ResponseBody,
         }
     }
 
-    /// The response head, for the response phases.
-    fn response(&self) -> Option<&ResponseHeader> {
+    /// The request head.
+    fn request(&self) -> &RequestHeader {
         match self {
-            Message::ResponseHeaders(head) => Some(head),
-            Message::ResponseBody(head, _) => Some(head),
-            _ => None,
+            Message::RequestHeaders(head) => head,
+            Message::RequestBody(head, _) | Message::ResponseHeaders(head, _) | Message::ResponseBody(head, ..) => head,
         }
     }
 }
@@ -211,33 +211,90 @@ enum Bindings {
 }
 
 impl Bindings {
-    /// Calls `message`'s phase with the request as `link` may see it.
+    /// Calls `message`'s phase with what `link` asked to see of it: the request (its headers
+    /// narrowed to what `init` registered), the chain's context and, in a response phase, the
+    /// response head (narrowed the same way). Nothing is copied: the arguments borrow from the
+    /// heads and are lowered straight into the guest.
     async fn call(
         &self,
         store: &mut Store<HostState>,
         link: &LoadedMiddleware,
-        request: &Request,
+        facts: &RequestFacts,
+        context: &[(String, String)],
         message: &Message<'_>,
     ) -> wasmtime::Result<Decision> {
-        let request = view(request, link.artifact.registration.request_header_names.as_deref());
-        let response = message.response().map(|head| {
-            let names = link.artifact.registration.response_header_names.as_deref();
-            (head.status.as_u16(), header_list(&head.headers, names))
-        });
+        let head = message.request();
+        let registration = &link.artifact.registration;
+        let headers = HeaderView::Request.select(registration, &head.headers);
+        let context: Vec<(&str, &str)> = context.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let request = Request {
+            method: head.method.as_str(),
+            scheme: facts.scheme,
+            authority: &facts.authority,
+            path_with_query: head
+                .uri
+                .path_and_query()
+                .map_or_else(|| head.uri.path(), |pq| pq.as_str()),
+            headers: &headers,
+            client_addr: &facts.client_addr,
+            route: &facts.route,
+            context: &context,
+        };
         match self {
-            Bindings::Sluice(bindings) => Ok(match (message, response) {
-                (Message::RequestHeaders(_), _) => bindings.call_on_request_headers(store, &request).await?.into(),
-                (Message::RequestBody(body), _) => bindings.call_on_request_body(store, &request, body).await?.into(),
-                (Message::ResponseHeaders(_), Some((status, headers))) => bindings
-                    .call_on_response_headers(store, &request, status, &headers)
+            Bindings::Sluice(bindings) => Ok(match message {
+                Message::RequestHeaders(_) => bindings.call_on_request_headers(store, request).await?.into(),
+                Message::RequestBody(_, body) => bindings.call_on_request_body(store, request, body).await?.into(),
+                Message::ResponseHeaders(_, head) => bindings
+                    .call_on_response_headers(
+                        store,
+                        request,
+                        head.status.as_u16(),
+                        &HeaderView::Response.select(registration, &head.headers),
+                    )
                     .await?
                     .into(),
-                (Message::ResponseBody(_, body), Some((status, headers))) => bindings
-                    .call_on_response_body(store, &request, status, &headers, body)
+                Message::ResponseBody(_, head, body) => bindings
+                    .call_on_response_body(
+                        store,
+                        request,
+                        head.status.as_u16(),
+                        &HeaderView::Response.select(registration, &head.headers),
+                        body,
+                    )
                     .await?
                     .into(),
-                (Message::ResponseHeaders(_) | Message::ResponseBody(..), None) => unreachable!("a response phase"),
             }),
+        }
+    }
+}
+
+/// Which head's headers a middleware is passed.
+#[derive(Clone, Copy)]
+enum HeaderView {
+    Request,
+    Response,
+}
+
+impl HeaderView {
+    /// The fields of `headers` `registration` asked for (all of them when it named none), as
+    /// borrowed name/value pairs, in the order the names were registered.
+    fn select<'a>(self, registration: &'a Registration, headers: &'a HeaderMap) -> Vec<(&'a str, &'a [u8])> {
+        let names = match self {
+            HeaderView::Request => registration.request_header_names.as_deref(),
+            HeaderView::Response => registration.response_header_names.as_deref(),
+        };
+        match names {
+            None => headers
+                .iter()
+                .map(|(name, value)| (name.as_str(), value.as_bytes()))
+                .collect(),
+            Some(names) => names
+                .iter()
+                .flat_map(|name| {
+                    let values = headers.get_all(name.as_str()).iter();
+                    values.map(|value| (name.as_str(), value.as_bytes()))
+                })
+                .collect(),
         }
     }
 }
@@ -331,12 +388,28 @@ impl Drop for IdleInstances {
     }
 }
 
+/// What middleware see of a request besides its head, fixed for the whole request.
+#[derive(Debug, Clone)]
+pub struct RequestFacts {
+    /// `http` or `https`.
+    pub scheme: &'static str,
+    /// The host the client addressed (`Host` or the URI authority), with port if given.
+    pub authority: String,
+    /// The client's `ip:port`.
+    pub client_addr: String,
+    /// The route serving the request.
+    pub route: Arc<String>,
+}
+
 /// One request's pass through a chain: the version of each link it runs, their fresh instances
 /// (created on first use and kept for every phase of the request; a reused instance is taken for a
-/// call and given back right after it) and its view of the request, with the context.
+/// call and given back right after it), what middleware see of the request besides its head, and
+/// the context they attached.
 pub struct ChainRun {
     slots: Vec<Slot>,
-    request: Request,
+    facts: RequestFacts,
+    /// What middleware attached for later ones, in order.
+    context: Vec<(String, String)>,
     /// The request's span: each call's `middleware` span is its child.
     span: tracing::Span,
     /// Every call made so far, for the access log.
@@ -372,8 +445,8 @@ struct Slot {
 }
 
 impl ChainRun {
-    /// A run of `chain` over `request`, with middleware spans under `span`.
-    pub fn new(chain: &Chain, request: Request, span: tracing::Span) -> Self {
+    /// A run of `chain` over the request `facts` describe, with middleware spans under `span`.
+    pub fn new(chain: &Chain, facts: RequestFacts, span: tracing::Span) -> Self {
         ChainRun {
             slots: chain
                 .links()
@@ -384,7 +457,8 @@ impl ChainRun {
                     began: false,
                 })
                 .collect(),
-            request,
+            facts,
+            context: Vec::new(),
             span,
             calls: Vec::new(),
         }
@@ -451,10 +525,15 @@ impl ChainRun {
                 return result;
             }
         };
-        let (result, host_calls) = match instance(live, link).await {
+        // The futures of creating an instance and of the call itself are boxed: held inline, their
+        // kilobytes of state would be copied at every level of this call's futures, on every call.
+        let (result, host_calls) = match Box::pin(instance(live, link)).await {
             Ok(live) => {
                 arm(live, link);
-                let call = live.bindings.call(&mut live.store, link, &self.request, message);
+                let call = Box::pin(
+                    live.bindings
+                        .call(&mut live.store, link, &self.facts, &self.context, message),
+                );
                 let result = bounded(&live.meter, link.policy.timeout, call)
                     .instrument(span.clone())
                     .await;
@@ -491,11 +570,15 @@ impl ChainRun {
         match message {
             Message::RequestHeaders(upstream) => {
                 if let Some(edits) = &edits {
-                    apply_request_edits(edits, upstream, &mut self.request)?;
+                    apply_edits(edits, |op| match op {
+                        Edit::Remove(name) => drop(upstream.remove_header(&name)),
+                        Edit::Set(name, value) => upstream.insert_header(name, value).map(drop).unwrap_or(()),
+                        Edit::Append(name, value) => upstream.append_header(name, value).map(drop).unwrap_or(()),
+                    })?;
                 }
-                self.request.context.extend(context);
+                self.context.extend(context);
             }
-            Message::ResponseHeaders(response) => {
+            Message::ResponseHeaders(_, response) => {
                 if let Some(edits) = &edits {
                     apply_edits(edits, |op| match op {
                         Edit::Remove(name) => drop(response.remove_header(&name)),
@@ -504,7 +587,7 @@ impl ChainRun {
                     })?;
                 }
             }
-            Message::RequestBody(body) | Message::ResponseBody(_, body) => {
+            Message::RequestBody(_, body) | Message::ResponseBody(_, _, body) => {
                 if let Some(replacement) = replacement {
                     **body = replacement;
                 }
@@ -762,54 +845,6 @@ fn failed(link: &LoadedMiddleware, kind: FailureKind) -> Option<Failure> {
     })
 }
 
-/// The request as `names` lets this middleware see it (all headers when `None`).
-fn view<'a>(request: &'a Request, names: Option<&[String]>) -> Cow<'a, Request> {
-    let Some(names) = names else {
-        return Cow::Borrowed(request);
-    };
-    Cow::Owned(Request {
-        method: request.method.clone(),
-        scheme: request.scheme.clone(),
-        authority: request.authority.clone(),
-        path_with_query: request.path_with_query.clone(),
-        headers: request
-            .headers
-            .iter()
-            .filter(|(name, _)| names.iter().any(|n| n == name))
-            .cloned()
-            .collect(),
-        client_addr: request.client_addr.clone(),
-        route: request.route.clone(),
-        context: request.context.clone(),
-    })
-}
-
-fn header_list(headers: &http::HeaderMap, names: Option<&[String]>) -> Vec<(String, Vec<u8>)> {
-    headers
-        .iter()
-        .filter(|(name, _)| names.is_none_or(|names| names.iter().any(|n| n == name.as_str())))
-        .map(|(name, value)| (name.as_str().to_owned(), value.as_bytes().to_vec()))
-        .collect()
-}
-
-/// The WIT view of a request head (`scheme`: `http` or `https`): what every middleware of the
-/// chain starts from.
-pub fn request_view(req: &RequestHeader, scheme: &str, authority: &str, client_addr: String, route: &str) -> Request {
-    Request {
-        method: req.method.as_str().to_owned(),
-        scheme: scheme.to_owned(),
-        authority: authority.to_owned(),
-        path_with_query: req
-            .uri
-            .path_and_query()
-            .map_or_else(|| req.uri.path().to_owned(), |pq| pq.as_str().to_owned()),
-        headers: header_list(&req.headers, None),
-        client_addr,
-        route: route.to_owned(),
-        context: Vec::new(),
-    }
-}
-
 enum Edit {
     Remove(HeaderName),
     Set(HeaderName, HeaderValue),
@@ -851,27 +886,4 @@ fn apply_edits(edits: &HeaderEdits, mut apply: impl FnMut(Edit)) -> Result<(), F
     }
     ops.into_iter().for_each(&mut apply);
     Ok(())
-}
-
-/// Applies edits to the request going upstream and to the chain's view of it.
-fn apply_request_edits(
-    edits: &HeaderEdits,
-    upstream: &mut RequestHeader,
-    view: &mut Request,
-) -> Result<(), FailureKind> {
-    apply_edits(edits, |op| match op {
-        Edit::Remove(name) => {
-            upstream.remove_header(&name);
-            view.headers.retain(|(n, _)| n != name.as_str());
-        }
-        Edit::Set(name, value) => {
-            view.headers.retain(|(n, _)| n != name.as_str());
-            view.headers.push((name.as_str().to_owned(), value.as_bytes().to_vec()));
-            let _ = upstream.insert_header(name, value);
-        }
-        Edit::Append(name, value) => {
-            view.headers.push((name.as_str().to_owned(), value.as_bytes().to_vec()));
-            let _ = upstream.append_header(name, value);
-        }
-    })
 }

@@ -54,7 +54,7 @@ pub(super) async fn proxy(
             Some(body) => body,
             None => return Ok(()), // too large, answered
         };
-        match run.run(Message::RequestBody(&mut body)).await {
+        match run.run(Message::RequestBody(session.req_header(), &mut body)).await {
             Verdict::Continue => {}
             Verdict::Respond(response) => return write_response(session, response).await,
             Verdict::Fail(failure) => return Problem::new(500, failure.to_string()).write(session).await,
@@ -116,7 +116,7 @@ pub(super) async fn proxy(
         .ok_or_else(|| Error::explain(ErrorType::InternalError, "no response header"))?;
     exchange.responded(&route.upstream.metric_name);
     if chain.declares(Phase::ResponseHeaders)
-        && let Some((header, body)) = response_headers_phase(run, &mut response).await?
+        && let Some((header, body)) = response_headers_phase(run, session.req_header(), &mut response).await?
     {
         // The upstream's body is not read: its connection is not reused.
         upstream.shutdown().await;
@@ -141,7 +141,10 @@ pub(super) async fn proxy(
         connector
             .release_http_session(upstream, &peer, peer.options.idle_timeout)
             .await;
-        match run.run(Message::ResponseBody(&response, &mut body)).await {
+        match run
+            .run(Message::ResponseBody(session.req_header(), &response, &mut body))
+            .await
+        {
             Verdict::Continue => {}
             Verdict::Respond(replacement) => return write_response(session, replacement).await,
             Verdict::Fail(failure) => return Problem::new(502, failure.to_string()).write(session).await,

@@ -22,7 +22,7 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use bytes::Bytes;
 use sync_wrapper::SyncWrapper;
 
-use crate::chain::{CallRecord, ChainRun, Message, Verdict, request_view};
+use crate::chain::{CallRecord, ChainRun, Message, RequestFacts, Verdict};
 use crate::live::{Route, Snapshot};
 use crate::router::RouteMatch;
 use crate::runtime::Phase;
@@ -326,14 +326,13 @@ impl ProxyHttp for Sluice {
                 if chain.is_empty() {
                     return Ok(false);
                 }
-                let view = request_view(
-                    req,
-                    scheme(session),
-                    request_host(req).unwrap_or_default(),
-                    session.client_addr().map(|a| a.to_string()).unwrap_or_default(),
-                    &route.name,
-                );
-                let mut chain_run = ChainRun::new(chain, view, ctx.span.clone());
+                let facts = RequestFacts {
+                    scheme: scheme(session),
+                    authority: request_host(req).unwrap_or_default().to_owned(),
+                    client_addr: session.client_addr().map(|a| a.to_string()).unwrap_or_default(),
+                    route: route.name.clone(),
+                };
+                let mut chain_run = ChainRun::new(chain, facts, ctx.span.clone());
                 let answered = self.run_request_side(session, ctx, route, &mut chain_run).await;
                 if answered.as_ref().is_ok_and(|answered| !answered) && chain.declares(Phase::ResponseHeaders) {
                     // Instances are pooled: keep them through the upstream exchange only if a
@@ -441,7 +440,8 @@ impl ProxyHttp for Sluice {
         if let (Some(snapshot), Some(index), Some(chain_run)) = (ctx.snapshot.clone(), ctx.route, ctx.run.as_mut()) {
             let chain = &snapshot.routes[index].chain;
             if chain.declares(Phase::ResponseHeaders) {
-                let replacement = response_headers_phase(chain_run.get_mut(), upstream_response).await?;
+                let replacement =
+                    response_headers_phase(chain_run.get_mut(), session.req_header(), upstream_response).await?;
                 if let Some((header, body)) = replacement {
                     let head_only = session.req_header().method == http::Method::HEAD;
                     let bodiless = matches!(upstream_response.status.as_u16(), 204 | 304);
@@ -492,7 +492,7 @@ impl ProxyHttp for Sluice {
         }
         let route = ctx.route();
         let req = session.req_header();
-        crate::metrics::count_request(route.map_or(&*NO_ROUTE, |r| &r.metric_name), &req.method, status, took);
+        crate::metrics::count_request(route.map_or(&*NO_ROUTE, |r| &r.name), &req.method, status, took);
         let Some(access) = &self.access else {
             return;
         };
@@ -635,15 +635,16 @@ fn response_parts(response: Response) -> Result<(ResponseHeader, Bytes)> {
     Ok((header, Bytes::from(response.body)))
 }
 
-/// Runs the chain's response-headers phase (reverse order) over the upstream's `response`, for
-/// streaming and buffered routes alike: the head is edited in place, or the phase returns what
-/// answers the client instead (a middleware's response; a 502 problem when one failed with
-/// `on-error = "deny"`).
+/// Runs the chain's response-headers phase (reverse order) over the upstream's `response` to
+/// `request`, for streaming and buffered routes alike: the head is edited in place, or the phase
+/// returns what answers the client instead (a middleware's response; a 502 problem when one
+/// failed with `on-error = "deny"`).
 async fn response_headers_phase(
     run: &mut ChainRun,
+    request: &RequestHeader,
     response: &mut ResponseHeader,
 ) -> Result<Option<(ResponseHeader, Bytes)>> {
-    Ok(match run.run(Message::ResponseHeaders(response)).await {
+    Ok(match run.run(Message::ResponseHeaders(request, response)).await {
         Verdict::Continue => None,
         Verdict::Respond(answer) => Some(response_parts(answer)?),
         Verdict::Fail(failure) => {

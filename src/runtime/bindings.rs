@@ -7,6 +7,9 @@ mod generated {
         world: "sluice:middleware/middleware",
         imports: { default: async },
         exports: { default: async },
+        // A phase's arguments borrow from the host's own request and response heads: nothing
+        // is copied into an owned view before it is lowered into the guest.
+        ownership: Borrowing { duplicate_if_necessary: true },
     });
 }
 

@@ -84,6 +84,21 @@ impl Registration {
             response_headers: None,
         }
     }
+
+    /// Passes only these request headers (lowercase names) to every phase; `&[]` passes none.
+    /// Every header passed is copied into the component on every call: a middleware that reads
+    /// two headers should ask for two.
+    pub fn with_request_headers(mut self, names: &[&str]) -> Self {
+        self.request_headers = Some(names.iter().map(|n| n.to_ascii_lowercase()).collect());
+        self
+    }
+
+    /// Passes only these response headers (lowercase names) to the response phases; `&[]`
+    /// passes none.
+    pub fn with_response_headers(mut self, names: &[&str]) -> Self {
+        self.response_headers = Some(names.iter().map(|n| n.to_ascii_lowercase()).collect());
+        self
+    }
 }
 
 impl HeaderEdits {

@@ -28,7 +28,11 @@ impl Middleware for Stamp {
                 };
             }
         }
-        Ok((Stamp { name }, Registration::phases(phases)))
+        // It reads no header: it is passed none.
+        let registration = Registration::phases(phases)
+            .with_request_headers(&[])
+            .with_response_headers(&[]);
+        Ok((Stamp { name }, registration))
     }
 
     fn on_request_headers(&self, req: Request) -> RequestDecision {
