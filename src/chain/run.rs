@@ -682,10 +682,13 @@ async fn init(store: &mut Store<HostState>, bindings: &Middleware, link: &Loaded
     Err(FailureKind::Instantiate)
 }
 
-/// Gives the call its budget.
+/// Gives the call its budget, and its first check of it at the next epoch tick. (Left at what an
+/// earlier call set, the deadline of an instance that served a while ago would have passed: the
+/// call would stop and yield the worker at its first instruction, every time.)
 fn arm(live: &mut Live, link: &LoadedMiddleware) {
     live.reusable = false;
     live.meter.arm(link.policy.timeout);
+    live.store.set_epoch_deadline(1);
     let host = live.store.data_mut();
     host.timed_out = false;
     host.limits.refused = false;
