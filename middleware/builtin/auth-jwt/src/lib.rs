@@ -67,13 +67,11 @@ struct Key {
 }
 
 struct AuthJwt {
-    algorithms: Vec<Algorithm>,
+    /// Each allowed algorithm with its claim checks (issuer, audience, leeway), built once.
+    algorithms: Vec<(Algorithm, Validation)>,
     secret: Option<DecodingKey>,
     public: Vec<Key>,
     remote: Option<Remote>,
-    issuer: Option<String>,
-    audience: Option<Vec<String>>,
-    leeway: u64,
     header: String,
     forward: Vec<(String, String)>,
 }
@@ -156,20 +154,34 @@ impl Middleware for AuthJwt {
             .into_iter()
             .map(|(claim, header)| (claim, header.to_ascii_lowercase()))
             .collect();
-        let mut registration = Registration::phases(Phases::REQUEST_HEADERS);
-        registration.request_headers = Some(vec![header.clone()]);
+        let audience = config.audience.map(|a| match a {
+            OneOrMany::One(one) => vec![one],
+            OneOrMany::Many(many) => many,
+        });
+        let algorithms = algorithms
+            .into_iter()
+            .map(|alg| {
+                let mut validation = Validation::new(alg);
+                validation.leeway = leeway;
+                validation.validate_nbf = true;
+                if let Some(issuer) = &config.issuer {
+                    validation.set_issuer(&[issuer]);
+                    validation.set_required_spec_claims(&["exp", "iss"]);
+                }
+                match &audience {
+                    Some(audience) => validation.set_audience(audience),
+                    None => validation.validate_aud = false,
+                }
+                (alg, validation)
+            })
+            .collect();
+        let registration = Registration::phases(Phases::REQUEST_HEADERS).with_request_headers(&[&header]);
         Ok((
             AuthJwt {
                 algorithms,
                 secret,
                 public,
                 remote,
-                issuer: config.issuer,
-                audience: config.audience.map(|a| match a {
-                    OneOrMany::One(one) => vec![one],
-                    OneOrMany::Many(many) => many,
-                }),
-                leeway,
                 header,
                 forward,
             },
@@ -231,9 +243,9 @@ impl AuthJwt {
             _ => "malformed token".to_owned(),
         })?;
         let alg = header.alg;
-        if !self.algorithms.contains(&alg) {
+        let Some((_, validation)) = self.algorithms.iter().find(|(allowed, _)| *allowed == alg) else {
             return Err(format!("algorithm {alg:?} is not allowed"));
-        }
+        };
         let candidates: Vec<&DecodingKey> = if is_hmac(alg) {
             self.secret.iter().collect()
         } else {
@@ -253,20 +265,9 @@ impl AuthJwt {
                 None => format!("no key for algorithm {alg:?}"),
             });
         }
-        let mut validation = Validation::new(alg);
-        validation.leeway = self.leeway;
-        validation.validate_nbf = true;
-        if let Some(issuer) = &self.issuer {
-            validation.set_issuer(&[issuer]);
-            validation.set_required_spec_claims(&["exp", "iss"]);
-        }
-        match &self.audience {
-            Some(audience) => validation.set_audience(audience),
-            None => validation.validate_aud = false,
-        }
         let mut last = String::from("bad signature");
         for key in candidates {
-            match decode::<serde_json::Map<String, Value>>(token, key, &validation) {
+            match decode::<serde_json::Map<String, Value>>(token, key, validation) {
                 Ok(data) => return Ok(data.claims),
                 Err(e) => {
                     last = match e.kind() {
