@@ -6,7 +6,8 @@ CARGO ?= cargo
 
 all: build
 
-## Install what a fresh machine lacks (cmake, the wasm32-wasip2 target, python3).
+## Install what a fresh machine lacks (cmake, the wasm32-wasip2 target, python3, the JS and Python
+## middleware toolchains).
 setup:
 	@scripts/setup.sh
 
@@ -20,6 +21,7 @@ demo: build
 ## The whole suite: unit and end-to-end tests, then `sluice check` on every example config.
 test: setup
 	$(CARGO) build --bins
+	scripts/build-polyglot.sh
 	$(CARGO) test -- --skip isolation::
 	@# isolation:: compares a route's latency with and without a storm on another route: alone.
 	$(CARGO) test --test all isolation::

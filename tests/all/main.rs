@@ -17,6 +17,7 @@ mod middleware;
 mod observability;
 mod otlp;
 mod outbound;
+mod polyglot;
 mod rate_limit;
 mod redact;
 mod redis_state;
