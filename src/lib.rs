@@ -33,6 +33,7 @@
 //! | what is live | `live` (the `Snapshot` and its building) |
 //! | its parts | `chain` (middleware versions, a route's chain, one request's run), `router`, `upstream` (targets, balancing, health), `tls` |
 //! | foundations | `runtime` (wasmtime), `state`, `metrics`, `telemetry`, `config`, `error` |
+//! | tools beside the proxy | `scaffold` (`sluice new`), `echo` (the demo's upstream) |
 
 #![deny(missing_docs)]
 
@@ -51,6 +52,7 @@ pub mod proxy;
 pub mod reload;
 pub mod router;
 pub mod runtime;
+pub mod scaffold;
 pub mod server;
 pub mod state;
 pub mod telemetry;

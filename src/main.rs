@@ -1,4 +1,4 @@
-//! The `sluice` command: run, check, demo.
+//! The `sluice` command: run, check, new, demo.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -35,11 +35,32 @@ enum Command {
         #[arg(short, long, value_name = "FILE", num_args = 1.., required = true)]
         config: Vec<PathBuf>,
     },
+    /// Start a project: `sluice new middleware NAME --lang rust|js|python`.
+    New {
+        #[command(subcommand)]
+        what: New,
+    },
     /// Run sluice in front of an embedded echo upstream, with a middleware chain (`src/demo.toml`).
     Demo {
         /// Where the proxy listens.
         #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
         listen: std::net::SocketAddr,
+    },
+}
+
+#[derive(Subcommand)]
+enum New {
+    /// A middleware project: its SDK and the WIT contract vendored, a working example, a
+    /// `Makefile` whose `make` builds `NAME.wasm`, and a README on running and hot-swapping it.
+    Middleware {
+        /// The middleware's name (`[a-z][a-z0-9-]*`): the project's directory and component file.
+        name: String,
+        /// The language: rust, js or python.
+        #[arg(long, value_name = "LANG")]
+        lang: sluice::scaffold::Lang,
+        /// Where to write the project (default: `./NAME`); must not exist.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
     },
 }
 
@@ -68,6 +89,25 @@ fn main() -> ExitCode {
             Ok(()) => check(&config),
             Err(code) => code,
         },
+        Command::New {
+            what: New::Middleware { name, lang, dir },
+        } => {
+            let dir = dir.unwrap_or_else(|| PathBuf::from(&name));
+            match sluice::scaffold::create(&dir, &name, lang) {
+                Ok(()) => {
+                    println!("wrote a {lang} middleware `{name}` in {}", dir.display());
+                    println!(
+                        "  cd {} && make    # builds {name}.wasm; README.md says what next",
+                        dir.display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Demo { listen } => match logs_only() {
             Ok(()) => demo(listen),
             Err(code) => code,

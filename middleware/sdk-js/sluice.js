@@ -85,7 +85,7 @@ export function respond(status, body = "", headers = {}) {
 /** An RFC 9457 `application/problem+json` answer, as sluice's own errors are. */
 export function problem(status, title, detail) {
   const body = JSON.stringify({ type: "about:blank", title, status, detail });
-  return respond(status, body, { "content-type": "application/problem+json" });
+  return respond(status, body, { "content-type": "application/problem+json", "cache-control": "no-store" });
 }
 
 /** From a body phase: forward this body instead (sluice fixes `Content-Length`). */

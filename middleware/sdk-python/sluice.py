@@ -167,7 +167,7 @@ class Replace:
 def problem(status: int, title: str, detail: str) -> Respond:
     """An RFC 9457 `application/problem+json` answer, as sluice's own errors are."""
     body = json.dumps({"type": "about:blank", "title": title, "status": status, "detail": detail})
-    return Respond(status, body, {"content-type": "application/problem+json"})
+    return Respond(status, body, {"content-type": "application/problem+json", "cache-control": "no-store"})
 
 
 _EMPTY_EDITS = types.HeaderEdits([], [], [])

@@ -5,6 +5,7 @@
 mod common;
 
 mod auth_jwt;
+mod authoring;
 mod bodies;
 mod config_ui;
 mod demo;
