@@ -166,8 +166,8 @@ async fn a_trap_and_a_loop_in_javascript_or_python_fail_that_request_per_on_erro
     let mw = probe("js", "js", watch, "timeout = \"50ms\"")
         + &probe("py", "py", watch, "timeout = \"50ms\"\non-error = \"allow\"");
     let config = format!(
-        "{}\n[[route]]\nname = \"js\"\npath-prefix = \"/js\"\nupstream = \"u\"\nmiddleware = [\"js\"]\n\n[[route]]\nname = \"py\"\npath-prefix = \"/py\"\nupstream = \"u\"\nmiddleware = [\"py\"]\n",
-        format!("[upstreams.u]\ntargets = [\"{}\"]\n\n{mw}", up.addr())
+        "[upstreams.u]\ntargets = [\"{}\"]\n\n{mw}\n[[route]]\nname = \"js\"\npath-prefix = \"/js\"\nupstream = \"u\"\nmiddleware = [\"js\"]\n\n[[route]]\nname = \"py\"\npath-prefix = \"/py\"\nupstream = \"u\"\nmiddleware = [\"py\"]\n",
+        up.addr()
     );
     let sluice = Sluice::start(&config);
 
