@@ -75,6 +75,22 @@ async fn no_generated_personal_value_survives_and_the_json_stays_valid() {
     }
 }
 
+/// The patterns apply most specific first, whatever order the config lists them in: listed
+/// `phone` first, a card number was once taken for a phone number and 8 of its digits shown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_card_number_is_masked_whole_whatever_the_order_of_patterns() {
+    let up = echo().await;
+    let sluice = Sluice::start(&config(
+        up.addr(),
+        "config = { patterns = [\"phone\", \"email\", \"credit-card\"], keep-last = 4 }",
+    ));
+    let record = r#"{"card":"4111 1111 1111 1111","phone":"+1 415 555 0100"}"#;
+    let resp = through(&sluice, record.as_bytes().to_vec(), "application/json", None).await;
+    let masked: Value = resp.json().await.unwrap();
+    assert_eq!(masked["card"], "[REDACTED]1111");
+    assert_eq!(masked["phone"], "[REDACTED]0100");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn text_gzip_partial_masks_and_other_types() {
     let up = echo().await;

@@ -32,7 +32,8 @@ struct Pattern {
     check: fn(&str) -> bool,
 }
 
-const BUILTIN: &[&str] = &["email", "credit-card", "phone", "ssn", "iban", "ipv4", "ipv6"];
+/// The built-in patterns, most specific first: the order they are applied in.
+const BUILTIN: &[&str] = &["email", "iban", "credit-card", "ssn", "ipv6", "ipv4", "phone"];
 
 fn builtin(name: &str) -> Option<Pattern> {
     let (regex, check): (&str, fn(&str) -> bool) = match name {
@@ -109,15 +110,19 @@ impl Masker {
         let names = config
             .patterns
             .unwrap_or_else(|| BUILTIN.iter().map(|s| s.to_string()).collect());
-        let mut patterns = Vec::new();
-        for name in &names {
-            patterns.push(builtin(name).ok_or_else(|| {
-                format!(
-                    "`patterns`: unknown pattern `{name}` (built in: {})",
-                    BUILTIN.join(", ")
-                )
-            })?);
+        if let Some(name) = names.iter().find(|n| !BUILTIN.contains(&n.as_str())) {
+            return Err(format!(
+                "`patterns`: unknown pattern `{name}` (built in: {})",
+                BUILTIN.join(", ")
+            ));
         }
+        // Applied in BUILTIN's order whatever the config's: a card number is masked whole as
+        // one before `phone` could take a run of its digits for a phone number.
+        let mut patterns: Vec<Pattern> = BUILTIN
+            .iter()
+            .filter(|b| names.iter().any(|n| n == *b))
+            .filter_map(|b| builtin(b))
+            .collect();
         for custom in &config.custom {
             let regex = Regex::new(&custom.regex)
                 .map_err(|e| format!("`custom`: pattern `{}` is not a valid regex: {e}", custom.name))?;
