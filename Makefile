@@ -14,8 +14,10 @@ setup:
 build: setup
 	$(CARGO) build
 
-## Run sluice in front of the embedded echo upstream and print what to try.
+## Run sluice in front of the embedded echo upstream and print what to try: the four built-ins, a
+## chain of Rust, JavaScript and Python middleware, a hot swap through the admin API.
 demo: build
+	scripts/build-polyglot.sh
 	./target/debug/sluice demo
 
 ## The whole suite: unit and end-to-end tests, then `sluice check` on every example config.

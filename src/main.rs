@@ -45,6 +45,12 @@ enum Command {
         /// Where the proxy listens.
         #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
         listen: std::net::SocketAddr,
+        /// Where the admin API listens.
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9090")]
+        admin: std::net::SocketAddr,
+        /// The artifact cache (default: `sluice-demo-cache` in the temporary directory).
+        #[arg(long, value_name = "DIR")]
+        cache_dir: Option<PathBuf>,
     },
 }
 
@@ -70,6 +76,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// The demo's config, embedded so `sluice demo` runs from anywhere.
 const DEMO_CONFIG: &str = include_str!("demo.toml");
+/// The demo's polyglot chain, appended when the JavaScript and Python components are built.
+const DEMO_POLYGLOT_CONFIG: &str = include_str!("demo-polyglot.toml");
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -108,8 +116,12 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Demo { listen } => match logs_only() {
-            Ok(()) => demo(listen),
+        Command::Demo {
+            listen,
+            admin,
+            cache_dir,
+        } => match logs_only() {
+            Ok(()) => demo(listen, admin, cache_dir),
             Err(code) => code,
         },
     }
@@ -160,8 +172,29 @@ fn check(files: &[PathBuf]) -> ExitCode {
     if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS }
 }
 
-fn demo(listen: std::net::SocketAddr) -> ExitCode {
-    let source = DEMO_CONFIG.replace("{{components}}", sluice::artifacts::COMPONENT_DIR);
+/// Where `scripts/build-polyglot.sh` puts the JavaScript and Python components.
+const POLYGLOT_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/target/polyglot");
+
+/// The demo's JWT (HS256 with `src/demo.toml`'s secret; `sub` demo-user, expires in 2100),
+/// signed with PyJWT.
+const DEMO_TOKEN: &str = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiJkZW1vLXVzZXIiLCJpc3MiOiJzbHVpY2UtZGVtbyIsImV4cCI6NDEwMjQ0NDgwMCwibmFtZSI6IkRlbW8gVXNlciJ9.472LhJgeIapk2aH8LAhzCS6jbY37MMFPz4u__PCpLAE";
+
+fn demo(listen: std::net::SocketAddr, admin: std::net::SocketAddr, cache_dir: Option<PathBuf>) -> ExitCode {
+    // The admin API on loopback needs no token; with `SLUICE_ADMIN_TOKEN` set, it needs that one.
+    let admin_token = std::env::var("SLUICE_ADMIN_TOKEN")
+        .ok()
+        .filter(|t| !t.trim().is_empty());
+    let polyglot = ["hello_js.wasm", "hello_py.wasm"]
+        .iter()
+        .all(|f| std::path::Path::new(POLYGLOT_DIR).join(f).exists());
+    let mut source = DEMO_CONFIG.to_owned();
+    if polyglot {
+        source.push('\n');
+        source.push_str(DEMO_POLYGLOT_CONFIG);
+    }
+    let source = source
+        .replace("{{components}}", sluice::artifacts::COMPONENT_DIR)
+        .replace("{{polyglot}}", POLYGLOT_DIR);
     let mut config = match config::parse(&source, std::path::Path::new("demo.toml")) {
         Ok(config) => config,
         Err(e) => {
@@ -170,7 +203,9 @@ fn demo(listen: std::net::SocketAddr) -> ExitCode {
         }
     };
     config.server.listen = toml::Spanned::new(0..0, vec![toml::Spanned::new(0..0, ListenAddr(listen))]);
-    config.server.cache_dir = Some(std::env::temp_dir().join("sluice-demo-cache"));
+    config.server.admin = Some(toml::Spanned::new(0..0, ListenAddr(admin)));
+    config.server.admin_token_env = admin_token.as_ref().map(|_| "SLUICE_ADMIN_TOKEN".to_owned());
+    config.server.cache_dir = Some(cache_dir.unwrap_or_else(|| std::env::temp_dir().join("sluice-demo-cache")));
     let echo_addrs: Vec<std::net::SocketAddr> = config
         .upstreams
         .values()
@@ -182,23 +217,104 @@ fn demo(listen: std::net::SocketAddr) -> ExitCode {
         return ExitCode::FAILURE;
     }
     config.server.watch = false; // the embedded config is no file to watch
+    if polyglot {
+        eprintln!(
+            "sluice demo: loading; the first start compiles the JavaScript and Python middleware \
+             (a minute; cached after)"
+        );
+    }
     let server = match sluice::server::build(config, Start::Fresh) {
         Ok(server) => server,
         Err(e) => return report(&e),
     };
     let upstreams: Vec<String> = echo_addrs.iter().map(|a| a.to_string()).collect();
+    let l = format!("http://{listen}");
+    let a = format!("http://{admin}");
+    let bearer = "-H \"Authorization: Bearer $TOKEN\"";
+    let json = "-H 'content-type: application/json'";
     println!(
-        "sluice demo: proxy on http://{listen}, echo upstream on {} (config: src/demo.toml)\n\
-         \n\
-         Try:\n  \
-         curl -si http://{listen}/users/42                 # through middleware `block` and `tag`: see x-stamp-* on both sides\n  \
-         curl -si -H 'x-block: 1' http://{listen}/users/42 # 403 from the `block` middleware; the upstream never sees it\n  \
-         curl -si -X DELETE http://{listen}/users/42       # 405: route `users` allows GET and HEAD\n  \
-         curl -si -d 'forbidden' http://{listen}/orders    # 422 from `guard`, which read the whole body first\n\
-         \n\
-         Run the first twice to see round-robin across the two echo targets (the `upstream` field);\n\
-         Host `acme.demo.test` reaches route `tenants`; a path no route matches gets a 404. Ctrl-C stops.",
+        "sluice demo: proxy on {l}, admin API on {a}, echo upstream on {} (config: src/demo.toml)\n\
+         The echo answers with a JSON description of the request it received.\n",
         upstreams.join(" and ")
     );
+    println!("Routing and Wasm middleware:");
+    line(
+        &format!("curl -si {l}/users/42"),
+        "`block` and `tag` run: x-stamp-* on both sides",
+    );
+    line(
+        &format!("curl -si -H 'x-block: 1' {l}/users/42"),
+        "403 from `block`; the upstream never sees it",
+    );
+    line(
+        &format!("curl -si -X DELETE {l}/users/42"),
+        "405: route `users` allows GET and HEAD",
+    );
+    println!("\nThe built-in middleware:");
+    line(&format!("export TOKEN={DEMO_TOKEN}"), "a JWT for `demo-user`");
+    line(&format!("curl -si {l}/account"), "401 from auth-jwt: no token");
+    line(
+        &format!("curl -si {bearer} {l}/account"),
+        "200: the upstream sees x-user-id: demo-user",
+    );
+    line(
+        &format!("for i in 1 2 3 4; do curl -s -o /dev/null -w '%{{http_code}} ' {bearer} {l}/account; done; echo"),
+        "rate-limit: 3 per 10 s per user, then 429",
+    );
+    line(
+        &format!("curl -si {json} -d '{{\"id\":\"7\",\"items\":[]}}' {l}/orders"),
+        "400 from schema-validate, each error listed; the upstream never sees it",
+    );
+    line(
+        &format!("curl -si {json} -d '{{\"id\":7,\"items\":[{{\"sku\":\"A-1\",\"qty\":2}}]}}' {l}/orders"),
+        "a valid order goes upstream",
+    );
+    line(
+        &format!(
+            "curl -s -H 'x-echo-body: raw' {json} -d '{{\"name\":\"Ada Lovelace\",\"email\":\"ada@example.com\",\"card\":\"4111 1111 1111 1111\",\"phone\":\"+1 415 555 0100\"}}' {l}/customers/7"
+        ),
+        "redact masks the record the echo sends back",
+    );
+    if polyglot {
+        println!("\nOne middleware in Rust, JavaScript and Python, chained on one route:");
+        line(
+            &format!("curl -si -H 'x-name: ada' {l}/hello"),
+            "x-hello-lang: python, javascript, rust (response phases run in reverse)",
+        );
+        println!("\nHot swap through the admin API, no request dropped:");
+        let auth = match admin_token {
+            Some(_) => "-H \"Authorization: Bearer $SLUICE_ADMIN_TOKEN\" ",
+            None => "",
+        };
+        line(
+            &format!(
+                "curl -s -X PUT --data-binary @{POLYGLOT_DIR}/hello_js.wasm {auth}{a}/admin/middleware/hello-py/component"
+            ),
+            "link `hello-py` now runs the JavaScript build",
+        );
+        line(
+            &format!("curl -si {l}/hello"),
+            "x-hello-lang: javascript, javascript, rust",
+        );
+        line(
+            &format!("curl -s -X POST {auth}{a}/admin/middleware/hello-py/rollback"),
+            "back to the Python version",
+        );
+        line(&format!("curl -s {a}/admin/middleware"), "what runs now, with digests");
+    } else {
+        println!(
+            "\n(The polyglot chain and the hot swap need the JavaScript and Python components: \
+             `make demo` builds them, or scripts/build-polyglot.sh.)"
+        );
+    }
+    println!(
+        "\nRun the first twice to see round-robin across the two echo targets (the `upstream` field);\n\
+         Host `acme.demo.test` reaches route `tenants`; a path no route matches gets a 404. Ctrl-C stops."
+    );
     server.run_forever()
+}
+
+/// One command the demo suggests, with what it shows.
+fn line(command: &str, shows: &str) {
+    println!("  {command}\n      # {shows}");
 }

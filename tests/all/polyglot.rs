@@ -21,7 +21,7 @@ use serde_json::Value;
 /// path. Builds what is out of date first, and compiles every one of them into the shared
 /// artifact cache once, so no test waits on (or races) another's first compile of an
 /// interpreter (~20 s each).
-fn polyglot(name: &str) -> String {
+pub fn polyglot(name: &str) -> String {
     static READY: OnceLock<()> = OnceLock::new();
     READY.get_or_init(|| {
         let out = Command::new(repo_root().join("scripts/build-polyglot.sh"))
