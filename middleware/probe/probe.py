@@ -4,10 +4,16 @@ Stamps its `name` as the Rust `stamp` test component does: request headers get
 `x-stamp-request: NAME` appended and `x-stamp-saw-NAME` set to the context's `stamp.path`
 extended with NAME (`a>b>NAME`), response headers get `x-stamp-response: NAME`, bodies get
 `+NAME` appended. A request carrying the header named by `block-header` is answered
-`block-status` (problem+json); `trap-header` raises, `loop-header` spins forever.
+`block-status` (problem+json); `trap-header` raises, `loop-header` spins forever; `inspect-header` reports what the host
+granted the interpreter (`x-probe-env`: how many environment variables it sees, `x-probe-fs`:
+what listing `/` and reading `/etc/passwd` did), after printing to stdout and stderr.
 Config: `{ "name": "py", "phases": [...], "block-header": "x-block", "block-status": 403,
-"trap-header": "x-trap", "loop-header": "x-loop" }`, everything but `name` optional.
+"trap-header": "x-trap", "loop-header": "x-loop", "inspect-header": "x-inspect" }`, everything
+but `name` optional.
 """
+
+import os
+import sys
 
 import sluice
 
@@ -22,7 +28,8 @@ class Probe(sluice.Middleware):
         self.status = int(config.get("block-status", 403))
         self.trap = config.get("trap-header")
         self.spin = config.get("loop-header")
-        self.request_headers = [h for h in (self.block, self.trap, self.spin) if h]
+        self.inspect = config.get("inspect-header")
+        self.request_headers = [h for h in (self.block, self.trap, self.spin, self.inspect) if h]
         self.response_headers = []
 
     def on_request_headers(self, req):
@@ -33,6 +40,10 @@ class Probe(sluice.Middleware):
         if self.spin and req.header(self.spin) is not None:
             while True:
                 pass
+        if self.inspect and req.header(self.inspect) is not None:
+            print("to stdout")
+            print("to stderr", file=sys.stderr)
+            return sluice.Next(set={"x-probe-env": str(len(os.environ)), "x-probe-fs": _filesystem()})
         before = req.context("stamp.path")
         path = f"{before}>{self.name}" if before else self.name
         return sluice.Next(
@@ -49,6 +60,16 @@ class Probe(sluice.Middleware):
 
     def on_response_body(self, req, status, headers, body):
         return sluice.Replace(body + f"+{self.name}".encode())
+
+
+def _filesystem():
+    seen = []
+    for attempt in (lambda: os.listdir("/"), lambda: open("/etc/passwd").read()):
+        try:
+            seen.append(f"read {len(attempt())}")
+        except OSError as e:
+            seen.append(f"denied ({type(e).__name__})")
+    return ", ".join(seen)
 
 
 WitWorld = sluice.export(Probe)

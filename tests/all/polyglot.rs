@@ -303,3 +303,31 @@ async fn a_python_middleware_is_hot_swapped_under_load_without_a_failed_request(
         "{probe_served} before, {hello_served} after"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interpreter_sees_no_environment_and_no_filesystem_of_the_host() {
+    let up = echo().await;
+    let mw = probe("py", "py", ", inspect-header = \"x-inspect\"", "");
+    let sluice = Sluice::start_in(
+        &route(up.addr(), &["py"], &mw),
+        tempfile::tempdir().unwrap(),
+        &[("SLUICE_SECRET_FOR_PROBE", "must-not-leak")],
+    );
+    let resp = client()
+        .get(sluice.url("/x"))
+        .header("x-inspect", "1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "printing to stdout and stderr is harmless");
+    let seen: Value = resp.json().await.unwrap();
+    assert_eq!(
+        seen["headers"]["x-probe-env"], "0",
+        "no environment variable of sluice's"
+    );
+    let fs = seen["headers"]["x-probe-fs"].as_str().unwrap();
+    assert!(
+        fs.starts_with("denied") && fs.ends_with(")") && !fs.contains("read"),
+        "no directory is preopened: {fs}"
+    );
+}
