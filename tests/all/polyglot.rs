@@ -331,3 +331,30 @@ async fn an_interpreter_sees_no_environment_and_no_filesystem_of_the_host() {
         "no directory is preopened: {fs}"
     );
 }
+
+#[test]
+fn a_javascript_or_python_init_that_refuses_its_config_is_a_located_config_error() {
+    let config = format!(
+        "[upstreams.u]\ntargets = [\"127.0.0.1:1\"]\n\n{}{}[[route]]\nname = \"r\"\nupstream = \"u\"\nmiddleware = [\"js\", \"py\"]\n",
+        // `nam`: a typo for `name`, which the probe requires.
+        probe("js", "js", "", "").replace("name = \"js\"", "nam = \"js\""),
+        probe("py", "py", ", phases = [\"request-headerz\"]", ""),
+    );
+    let (_dir, path, out) = run_on_config(
+        "check",
+        &format!("[server]\ncache-dir = {:?}\n{config}", shared_cache_dir()),
+    );
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let file = path.display();
+    assert!(
+        stderr.contains(&format!(
+            "{file}:8:10: `middleware.js.config`: middleware `js` rejected its config: `name` is required: a string to stamp"
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("`middleware.py.config`: middleware `py` rejected its config: unknown phase 'request-headerz'"),
+        "{stderr}"
+    );
+}
