@@ -95,9 +95,13 @@ for lang in rust js python; do
     start "cold-$lang-$instances.log"
     cold="$(printf '%.1f' "$took")/$(load_ms "cold-$lang-$instances.log")"
     stop
+    sync # the artifacts the cold start wrote (tens of MB) are on disk before anything is timed
     start "cached-$lang-$instances.log"
     cached="$(printf '%.2f' "$took")/$(load_ms "cached-$lang-$instances.log")"
     rss_start=$(rss_mib "$pid")
+    # Right after a cold compile's process exits, the machine stalls requests for a few seconds
+    # (tens of ms, a few times; seen on routes without middleware too): let it settle.
+    sleep 3
     none=$(latency /none)
     mw=$(latency /x)
     rss_after=$(rss_mib "$pid")

@@ -16,6 +16,7 @@
 #   check   seconds `sluice check` takes for the same config (empty cache)
 #   per-mw  what each schema middleware adds to RSS: (rss(N) - rss(N/2)) / (N - N/2), both warm,
 #           when started, and after one request to each route (each then has an idle instance)
+#   where   the warm RSS broken down by what holds it (benches/rss.py), started and served
 # and what the log says each load took (took_ms, cold).
 # INSTANCES=fresh gives every middleware `instances = "fresh"` (a snapshot per config).
 set -euo pipefail
@@ -151,8 +152,10 @@ config "$N"
 start warm.log
 warm=$took
 rss_warm=$(rss_mib "$pid")
+breakdown_warm=$(python3 "$root/benches/rss.py" "$pid")
 serve_all "$N"
 rss_warm_served=$(rss_mib "$pid")
+breakdown_served=$(python3 "$root/benches/rss.py" "$pid")
 stop
 
 half=$((N / 2))
@@ -171,3 +174,7 @@ printf '  %-7s %6.2f s\n' reload "$reload"
 printf '  %-7s %6s s\n' check "$check"
 printf '  %-7s %6s MiB after the cold start, %s after the reload, %s warm, %s warm after one request per route\n' rss "$rss_cold" "$rss_reload" "$rss_warm" "$rss_warm_served"
 printf '  %-7s %6s MiB per schema middleware started, %s MiB once it served (warm, %d vs %d of them)\n' per-mw "$per_mw" "$per_mw_served" "$N" "$half"
+echo "  where the warm RSS goes (benches/rss.py), started:"
+echo "$breakdown_warm" | sed 's/^/    /'
+echo "  and after one request per route:"
+echo "$breakdown_served" | sed 's/^/    /'
