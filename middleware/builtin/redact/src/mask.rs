@@ -2,7 +2,8 @@
 //! component (`lib.rs`) and, for the Wasm-tax baseline, natively into `benches/builtin.rs`.
 use std::io::{Read, Write};
 
-use regex::{Captures, Regex};
+use regex::Regex;
+use regex_automata::{Input, meta};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -28,6 +29,7 @@ struct Custom {
 
 /// A pattern and an extra check a match must pass (Luhn, a real IPv6 address).
 struct Pattern {
+    source: String,
     regex: Regex,
     check: fn(&str) -> bool,
 }
@@ -54,8 +56,10 @@ fn builtin(name: &str) -> Option<Pattern> {
     };
     // ASCII classes (`(?-u)`): Unicode `\d` and `\b` make the automata many times larger, and
     // the engine builds its lazy DFA over them on a fresh instance's first match.
+    let source = format!("(?-u){regex}");
     Some(Pattern {
-        regex: Regex::new(&format!("(?-u){regex}")).expect("built-in patterns compile"),
+        regex: Regex::new(&source).expect("built-in patterns compile"),
+        source,
         check,
     })
 }
@@ -94,6 +98,9 @@ fn is_ipv6(s: &str) -> bool {
 
 /// The compiled configuration: patterns, fields and the mask.
 pub struct Masker {
+    /// Every pattern in one automaton, in precedence order: one scan of a string finds the
+    /// leftmost match of any of them (the earliest pattern winning where several start).
+    all: meta::Regex,
     patterns: Vec<Pattern>,
     fields: Vec<String>,
     replacement: String,
@@ -126,8 +133,15 @@ impl Masker {
         for custom in &config.custom {
             let regex = Regex::new(&custom.regex)
                 .map_err(|e| format!("`custom`: pattern `{}` is not a valid regex: {e}", custom.name))?;
-            patterns.push(Pattern { regex, check: always });
+            patterns.push(Pattern {
+                regex,
+                source: custom.regex.clone(),
+                check: always,
+            });
         }
+        let sources: Vec<&str> = patterns.iter().map(|p| p.source.as_str()).collect();
+        let all = meta::Regex::new_many(&sources).map_err(|e| format!("`custom`: the patterns do not combine: {e}"))?;
+        let _ = all.find_iter(WARM_UP).count();
         for pattern in &patterns {
             let _ = pattern.regex.find_iter(WARM_UP).count();
         }
@@ -138,6 +152,7 @@ impl Masker {
             .map(|c| c.to_ascii_lowercase())
             .collect();
         Ok(Masker {
+            all,
             patterns,
             fields: config.json_fields,
             replacement: config.replacement.unwrap_or_else(|| "[REDACTED]".into()),
@@ -187,22 +202,44 @@ impl Masker {
         format!("{}{keep}", self.replacement)
     }
 
+    /// `text` with every match masked, in one scan: at each position the first pattern (in
+    /// precedence order) that matches there and passes its check wins; a masked span is never
+    /// scanned again.
     fn mask_text(&self, text: &str) -> String {
-        let mut text = text.to_owned();
-        for pattern in &self.patterns {
-            text = pattern
-                .regex
-                .replace_all(&text, |caps: &Captures| {
-                    let found = &caps[0];
-                    if (pattern.check)(found) {
-                        self.mask(found)
-                    } else {
-                        found.to_owned()
-                    }
-                })
-                .into_owned();
+        let mut out = String::new();
+        let (mut copied, mut at) = (0, 0);
+        while at <= text.len() {
+            let Some(found) = self.all.search(&Input::new(text).range(at..)) else {
+                break;
+            };
+            let start = found.start();
+            match self.accepted(text, start, found.pattern().as_usize(), found.end()) {
+                Some(end) => {
+                    out.push_str(&text[copied..start]);
+                    out.push_str(&self.mask(&text[start..end]));
+                    (copied, at) = (end, end);
+                }
+                // Nothing masks here: go on from the next character.
+                None => at = start + text[start..].chars().next().map_or(1, char::len_utf8),
+            }
         }
-        text
+        if copied == 0 {
+            return text.to_owned();
+        }
+        out.push_str(&text[copied..]);
+        out
+    }
+
+    /// Where the span to mask at `start` ends: pattern `first` matched up to `end`; if its check
+    /// fails (a digit run that is no card number), a later pattern matching at `start` may take it.
+    fn accepted(&self, text: &str, start: usize, first: usize, end: usize) -> Option<usize> {
+        if end > start && (self.patterns[first].check)(&text[start..end]) {
+            return Some(end);
+        }
+        self.patterns[first + 1..].iter().find_map(|pattern| {
+            let found = pattern.regex.find_at(text, start).filter(|m| m.start() == start)?;
+            (found.end() > start && (pattern.check)(found.as_str())).then_some(found.end())
+        })
     }
 
     fn mask_json(&self, value: &mut Value) {
