@@ -32,13 +32,18 @@ test: setup
 check-configs:
 	./target/debug/sluice check --config config/*.toml
 
-## Formatting and clippy, as CI runs them: the host, then the wasm32-wasip2 guests.
+## Formatting and clippy, as CI runs them: the host, then the wasm32-wasip2 guests, then the JS and
+## Python sources.
 lint: setup
 	python3 scripts/check-layers.py src
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
 	cd middleware && $(CARGO) fmt --all -- --check
 	cd middleware && $(CARGO) clippy --release --target wasm32-wasip2 --workspace -- -D warnings
+	@# The JavaScript and Python SDKs, examples and probes parse.
+	for f in middleware/sdk-js/sluice.js middleware/sdk-js/example/app.js middleware/probe/probe.js; do node --check $$f || exit 1; done
+	python3 -c 'import ast, sys; [ast.parse(open(f).read(), f) for f in sys.argv[1:]]' \
+	  middleware/sdk-python/sluice.py middleware/sdk-python/example/app.py middleware/probe/probe.py
 
 ## Whole-proxy load test against nginx, then the chain's cost against Envoy's filters (release
 ## build); see benches/load.sh and benches/peers.sh.
