@@ -173,36 +173,14 @@ async fn a_trap_and_a_loop_in_javascript_or_python_fail_that_request_per_on_erro
 
     for fault in ["x-trap", "x-loop"] {
         // `js` denies: the request fails with a 500 naming the middleware, within its deadline.
-        let started = Instant::now();
-        let resp = client()
-            .get(sluice.url("/js/x"))
-            .header(fault, "1")
-            .send()
-            .await
-            .unwrap();
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "{fault}: {:?}",
-            started.elapsed()
-        );
+        let resp = faulty(&sluice, "/js/x", fault).await;
         assert_eq!(resp.status(), 500, "{fault}");
         let problem: Value = resp.json().await.unwrap();
         let failure = if fault == "x-trap" { "trapped" } else { "timed out" };
         assert_eq!(problem["detail"], format!("middleware `js` {failure}"));
 
         // `py` allows: the request goes on without it.
-        let started = Instant::now();
-        let resp = client()
-            .get(sluice.url("/py/x"))
-            .header(fault, "1")
-            .send()
-            .await
-            .unwrap();
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "{fault}: {:?}",
-            started.elapsed()
-        );
+        let resp = faulty(&sluice, "/py/x", fault).await;
         assert_eq!(resp.status(), 200, "{fault}: on-error = allow skips the failed phase");
         let seen: Value = resp.json().await.unwrap();
         assert!(
@@ -222,6 +200,19 @@ async fn a_trap_and_a_loop_in_javascript_or_python_fail_that_request_per_on_erro
             .stderr()
             .contains("middleware call failed middleware=\"py\" failure=timed out")
     );
+}
+
+/// GETs `path` with header `fault` set; the answer must come within the middleware's deadline
+/// (50 ms) and far below the client's 30 s: a loop that was not stopped would hold it.
+async fn faulty(sluice: &Sluice, path: &str, fault: &str) -> reqwest::Response {
+    let started = Instant::now();
+    let resp = client().get(sluice.url(path)).header(fault, "1").send().await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{path} {fault}: {:?}",
+        started.elapsed()
+    );
+    resp
 }
 
 const TOKEN: &str = "test-admin-token";
