@@ -21,7 +21,15 @@ flock 9
 
 say() { printf 'build-polyglot: %s\n' "$*" >&2; }
 
-componentize_py="$(command -v componentize-py || true)"
+# componentize-py from PATH, or from python3's packages when its script is not on PATH (a
+# `pip install --user`, or pyenv before a rehash).
+if command -v componentize-py >/dev/null; then
+  componentize_py=(componentize-py)
+elif python3 -c 'import componentize_py' 2>/dev/null; then
+  componentize_py=(python3 -c 'import sys, componentize_py; sys.argv[0] = "componentize-py"; sys.exit(componentize_py.script())')
+else
+  componentize_py=()
+fi
 componentize_js="$root/middleware/sdk-js/node_modules/.bin/componentize-js"
 
 # build NAME LANG APP_FILE: the component NAME.wasm from APP_FILE and its language's SDK.
@@ -44,8 +52,8 @@ build() {
   local started=$SECONDS
   case $lang in
     python)
-      [[ -n "$componentize_py" ]] || { say "componentize-py is missing: run scripts/setup.sh"; exit 1; }
-      (cd "$stage" && "$componentize_py" -d "$root/wit" -w middleware componentize \
+      ((${#componentize_py[@]})) || { say "componentize-py is missing: run scripts/setup.sh"; exit 1; }
+      (cd "$stage" && "${componentize_py[@]}" -d "$root/wit" -w middleware componentize \
         "$(basename "$app" .py)" -o "$out/$name.wasm.tmp" >/dev/null)
       ;;
     js)

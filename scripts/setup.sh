@@ -103,14 +103,17 @@ fi
 # componentize-py (PyPI) and componentize-js (npm, into middleware/sdk-js/node_modules).
 root="$(cd "$(dirname "$0")/.." && pwd)"
 py_pin=$(grep -o 'componentize-py==[0-9.]*' "$root/middleware/sdk-python/requirements.txt")
-if ! componentize-py --version 2>/dev/null | grep -qx "componentize-py ${py_pin#*==}"; then
+py_version() { python3 -c 'import importlib.metadata as m; print(m.version("componentize-py"))' 2>/dev/null; }
+if [[ "$(py_version)" != "${py_pin#*==}" ]]; then
   say "pip install $py_pin"
   python3 -m pip install --quiet --disable-pip-version-check "$py_pin" 2>/dev/null \
     || python3 -m pip install --quiet --disable-pip-version-check --user "$py_pin" 2>/dev/null \
     || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages "$py_pin" \
     || { say "cannot install $py_pin from PyPI (it builds Python middleware)"; exit 1; }
-  command -v componentize-py >/dev/null \
-    || { say "componentize-py is installed but not on PATH (add ~/.local/bin)"; exit 1; }
+  # pyenv shims a new script only after a rehash; scripts/build-polyglot.sh also runs it
+  # through python3 when it is not on PATH.
+  if command -v pyenv >/dev/null; then pyenv rehash 2>/dev/null || true; fi
+  [[ "$(py_version)" == "${py_pin#*==}" ]] || { say "installed $py_pin, but python3 does not see it"; exit 1; }
 fi
 if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
   apt_install nodejs npm || { say "install Node.js 20+ and npm (they build JavaScript middleware)"; exit 1; }
