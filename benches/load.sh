@@ -21,6 +21,7 @@
 #
 #   make bench                    # installs nginx and wrk if missing, builds release, runs
 #   DURATION=30s CONNS=64 benches/load.sh
+#   SLUICE=/path/to/sluice benches/load.sh   # that binary instead of building a release one
 #
 # Both proxies get the same number of workers (PROXY_WORKERS, default 2). Everything shares the
 # machine's cores with wrk, so run-to-run noise is ±10%: the targets are measured in ROUNDS
@@ -44,10 +45,14 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 source "$root/benches/lib.sh"
 need wrk h2load openssl nginx
 
-echo "building sluice (release)..." >&2
-(cd "$root" && cargo build --release --quiet --bin sluice)
-# The middleware components the release build compiled (build.rs puts them under OUT_DIR).
-stamp=$(ls -t "$root"/target/release/build/sluice-*/out/middleware-target/wasm32-wasip2/release/stamp.wasm | head -1)
+if [[ -z ${SLUICE:-} ]]; then
+  echo "building sluice (release)..." >&2
+  (cd "$root" && cargo build --release --quiet --bin sluice)
+  SLUICE=$root/target/release/sluice
+fi
+# The stamp component of the newest build, whatever its profile (build.rs puts the middleware
+# components under OUT_DIR); the built-ins are inside the binary.
+stamp=$(ls -t "$root"/target/*/build/sluice-*/out/middleware-target/wasm32-wasip2/release/stamp.wasm | head -1)
 
 # One certificate for both proxies' TLS listeners.
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj /CN=bench.test \
@@ -138,7 +143,7 @@ path-prefix = "/reused"
 upstream = "up"
 middleware = ["r1", "r2", "r3", "r4"]
 CONF
-RUST_LOG=warn "$root/target/release/sluice" run --config "$work/sluice.toml" 2>"$work/sluice.log" &
+RUST_LOG=warn "$SLUICE" run --config "$work/sluice.toml" 2>"$work/sluice.log" &
 pids+=($!)
 
 # sluice compiles every component on its first start (no artifact cache yet): allow a minute.
