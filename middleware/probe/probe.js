@@ -4,10 +4,11 @@
 // `x-stamp-request: NAME` appended and `x-stamp-saw-NAME` set to the context's `stamp.path`
 // extended with NAME (`a>b>NAME`), response headers get `x-stamp-response: NAME`, bodies get
 // `+NAME` appended. A request carrying the header named by `block-header` is answered
-// `block-status` (problem+json); `trap-header` throws, `loop-header` spins forever.
+// `block-status` (problem+json); `trap-header` throws, `loop-header` spins forever;
+// `count-header` counts requests in the shared `state` (`x-probe-count`).
 // Config: `{ "name": "js", "phases": [...], "block-header": "x-block", "block-status": 403,
 // "trap-header": "x-trap", "loop-header": "x-loop" }`, everything but `name` optional.
-import { middleware, next, problem, replace } from "./sluice.js";
+import { log, middleware, next, problem, replace, state } from "./sluice.js";
 
 const encoder = new TextEncoder();
 
@@ -22,7 +23,7 @@ function appended(body, name) {
 export const { init, onRequestHeaders, onRequestBody, onResponseHeaders, onResponseBody } = middleware({
   init(config) {
     if (typeof config.name !== "string") throw new Error("`name` is required: a string to stamp");
-    const watched = [config["block-header"], config["trap-header"], config["loop-header"]];
+    const watched = [config["block-header"], config["trap-header"], config["loop-header"], config["count-header"]];
     return {
       name: config.name,
       phases: config.phases ?? ["request-headers", "response-headers"],
@@ -30,6 +31,7 @@ export const { init, onRequestHeaders, onRequestBody, onResponseHeaders, onRespo
       status: config["block-status"] ?? 403,
       trap: config["trap-header"],
       spin: config["loop-header"],
+      count: config["count-header"],
       requestHeaders: watched.filter((h) => h),
       responseHeaders: [],
     };
@@ -43,6 +45,11 @@ export const { init, onRequestHeaders, onRequestBody, onResponseHeaders, onRespo
     }
     if (self.spin && req.header(self.spin) !== undefined) {
       for (;;) {}
+    }
+    if (self.count && req.header(self.count) !== undefined) {
+      const hits = state.incr("hits", 1);
+      log.info(`hit ${hits}`);
+      return next({ set: { "x-probe-count": String(hits) } });
     }
     const before = req.context("stamp.path");
     const path = before ? `${before}>${self.name}` : self.name;

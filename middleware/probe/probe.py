@@ -4,11 +4,13 @@ Stamps its `name` as the Rust `stamp` test component does: request headers get
 `x-stamp-request: NAME` appended and `x-stamp-saw-NAME` set to the context's `stamp.path`
 extended with NAME (`a>b>NAME`), response headers get `x-stamp-response: NAME`, bodies get
 `+NAME` appended. A request carrying the header named by `block-header` is answered
-`block-status` (problem+json); `trap-header` raises, `loop-header` spins forever; `inspect-header` reports what the host
+`block-status` (problem+json); `trap-header` raises, `loop-header` spins forever; `count-header` counts
+requests in the shared `state` (`x-probe-count`); `inspect-header` reports what the host
 granted the interpreter (`x-probe-env`: how many environment variables it sees, `x-probe-fs`:
 what listing `/` and reading `/etc/passwd` did), after printing to stdout and stderr.
 Config: `{ "name": "py", "phases": [...], "block-header": "x-block", "block-status": 403,
-"trap-header": "x-trap", "loop-header": "x-loop", "inspect-header": "x-inspect" }`, everything
+"trap-header": "x-trap", "loop-header": "x-loop", "inspect-header": "x-inspect",
+"count-header": "x-count" }`, everything
 but `name` optional.
 """
 
@@ -29,7 +31,9 @@ class Probe(sluice.Middleware):
         self.trap = config.get("trap-header")
         self.spin = config.get("loop-header")
         self.inspect = config.get("inspect-header")
-        self.request_headers = [h for h in (self.block, self.trap, self.spin, self.inspect) if h]
+        self.count = config.get("count-header")
+        watched = (self.block, self.trap, self.spin, self.inspect, self.count)
+        self.request_headers = [h for h in watched if h]
         self.response_headers = []
 
     def on_request_headers(self, req):
@@ -44,6 +48,10 @@ class Probe(sluice.Middleware):
             print("to stdout")
             print("to stderr", file=sys.stderr)
             return sluice.Next(set={"x-probe-env": str(len(os.environ)), "x-probe-fs": _filesystem()})
+        if self.count and req.header(self.count) is not None:
+            hits = sluice.state.incr("hits", 1, 0)
+            sluice.log.info(f"hit {hits}")
+            return sluice.Next(set={"x-probe-count": str(hits)})
         before = req.context("stamp.path")
         path = f"{before}>{self.name}" if before else self.name
         return sluice.Next(

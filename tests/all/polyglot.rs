@@ -349,3 +349,36 @@ fn a_javascript_or_python_init_that_refuses_its_config_is_a_located_config_error
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn javascript_and_python_count_in_the_shared_state_and_log_through_sluice() {
+    let up = echo().await;
+    let counting = ", count-header = \"x-count\"";
+    let mw = probe("js", "js", counting, "") + &probe("py", "py", counting, "");
+    let config = format!(
+        "[upstreams.u]\ntargets = [\"{}\"]\n\n{mw}\n[[route]]\nname = \"js\"\npath-prefix = \"/js\"\nupstream = \"u\"\nmiddleware = [\"js\"]\n\n[[route]]\nname = \"py\"\npath-prefix = \"/py\"\nupstream = \"u\"\nmiddleware = [\"py\"]\n",
+        up.addr()
+    );
+    let sluice = Sluice::start(&config);
+    for lang in ["js", "py"] {
+        for expected in 1..=3 {
+            let resp = client()
+                .get(sluice.url(&format!("/{lang}/x")))
+                .header("x-count", "1")
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 200, "{}", sluice.stderr());
+            let seen: Value = resp.json().await.unwrap();
+            assert_eq!(seen["headers"]["x-probe-count"], expected.to_string(), "{lang}");
+        }
+    }
+    let log = sluice.stderr();
+    for lang in ["js", "py"] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains(&format!("middleware=\"{lang}\"")) && l.contains("hit 3")),
+            "{lang} logged through sluice:\n{log}"
+        );
+    }
+}
