@@ -73,6 +73,17 @@ fn route(upstream: std::net::SocketAddr, chain: &[&str], middleware: &str) -> St
     )
 }
 
+/// Routes `/js` and `/py` to `upstream`, each through the middleware of that name in `middleware`.
+fn per_language(upstream: std::net::SocketAddr, middleware: &str) -> String {
+    let mut config = format!("[upstreams.u]\ntargets = [\"{upstream}\"]\n\n{middleware}\n");
+    for lang in ["js", "py"] {
+        config += &format!(
+            "[[route]]\nname = \"{lang}\"\npath-prefix = \"/{lang}\"\nupstream = \"u\"\nmiddleware = [\"{lang}\"]\n\n"
+        );
+    }
+    config
+}
+
 fn values<'a>(resp: &'a reqwest::Response, name: &str) -> Vec<&'a str> {
     resp.headers()
         .get_all(name)
@@ -165,11 +176,7 @@ async fn a_trap_and_a_loop_in_javascript_or_python_fail_that_request_per_on_erro
     let watch = ", trap-header = \"x-trap\", loop-header = \"x-loop\"";
     let mw = probe("js", "js", watch, "timeout = \"50ms\"")
         + &probe("py", "py", watch, "timeout = \"50ms\"\non-error = \"allow\"");
-    let config = format!(
-        "[upstreams.u]\ntargets = [\"{}\"]\n\n{mw}\n[[route]]\nname = \"js\"\npath-prefix = \"/js\"\nupstream = \"u\"\nmiddleware = [\"js\"]\n\n[[route]]\nname = \"py\"\npath-prefix = \"/py\"\nupstream = \"u\"\nmiddleware = [\"py\"]\n",
-        up.addr()
-    );
-    let sluice = Sluice::start(&config);
+    let sluice = Sluice::start(&per_language(up.addr(), &mw));
 
     for fault in ["x-trap", "x-loop"] {
         // `js` denies: the request fails with a 500 naming the middleware, within its deadline.
@@ -355,11 +362,7 @@ async fn javascript_and_python_count_in_the_shared_state_and_log_through_sluice(
     let up = echo().await;
     let counting = ", count-header = \"x-count\"";
     let mw = probe("js", "js", counting, "") + &probe("py", "py", counting, "");
-    let config = format!(
-        "[upstreams.u]\ntargets = [\"{}\"]\n\n{mw}\n[[route]]\nname = \"js\"\npath-prefix = \"/js\"\nupstream = \"u\"\nmiddleware = [\"js\"]\n\n[[route]]\nname = \"py\"\npath-prefix = \"/py\"\nupstream = \"u\"\nmiddleware = [\"py\"]\n",
-        up.addr()
-    );
-    let sluice = Sluice::start(&config);
+    let sluice = Sluice::start(&per_language(up.addr(), &mw));
     for lang in ["js", "py"] {
         for expected in 1..=3 {
             let resp = client()
