@@ -94,11 +94,7 @@ async fn metrics_count_requests_middleware_calls_and_upstreams_as_they_flow() {
     assert_eq!(client.get(sluice.url("/dead")).send().await.unwrap().status(), 502);
     assert_eq!(client.get(sluice.url("/nowhere")).send().await.unwrap().status(), 404);
     // A request is counted when it ends, just after its answer went out: wait for all 12.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while requests(&[]).await < 12.0 {
-        assert!(std::time::Instant::now() < deadline, "not every request was counted");
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    settle(|| requests(&[]), 12.0).await;
 
     assert_eq!(
         requests(&["route=\"api\"", "method=\"GET\"", "status=\"200\""]).await,
@@ -150,7 +146,22 @@ async fn metrics_count_requests_middleware_calls_and_upstreams_as_they_flow() {
     for _ in 0..5 {
         client.get(sluice.url("/api/y")).send().await.unwrap();
     }
+    settle(|| requests(&[]), 17.0).await;
     assert_eq!(requests(&["route=\"api\"", "status=\"200\""]).await, 12.0);
+}
+
+/// Waits (up to 5 s) until `count` reaches `want`: a request is counted when it ends, just after
+/// its answer went out, so a client can see the answer before the counter moves.
+async fn settle<F, Fut>(count: F, want: f64)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = f64>,
+{
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while count().await < want {
+        assert!(std::time::Instant::now() < deadline, "not every request was counted");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
