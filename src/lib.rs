@@ -32,7 +32,7 @@
 //! | request path | `proxy` (pingora's `ProxyHttp`: reads one snapshot per request) |
 //! | what is live | `live` (the `Snapshot` and its building) |
 //! | its parts | `chain` (middleware versions, a route's chain, one request's run), `router`, `upstream` (targets, balancing, health), `tls` |
-//! | foundations | `runtime` (wasmtime), `state`, `metrics`, `telemetry`, `config`, `error` |
+//! | foundations | `runtime` (wasmtime), `state`, `metrics`, `telemetry`, `config`, `oci` (registries, signatures), `files`, `error` |
 //! | tools beside the proxy | `scaffold` (`sluice new`), `echo` (the demo's upstream) |
 
 #![deny(missing_docs)]
@@ -46,8 +46,10 @@ pub mod chain;
 pub mod config;
 pub mod echo;
 pub mod error;
+pub mod files;
 pub mod live;
 pub mod metrics;
+pub mod oci;
 pub mod proxy;
 pub mod reload;
 pub mod router;

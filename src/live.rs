@@ -13,6 +13,7 @@ use sha2::{Digest, Sha256};
 use crate::chain::{Artifact, Canary, Chain, Deployment, LoadedMiddleware, Policy, Provenance, Reuse, Source};
 use crate::config::{ComponentRef, Config, ConfigError, ConfigErrors, Instances, MiddlewareConfig};
 use crate::error::Error;
+use crate::oci::{PublicKey, Registry};
 use crate::router::Router;
 use crate::runtime::host::Outbound;
 use crate::runtime::{LoadError, Runtime, Start};
@@ -40,6 +41,9 @@ pub struct Snapshot {
     pub certs: BTreeMap<std::net::SocketAddr, Arc<crate::tls::CertSet>>,
     /// When this snapshot was built.
     pub loaded_at: SystemTime,
+    /// The client for the config's `oci://` components (none if it names none); kept across
+    /// reloads while `[registries]` does not change.
+    pub registry: Option<Arc<Registry>>,
 }
 
 /// One route, ready to serve.
@@ -154,6 +158,14 @@ impl Snapshot {
             }
         }
 
+        let registry = match registry_for(&config, current) {
+            Ok(registry) => registry,
+            Err(message) => {
+                let at = config.registries.credentials_file.as_ref().map_or(0..0, |f| f.span());
+                errors.push(config.error_at(at, "registries", message));
+                None
+            }
+        };
         let mut middleware = BTreeMap::new();
         for (name, mw) in &config.middleware {
             let live = current.and_then(|c| c.middleware.get(name));
@@ -163,6 +175,7 @@ impl Snapshot {
                 mw,
                 runtime,
                 state: &state,
+                registry: registry.as_ref(),
             };
             let primary = loader
                 .load(
@@ -241,6 +254,7 @@ impl Snapshot {
             upstreams,
             certs,
             loaded_at: SystemTime::now(),
+            registry,
         })
     }
 
@@ -283,8 +297,32 @@ impl Snapshot {
             upstreams: self.upstreams.clone(),
             certs: self.certs.clone(),
             loaded_at: SystemTime::now(),
+            registry: self.registry.clone(),
         }
     }
+}
+
+/// The registry client for `config`: `current`'s if its settings are the same, a new one if the
+/// config names an `oci://` component, else none.
+fn registry_for(config: &Config, current: Option<&Snapshot>) -> Result<Option<Arc<Registry>>, String> {
+    let names_oci = config.middleware.values().any(|mw| {
+        std::iter::once(&mw.component)
+            .chain(mw.canary.as_ref().map(|c| &c.component))
+            .any(|c| matches!(c.get_ref(), ComponentRef::Oci(_)))
+    });
+    if !names_oci {
+        return Ok(None);
+    }
+    let settings = config.registry_settings();
+    let cache_dir = config.cache_dir();
+    if let Some(kept) = current.and_then(|c| c.registry.as_ref())
+        && kept.uses(&settings, &cache_dir)
+    {
+        return Ok(Some(kept.clone()));
+    }
+    Registry::new(settings, &cache_dir)
+        .map(|r| Some(Arc::new(r)))
+        .map_err(|e| e.to_string())
 }
 
 /// sha256 of `bytes`, hex.
@@ -304,6 +342,8 @@ pub struct Loader<'a> {
     pub runtime: &'a Arc<Runtime>,
     /// The state backend.
     pub state: &'a Arc<State>,
+    /// The registry client, if the config names `oci://` components.
+    pub registry: Option<&'a Arc<Registry>>,
 }
 
 impl Loader<'_> {
@@ -322,18 +362,10 @@ impl Loader<'_> {
                 .error_at(component.span(), format!("middleware.{name}.component"), message)
                 .in_middleware(name)
         };
-        let bytes: Bytes = match component.get_ref() {
-            ComponentRef::Builtin(builtin) => crate::artifacts::BUILTIN
-                .iter()
-                .find(|(name, _)| name == builtin)
-                .map(|(_, bytes)| Bytes::from_static(bytes))
-                .ok_or_else(|| at_component(format!("unknown built-in middleware `builtin:{builtin}`")))?,
-            ComponentRef::File(file) => {
-                let path = config.base_dir().join(file);
-                let bytes = std::fs::read(&path);
-                Bytes::from(bytes.map_err(|e| at_component(format!("cannot read `{}`: {e}", path.display())))?)
-            }
-        };
+        let (bytes, resolved) = self.fetch(component.get_ref()).await.map_err(&at_component)?;
+        let verified_with = self.verify(component.get_ref(), &bytes, resolved.as_ref()).await?;
+        let pulled = resolved
+            .map(|(reference, digest)| format!("oci://{}/{}@{digest}", reference.registry(), reference.repository()));
         let configured = digest(&bytes);
         let (bytes, source, version) = match pin {
             Some(pin) if pin.replaces == configured => (pin.component.clone(), pin.source.clone(), pin.version.clone()),
@@ -347,6 +379,8 @@ impl Loader<'_> {
             version,
             config_json,
             source,
+            resolved: pulled,
+            verified_with,
         };
         if let Some(live) = live
             && wanted.matches(live, self.mw, self.state)
@@ -376,23 +410,132 @@ impl Loader<'_> {
     }
 
     /// Loads `bytes` as an uploaded version of this middleware (the config's `version` label does
-    /// not describe it, so it has none), replacing the component the config names.
+    /// not describe it, so it has none), replacing the component the config names (whose digest
+    /// is `replaces`, and for an `oci://` one, what it `resolved` to).
     pub async fn upload(
         &self,
         bytes: Bytes,
         replaces: String,
-        source: Source,
+        resolved: Option<String>,
     ) -> Result<Arc<LoadedMiddleware>, LoadError> {
-        let resolved =
-            resolve_config(self.config, self.name, self.mw).map_err(|e| LoadError::InitRejected(e.message))?;
+        let config = resolve_config(self.config, self.name, self.mw).map_err(|e| LoadError::InitRejected(e.message))?;
         let wanted = Wanted {
             digest: digest(&bytes),
             configured: replaces,
             version: None,
-            config_json: serde_json::to_string(&resolved).unwrap_or_else(|_| "{}".to_owned()),
-            source,
+            config_json: serde_json::to_string(&config).unwrap_or_else(|_| "{}".to_owned()),
+            source: Source::Upload,
+            resolved,
+            verified_with: None,
         };
         self.instantiate(bytes, wanted).await
+    }
+
+    /// The bytes of `component`; for an OCI reference, with what it resolved to.
+    async fn fetch(
+        &self,
+        component: &ComponentRef,
+    ) -> Result<(Bytes, Option<(oci_client::Reference, String)>), String> {
+        match component {
+            ComponentRef::Builtin(builtin) => crate::artifacts::BUILTIN
+                .iter()
+                .find(|(name, _)| name == builtin)
+                .map(|(_, bytes)| (Bytes::from_static(bytes), None))
+                .ok_or_else(|| format!("unknown built-in middleware `builtin:{builtin}`")),
+            ComponentRef::File(file) => {
+                let path = self.config.base_dir().join(file);
+                let bytes = std::fs::read(&path).map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
+                Ok((Bytes::from(bytes), None))
+            }
+            ComponentRef::Oci(reference) => {
+                let registry = self.registry.ok_or("no registry client")?;
+                let pulled = registry
+                    .pull(reference)
+                    .await
+                    .map_err(|e| format!("cannot pull `{component}`: {e}"))?;
+                if let Some(why) = &pulled.offline {
+                    tracing::warn!(
+                        middleware = self.name,
+                        reference = %component,
+                        digest = %pulled.digest,
+                        reason = %why,
+                        "serving the digest the tag last resolved to"
+                    );
+                }
+                tracing::info!(
+                    middleware = self.name,
+                    reference = %component,
+                    digest = %pulled.digest,
+                    stored = pulled.stored,
+                    "component pulled"
+                );
+                Ok((pulled.component, Some((reference.clone(), pulled.digest))))
+            }
+        }
+    }
+
+    /// Checks `component`'s signature when a key is required for this middleware (`verify` or
+    /// `[trust]`); returns the key file it was checked with. Built-in components are part of the
+    /// binary and need none.
+    async fn verify(
+        &self,
+        component: &ComponentRef,
+        bytes: &[u8],
+        resolved: Option<&(oci_client::Reference, String)>,
+    ) -> Result<Option<std::path::PathBuf>, ConfigError> {
+        let (config, name) = (self.config, self.name);
+        let Some(key_file) = config.public_key_for(name) else {
+            return Ok(None);
+        };
+        if matches!(component, ComponentRef::Builtin(_)) {
+            return Ok(None);
+        }
+        let key_key = match self.mw.verify.is_some() {
+            true => format!("middleware.{name}.verify.public-key-file"),
+            false => "trust.public-key-file".to_owned(),
+        };
+        let path = config.base_dir().join(key_file.get_ref());
+        let key = std::fs::read_to_string(&path)
+            .map_err(|e| format!("cannot read `{}`: {e}", path.display()))
+            .and_then(|pem| PublicKey::from_pem(&pem))
+            .map_err(|message| config.error_at(key_file.span(), &key_key, message).in_middleware(name))?;
+        let checked = match (component, resolved) {
+            (ComponentRef::Oci(_), Some((reference, digest))) => {
+                let registry = self.registry.ok_or("no registry client".to_owned());
+                match registry {
+                    Ok(registry) => match registry.signatures(reference, digest).await {
+                        Ok(signatures) => key.verify_artifact(digest, &signatures),
+                        Err(e) => Err(format!("cannot fetch its signatures: {e}")),
+                    },
+                    Err(e) => Err(e),
+                }
+            }
+            (ComponentRef::File(file), _) => {
+                let sig_path = config.base_dir().join(format!("{}.sig", file.display()));
+                std::fs::read_to_string(&sig_path)
+                    .map_err(|e| {
+                        format!(
+                            "its detached signature `{}` cannot be read ({e}); sign it with `cosign sign-blob --key cosign.key --output-signature {}.sig`",
+                            sig_path.display(),
+                            file.display()
+                        )
+                    })
+                    .and_then(|signature| key.verify_blob(bytes, &signature))
+            }
+            _ => Ok(()),
+        };
+        checked.map(|()| Some(path.clone())).map_err(|reason| {
+            config
+                .error_at(
+                    self.mw.component.span(),
+                    format!("middleware.{name}.component"),
+                    format!(
+                        "middleware `{name}`: component `{component}` is refused: it must be signed with `{}`: {reason}",
+                        key_file.get_ref().display()
+                    ),
+                )
+                .in_middleware(name)
+        })
     }
 
     async fn instantiate(&self, bytes: Bytes, wanted: Wanted) -> Result<Arc<LoadedMiddleware>, LoadError> {
@@ -451,6 +594,8 @@ impl Loader<'_> {
             loaded_at: SystemTime::now(),
             cached: loaded.cached,
             load_time: loaded.took,
+            resolved: wanted.resolved,
+            verified_with: wanted.verified_with,
         };
         let loaded_middleware = LoadedMiddleware::new(
             name.into(),
@@ -476,6 +621,8 @@ struct Wanted {
     version: Option<String>,
     config_json: String,
     source: Source,
+    resolved: Option<String>,
+    verified_with: Option<std::path::PathBuf>,
 }
 
 impl Wanted {
@@ -485,6 +632,8 @@ impl Wanted {
             && live.provenance.configured == self.configured
             && live.provenance.source == self.source
             && live.provenance.version == self.version
+            && live.provenance.resolved == self.resolved
+            && live.provenance.verified_with == self.verified_with
             && live.policy == policy(&live.name, mw, live.artifact.initial_memory)
             && Arc::ptr_eq(&live.state, state)
     }

@@ -35,6 +35,23 @@ enum Command {
         #[arg(short, long, value_name = "FILE", num_args = 1.., required = true)]
         config: Vec<PathBuf>,
     },
+    /// Publish a component to an OCI registry, in the Wasm artifact format sluice pulls
+    /// (`component = "oci://..."`); prints the manifest digest to pin or sign.
+    Push {
+        /// The `.wasm` component.
+        #[arg(value_name = "FILE")]
+        component: PathBuf,
+        /// Where: `oci://HOST[:PORT]/REPOSITORY:TAG`.
+        #[arg(value_name = "REFERENCE")]
+        reference: String,
+        /// Speak plain HTTP to this registry (a local or test registry).
+        #[arg(long)]
+        insecure: bool,
+        /// A docker-style `config.json` with the registry's credentials (default:
+        /// `SLUICE_REGISTRY_CONFIG`, else anonymous).
+        #[arg(long, value_name = "FILE")]
+        credentials_file: Option<PathBuf>,
+    },
     /// Start a project: `sluice new middleware NAME --lang rust|js|python`.
     New {
         #[command(subcommand)]
@@ -116,6 +133,15 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Push {
+            component,
+            reference,
+            insecure,
+            credentials_file,
+        } => match logs_only() {
+            Ok(()) => push(&component, &reference, insecure, credentials_file),
+            Err(code) => code,
+        },
         Command::Demo {
             listen,
             admin,
@@ -124,6 +150,63 @@ fn main() -> ExitCode {
             Ok(()) => demo(listen, admin, cache_dir),
             Err(code) => code,
         },
+    }
+}
+
+/// `sluice push`: checks the file is a component, publishes it, prints the digest.
+fn push(component: &std::path::Path, reference: &str, insecure: bool, credentials: Option<PathBuf>) -> ExitCode {
+    let fail = |message: String| {
+        eprintln!("error: {message}");
+        ExitCode::FAILURE
+    };
+    let reference = match sluice::config::ComponentRef::try_from(reference.to_owned()) {
+        Ok(sluice::config::ComponentRef::Oci(reference)) if reference.tag().is_some() => reference,
+        Ok(_) => return fail(format!("`{reference}` is not `oci://HOST[:PORT]/REPOSITORY:TAG`")),
+        Err(e) => return fail(e),
+    };
+    let bytes = match std::fs::read(component) {
+        Ok(bytes) => bytes,
+        Err(e) => return fail(format!("cannot read `{}`: {e}", component.display())),
+    };
+    let (imports, exports) = match sluice::oci::interface(&bytes) {
+        Ok(interface) => interface,
+        Err(e) => return fail(format!("`{}`: {e}", component.display())),
+    };
+    let settings = sluice::oci::Settings {
+        insecure: if insecure {
+            vec![reference.registry().to_owned()]
+        } else {
+            Vec::new()
+        },
+        credentials_file: credentials.or_else(|| std::env::var_os("SLUICE_REGISTRY_CONFIG").map(PathBuf::from)),
+        timeout: std::time::Duration::from_secs(30),
+    };
+    let cache = std::env::temp_dir().join("sluice-push");
+    let pushed = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())
+        .and_then(|rt| {
+            rt.block_on(async {
+                let registry = sluice::oci::Registry::new(settings, &cache).map_err(|e| e.to_string())?;
+                registry
+                    .push(&reference, bytes.into(), imports, exports)
+                    .await
+                    .map_err(|e| e.to_string())
+            })
+        });
+    match pushed {
+        Ok(digest) => {
+            println!("pushed {} as oci://{}", component.display(), reference.whole());
+            println!("digest: {digest}");
+            println!(
+                "pin it:  component = \"oci://{}/{}@{digest}\"",
+                reference.registry(),
+                reference.repository()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(format!("cannot push to `oci://{}`: {e}", reference.whole())),
     }
 }
 

@@ -42,6 +42,8 @@ pub enum Trigger {
     Rollback,
     /// `sluice run` starting.
     Start,
+    /// A polled OCI tag moved (`poll`).
+    Poll,
 }
 
 impl Trigger {
@@ -54,6 +56,7 @@ impl Trigger {
             Trigger::Upload => "upload",
             Trigger::Rollback => "rollback",
             Trigger::Start => "start",
+            Trigger::Poll => "poll",
         }
     }
 }
@@ -113,6 +116,8 @@ struct Status {
     last: Option<Attempt>,
     /// The last failed build's errors about each middleware, until a build succeeds.
     errors: BTreeMap<String, String>,
+    /// Why the last poll of each middleware's tag failed, until one succeeds.
+    poll_errors: BTreeMap<String, String>,
 }
 
 /// One middleware as the admin API lists it.
@@ -159,7 +164,11 @@ impl Reloader {
     /// Every live middleware with its versions and last error.
     pub async fn middleware(&self) -> Vec<MiddlewareStatus> {
         let versions = self.versions.lock().await;
-        let errors = self.status.lock().map(|s| s.errors.clone()).unwrap_or_default();
+        let (errors, poll_errors) = self
+            .status
+            .lock()
+            .map(|s| (s.errors.clone(), s.poll_errors.clone()))
+            .unwrap_or_default();
         let live = self.live();
         live.middleware
             .iter()
@@ -168,7 +177,7 @@ impl Reloader {
                 primary: deployment.primary.clone(),
                 canary: deployment.canary.as_ref().map(|c| (c.version.clone(), c.weight)),
                 previous: versions.previous.get(name).cloned(),
-                last_error: errors.get(name).cloned(),
+                last_error: errors.get(name).or(poll_errors.get(name)).cloned(),
             })
             .collect()
     }
@@ -230,15 +239,25 @@ impl Reloader {
         let (Some(deployment), Some(mw)) = (current.middleware.get(name), current.config.middleware.get(name)) else {
             return Err(SwapError::UnknownMiddleware(name.to_owned()));
         };
+        if let Some(key) = current.config.public_key_for(name) {
+            let message = format!(
+                "middleware `{name}` only loads components signed with `{}`, and an upload carries no signature: publish it and sign it (docs/fleet.md), or name a signed file in the config",
+                key.get_ref().display()
+            );
+            self.failed(Trigger::Upload, started, message.clone(), None);
+            return Err(SwapError::Rejected(message));
+        }
         let loader = Loader {
             config: &current.config,
             name,
             mw,
             runtime: &self.runtime,
             state: &current.state,
+            registry: current.registry.as_ref(),
         };
         let replaces = deployment.primary.provenance.configured.clone();
-        let loaded = match loader.upload(component.clone(), replaces.clone(), Source::Upload).await {
+        let resolved = deployment.primary.provenance.resolved.clone();
+        let loaded = match loader.upload(component.clone(), replaces.clone(), resolved).await {
             Ok(loaded) => loaded,
             Err(e) => {
                 let message = format!("the uploaded component cannot serve as `{name}`: {e}");
@@ -283,7 +302,7 @@ impl Reloader {
                 version: previous.provenance.version.clone(),
             };
             versions.pins.insert(name.to_owned(), pin);
-            Arc::new(previous.restored(configured.clone()))
+            Arc::new(previous.restored(&deployment.primary.provenance))
         };
         let next = current.with_primary(name, previous);
         Ok(self.swap(&mut versions, &current, next, Trigger::Rollback, started))
@@ -369,6 +388,20 @@ impl Reloader {
         }
     }
 
+    /// Records how polling middleware `name`'s tag went, for `GET /admin/middleware`: why it
+    /// failed, until a poll succeeds.
+    fn polled(&self, name: &str, failure: Option<String>) {
+        if let Some(message) = &failure {
+            tracing::warn!(middleware = name, "{message}");
+        }
+        if let Ok(mut status) = self.status.lock() {
+            match failure {
+                Some(message) => status.poll_errors.insert(name.to_owned(), message),
+                None => status.poll_errors.remove(name),
+            };
+        }
+    }
+
     /// `sluice_middleware_version_info`: the versions `snapshot` serves.
     fn publish_versions(&self, snapshot: &Snapshot) {
         let family = &metrics::metrics().versions;
@@ -389,17 +422,24 @@ impl Reloader {
     }
 
     /// The files whose change triggers a reload: the config file, every component file it names
-    /// and every `-file` key in a middleware's `config`.
+    /// (with its `.sig` when it must be signed), every public key, and every `-file` key in a
+    /// middleware's `config`.
     pub fn watched_files(&self) -> BTreeSet<PathBuf> {
         let live = self.live();
         let config = &live.config;
         let base = config.base_dir();
         let mut files = BTreeSet::from([config.path.clone()]);
-        for mw in config.middleware.values() {
+        for (name, mw) in &config.middleware {
+            if let Some(key) = config.public_key_for(name) {
+                files.insert(base.join(key.get_ref()));
+            }
             let components = std::iter::once(&mw.component).chain(mw.canary.as_ref().map(|c| &c.component));
             for component in components {
                 if let ComponentRef::File(file) = component.get_ref() {
                     files.insert(base.join(file));
+                    if config.public_key_for(name).is_some() {
+                        files.insert(base.join(format!("{}.sig", file.display())));
+                    }
                 }
             }
             for (key, value) in mw.config.get_ref() {
@@ -539,6 +579,71 @@ pub async fn watch(reloader: Arc<Reloader>) {
             loaded = now;
         } else {
             loaded = seen;
+        }
+    }
+}
+
+/// How often [`poll`] looks for a middleware whose `poll` interval is up.
+const POLL_TICK: Duration = Duration::from_millis(250);
+
+/// Follows the OCI tags of every middleware with `poll`, until the process ends: when a tag
+/// resolves to another digest than the one serving, the config is reloaded, which pulls, checks
+/// and swaps in the new version like any reload (in-flight requests finish on theirs). A registry
+/// that cannot be reached, or a new version that fails to load, leaves the serving one in place;
+/// why is the middleware's `last-error` in `GET /admin/middleware`.
+pub async fn poll(reloader: Arc<Reloader>) {
+    let mut due: BTreeMap<String, Instant> = BTreeMap::new();
+    loop {
+        tokio::time::sleep(POLL_TICK).await;
+        let live = reloader.live();
+        let Some(registry) = live.registry.clone() else {
+            continue;
+        };
+        let now = Instant::now();
+        let mut moved = Vec::new();
+        for (name, mw) in &live.config.middleware {
+            let (Some(every), Some(deployment)) = (&mw.poll, live.middleware.get(name)) else {
+                continue;
+            };
+            let next = due.entry(name.clone()).or_insert(now + every.get_ref().0);
+            if now < *next {
+                continue;
+            }
+            *next = now + every.get_ref().0;
+            let canary = mw
+                .canary
+                .as_ref()
+                .zip(deployment.canary.as_ref())
+                .map(|(config, canary)| (&config.component, &canary.version));
+            for (component, serving) in std::iter::once((&mw.component, &deployment.primary)).chain(canary) {
+                let ComponentRef::Oci(reference) = component.get_ref() else {
+                    continue;
+                };
+                if reference.digest().is_some() {
+                    continue;
+                }
+                let serving = serving.provenance.resolved.as_deref().unwrap_or("");
+                match registry.resolve(reference).await {
+                    Ok(digest) => {
+                        reloader.polled(name, None);
+                        if !serving.ends_with(&format!("@{digest}")) {
+                            moved.push(format!("{name}: {} -> {digest}", component.get_ref()));
+                        }
+                    }
+                    Err(e) => reloader.polled(
+                        name,
+                        Some(format!(
+                            "polling `{}` failed, `{serving}` keeps serving: {e}",
+                            component.get_ref()
+                        )),
+                    ),
+                }
+            }
+        }
+        due.retain(|name, _| live.config.middleware.contains_key(name));
+        if !moved.is_empty() {
+            tracing::info!(moved = %moved.join(", "), "a polled tag moved; reloading");
+            let _ = reloader.reload(Trigger::Poll).await;
         }
     }
 }

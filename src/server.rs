@@ -351,6 +351,7 @@ fn control_plane(reloader: Arc<Reloader>, admin: Option<AdminListener>, watch: b
             runtime.block_on(async move {
                 reload::start_health_checks(&reloader.live());
                 tokio::spawn(reload::on_sighup(reloader.clone()));
+                tokio::spawn(reload::poll(reloader.clone()));
                 if watch {
                     tokio::spawn(reload::watch(reloader.clone()));
                 }

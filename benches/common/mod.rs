@@ -87,6 +87,8 @@ pub fn link(
         loaded_at: SystemTime::now(),
         cached: loaded.cached,
         load_time: loaded.took,
+        resolved: None,
+        verified_with: None,
     };
     Arc::new(LoadedMiddleware::new(
         name.into(),

@@ -99,6 +99,11 @@ pub struct Provenance {
     pub cached: bool,
     /// How long loading it took.
     pub load_time: Duration,
+    /// For a component pulled from a registry: `oci://HOST/REPOSITORY@sha256:…`, the manifest
+    /// digest its reference resolved to.
+    pub resolved: Option<String>,
+    /// The public key file its signature was checked with, if one was required.
+    pub verified_with: Option<std::path::PathBuf>,
 }
 
 /// Where a loaded component came from.
@@ -157,12 +162,13 @@ impl LoadedMiddleware {
         &self.artifact.registration
     }
 
-    /// This version put back in place of the one the config names (whose digest is
-    /// `configured`): the same compiled component, config and policy, labelled as a rollback so
-    /// that reloads keep it while the config names the same component. Nothing is compiled.
-    pub fn restored(&self, configured: String) -> LoadedMiddleware {
+    /// This version put back in place of the one the config names (`serving`'s `configured`
+    /// and `resolved`): the same compiled component, config and policy, labelled as a rollback
+    /// so that reloads keep it while the config names the same component. Nothing is compiled.
+    pub fn restored(&self, serving: &Provenance) -> LoadedMiddleware {
         let provenance = Provenance {
-            configured,
+            configured: serving.configured.clone(),
+            resolved: serving.resolved.clone(),
             source: Source::Rollback,
             ..self.provenance.clone()
         };

@@ -47,6 +47,8 @@ pub fn parse(source: &str, path: &Path) -> Result<Config, ConfigErrors> {
         upstreams: BTreeMap::new(),
         middleware: BTreeMap::new(),
         routes: Vec::new(),
+        registries: Default::default(),
+        trust: Default::default(),
     };
 
     for (key, value) in doc.get_ref().iter() {
@@ -72,6 +74,16 @@ pub fn parse(source: &str, path: &Path) -> Result<Config, ConfigErrors> {
             "middleware" => {
                 config.middleware = named_sections(&loc, "middleware", value, &mut declared.middleware, &mut errors)
             }
+            "registries" => {
+                if let Some(registries) = section(&loc, value, &mut errors) {
+                    config.registries = registries;
+                }
+            }
+            "trust" => {
+                if let Some(trust) = section(&loc, value, &mut errors) {
+                    config.trust = trust;
+                }
+            }
             "route" => match value.get_ref() {
                 DeValue::Array(items) => {
                     config.routes = items
@@ -87,7 +99,7 @@ pub fn parse(source: &str, path: &Path) -> Result<Config, ConfigErrors> {
             other => errors.push(loc.error(
                 Some(key.span()),
                 format!(
-                    "unknown section `{other}`; expected one of `server`, `state`, `upstreams`, `middleware`, `route`"
+                    "unknown section `{other}`; expected one of `server`, `state`, `upstreams`, `middleware`, `route`, `registries`, `trust`"
                 ),
             )),
         }

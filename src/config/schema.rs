@@ -33,6 +33,10 @@ pub struct Config {
     pub middleware: BTreeMap<String, MiddlewareConfig>,
     /// `[[route]]`, in file order.
     pub routes: Vec<RouteConfig>,
+    /// `[registries]`
+    pub registries: RegistriesConfig,
+    /// `[trust]`
+    pub trust: TrustConfig,
 }
 
 impl Config {
@@ -252,6 +256,90 @@ fn default_listen() -> Spanned<Vec<Spanned<ListenAddr>>> {
 
 fn default_threads() -> Spanned<usize> {
     Spanned::new(0..0, std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+/// `[registries]`: how components named `oci://…` are pulled.
+///
+/// ```toml
+/// [registries]
+/// insecure = ["127.0.0.1:5000"]              # reached over plain http://; everything else is HTTPS
+/// credentials-file = "docker-config.json"    # docker-style: {"auths": {"HOST": {"auth": "…"}}}
+/// timeout = "30s"                            # to connect, and per read
+/// ```
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RegistriesConfig {
+    /// `HOST[:PORT]`s spoken to over `http://`.
+    #[serde(default)]
+    pub insecure: Vec<Spanned<String>>,
+    /// A docker-style `config.json` with each registry's credentials (relative to the config
+    /// file); absent: anonymous, unless `SLUICE_REGISTRY_CONFIG` names one.
+    pub credentials_file: Option<Spanned<PathBuf>>,
+    /// Deadline to connect to a registry, and for each read.
+    #[serde(default = "default_registry_timeout")]
+    pub timeout: Duration,
+}
+
+impl Default for RegistriesConfig {
+    fn default() -> Self {
+        RegistriesConfig {
+            insecure: Vec::new(),
+            credentials_file: None,
+            timeout: default_registry_timeout(),
+        }
+    }
+}
+
+fn default_registry_timeout() -> Duration {
+    Duration::from_millis(30_000)
+}
+
+impl Config {
+    /// How this config's `oci://` components are pulled; `cache-dir` holds what was pulled.
+    pub fn registry_settings(&self) -> crate::oci::Settings {
+        let from_env = || std::env::var_os("SLUICE_REGISTRY_CONFIG").map(PathBuf::from);
+        crate::oci::Settings {
+            insecure: self.registries.insecure.iter().map(|h| h.get_ref().clone()).collect(),
+            credentials_file: self
+                .registries
+                .credentials_file
+                .as_ref()
+                .map(|f| self.base_dir().join(f.get_ref()))
+                .or_else(from_env),
+            timeout: self.registries.timeout.0,
+        }
+    }
+
+    /// The public key `[middleware.NAME]`'s components must be signed with: its `verify`, else
+    /// `[trust]`'s; with the key (where it is written, for errors).
+    pub fn public_key_for(&self, middleware: &str) -> Option<&Spanned<PathBuf>> {
+        let own = self.middleware.get(middleware).and_then(|mw| mw.verify.as_ref());
+        own.map(|v| &v.get_ref().public_key_file)
+            .or(self.trust.public_key_file.as_ref())
+    }
+}
+
+/// `[trust]`: every component that is not built in must carry a valid cosign signature by this
+/// key (`verify` on a middleware overrides it).
+///
+/// ```toml
+/// [trust]
+/// public-key-file = "cosign.pub"
+/// ```
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct TrustConfig {
+    /// PEM public key (what `cosign generate-key-pair` writes to `cosign.pub`), relative to the
+    /// config file.
+    pub public_key_file: Option<Spanned<PathBuf>>,
+}
+
+/// `[middleware.NAME] verify`: the key its components must be signed with.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct VerifyConfig {
+    /// PEM public key, relative to the config file.
+    pub public_key_file: Spanned<PathBuf>,
 }
 
 /// `[state]`: where middleware state lives.
@@ -491,6 +579,8 @@ pub enum Balance {
 /// outbound-max-response = "1MiB"   # largest outbound response body
 /// instances = "reused"             # | "fresh": a new instance per request
 /// reuse = { max-requests = 1000 }  # bounds on a reused instance's life
+/// poll = "30s"                     # with component = "oci://…:TAG": follow the tag
+/// verify = { public-key-file = "cosign.pub" }  # only components signed with this key
 /// ```
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -526,6 +616,10 @@ pub struct MiddlewareConfig {
     pub instances: Instances,
     /// Bounds on a reused instance's life; default: [`ReuseConfig::default`].
     pub reuse: Option<Spanned<ReuseConfig>>,
+    /// How often an `oci://…:TAG` component's tag is checked; a moved tag is pulled and swapped in.
+    pub poll: Option<Spanned<Duration>>,
+    /// Only components signed with this key load (overrides `[trust]`).
+    pub verify: Option<Spanned<VerifyConfig>>,
 }
 
 /// `[middleware.NAME] instances`: how much one request's call is isolated from the next's.

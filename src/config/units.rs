@@ -288,7 +288,8 @@ impl TryFrom<i64> for Percent {
     }
 }
 
-/// `component`: a built-in (`"builtin:NAME"`) or a component file, relative to the config file.
+/// `component`: a built-in (`"builtin:NAME"`), a component file (relative to the config file) or an
+/// OCI artifact (`"oci://HOST/REPOSITORY:TAG"`).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Deserialize)]
 #[serde(try_from = "String")]
 pub enum ComponentRef {
@@ -296,6 +297,9 @@ pub enum ComponentRef {
     Builtin(String),
     /// A `.wasm` component file, as written (relative to the config file's directory).
     File(std::path::PathBuf),
+    /// A component artifact in an OCI registry: `oci://HOST[:PORT]/REPOSITORY:TAG` or
+    /// `…@sha256:DIGEST`.
+    Oci(oci_client::Reference),
 }
 
 impl TryFrom<String> for ComponentRef {
@@ -305,10 +309,35 @@ impl TryFrom<String> for ComponentRef {
         if s.is_empty() {
             return Err("`component` is empty; name a built-in (`builtin:NAME`) or a `.wasm` file".to_owned());
         }
-        Ok(match s.strip_prefix("builtin:") {
-            Some(name) => ComponentRef::Builtin(name.to_owned()),
-            None => ComponentRef::File(s.into()),
-        })
+        if let Some(name) = s.strip_prefix("builtin:") {
+            return Ok(ComponentRef::Builtin(name.to_owned()));
+        }
+        let Some(reference) = s.strip_prefix("oci://") else {
+            return Ok(ComponentRef::File(s.into()));
+        };
+        let expected = "expected `oci://HOST[:PORT]/REPOSITORY:TAG` or `oci://HOST[:PORT]/REPOSITORY@sha256:DIGEST`";
+        let (host, rest) = reference.split_once('/').unwrap_or((reference, ""));
+        // Without an explicit registry the reference parser would quietly pick Docker Hub.
+        if !(host.contains(['.', ':']) || host == "localhost") || rest.is_empty() {
+            return Err(format!(
+                "invalid OCI reference `{s}`: name the registry host; {expected}"
+            ));
+        }
+        let parsed: oci_client::Reference = reference
+            .parse()
+            .map_err(|e| format!("invalid OCI reference `{s}`: {e}; {expected}"))?;
+        let explicit_tag = rest
+            .rsplit_once('/')
+            .map_or(rest, |(_, last)| last)
+            .split('@')
+            .next()
+            .is_some_and(|name| name.contains(':'));
+        if parsed.digest().is_none() && !explicit_tag {
+            return Err(format!(
+                "OCI reference `{s}` names no tag or digest; give one (`:TAG` or `@sha256:DIGEST`): sluice never assumes `latest`"
+            ));
+        }
+        Ok(ComponentRef::Oci(parsed))
     }
 }
 
@@ -317,6 +346,7 @@ impl fmt::Display for ComponentRef {
         match self {
             ComponentRef::Builtin(name) => write!(f, "builtin:{name}"),
             ComponentRef::File(path) => write!(f, "{}", path.display()),
+            ComponentRef::Oci(reference) => write!(f, "oci://{}", reference.whole()),
         }
     }
 }

@@ -7,8 +7,8 @@ use std::path::Path;
 
 use super::parse::{Declared, valid_name};
 use super::{
-    BUILTIN_MIDDLEWARE, ByteSize, ComponentRef, Config, ConfigError, HostPattern, Instances, Locator, RouteConfig,
-    StateBackend,
+    BUILTIN_MIDDLEWARE, ByteSize, ComponentRef, Config, ConfigError, HostPattern, Instances, Locator, MiddlewareConfig,
+    RouteConfig, StateBackend,
 };
 
 /// Checks what deserialization cannot: references, duplicates, empty lists, ranges.
@@ -117,10 +117,19 @@ pub(super) fn validate(config: &Config, declared: &Declared, loc: &Locator<'_>, 
         }
     }
 
+    for host in &config.registries.insecure {
+        let text = host.get_ref();
+        if text.is_empty() || text.contains(['/', ' ']) {
+            err(
+                host.span(),
+                format!("`insecure` lists registries as `HOST[:PORT]` (no scheme, no path), not `{text}`"),
+            );
+        }
+    }
+
     let base = config.path.parent().unwrap_or(Path::new(""));
     for mw in config.middleware.values() {
-        let components = std::iter::once(&mw.component).chain(mw.canary.as_ref().map(|c| &c.component));
-        for component in components {
+        for component in components_of(mw) {
             if let Err(msg) = check_component_ref(component.get_ref(), base) {
                 err(component.span(), msg);
             }
@@ -134,6 +143,19 @@ pub(super) fn validate(config: &Config, declared: &Declared, loc: &Locator<'_>, 
                     mw.memory_limit
                 ),
             );
+        }
+        if let Some(poll) = &mw.poll {
+            let follows_a_tag =
+                components_of(mw).any(|c| matches!(c.get_ref(), ComponentRef::Oci(r) if r.digest().is_none()));
+            if !follows_a_tag {
+                err(
+                    poll.span(),
+                    "`poll` follows an OCI tag: it needs `component` (or `canary.component`) = \"oci://HOST/REPOSITORY:TAG\"; a file is watched and a digest never moves".into(),
+                );
+            }
+            if poll.get_ref().0 < std::time::Duration::from_secs(1) {
+                err(poll.span(), "`poll` must be at least 1s".into());
+            }
         }
         if let Some(reuse) = &mw.reuse {
             if mw.instances == Instances::Fresh {
@@ -230,8 +252,14 @@ pub(super) fn validate(config: &Config, declared: &Declared, loc: &Locator<'_>, 
     }
 }
 
+/// A middleware's component and its canary's.
+fn components_of(mw: &MiddlewareConfig) -> impl Iterator<Item = &toml::Spanned<ComponentRef>> {
+    std::iter::once(&mw.component).chain(mw.canary.as_ref().map(|c| &c.component))
+}
+
 fn check_component_ref(component: &ComponentRef, base: &Path) -> Result<(), String> {
     match component {
+        ComponentRef::Oci(_) => Ok(()),
         ComponentRef::Builtin(name) if BUILTIN_MIDDLEWARE.contains(&name.as_str()) => Ok(()),
         ComponentRef::Builtin(_) => {
             let available = if BUILTIN_MIDDLEWARE.is_empty() {

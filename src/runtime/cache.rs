@@ -11,9 +11,7 @@
 //! Loading an artifact runs its machine code: the cache directory must be as trusted as the
 //! sluice binary itself.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use serde::{Deserialize, Serialize};
 use wasmtime::Engine;
@@ -78,14 +76,6 @@ impl ArtifactCache {
     }
 
     fn write_atomically(&self, name: &str, bytes: &[u8]) -> std::io::Result<()> {
-        // Unique per process and write: concurrent starts sharing the directory, or two loads in
-        // one process, never write the same temporary file; the rename is atomic.
-        static WRITES: AtomicU64 = AtomicU64::new(0);
-        let n = WRITES.fetch_add(1, Relaxed);
-        let tmp = self.dir.join(format!(".{name}.{}.{n}.tmp", std::process::id()));
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, self.dir.join(name))
+        crate::files::write_atomically(&self.dir.join(name), bytes)
     }
 }

@@ -81,7 +81,7 @@ fn replace_file(from: &Path, to: &Path) {
 /// One request's versions: (request phase, response phase); `Err` for a failed request.
 type Seen = Result<(String, String), String>;
 
-async fn versions(client: &reqwest::Client, url: &str) -> Seen {
+pub(crate) async fn versions(client: &reqwest::Client, url: &str) -> Seen {
     let resp = client.get(url).send().await.map_err(|e| e.to_string())?;
     let status = resp.status();
     let response_version = resp
@@ -101,13 +101,13 @@ async fn versions(client: &reqwest::Client, url: &str) -> Seen {
 }
 
 /// Eight clients, each on its own connection, sending requests back to back until stopped.
-struct Load {
+pub(crate) struct Load {
     stop: Arc<AtomicBool>,
     tasks: Vec<tokio::task::JoinHandle<Vec<Seen>>>,
 }
 
 impl Load {
-    fn start(url: String) -> Load {
+    pub(crate) fn start(url: String) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let tasks = (0..8)
             .map(|_| {
@@ -127,7 +127,7 @@ impl Load {
 
     /// Stops the clients; asserts every request succeeded with one version in both phases, and
     /// returns how many requests each version served.
-    async fn finish(self) -> BTreeMap<String, usize> {
+    pub(crate) async fn finish(self) -> BTreeMap<String, usize> {
         self.stop.store(true, Ordering::Relaxed);
         let mut served = BTreeMap::new();
         let mut total = 0;

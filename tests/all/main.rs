@@ -9,6 +9,7 @@ mod authoring;
 mod bodies;
 mod config_ui;
 mod demo;
+mod fleet;
 mod foreign_upstream;
 mod health;
 mod hot_swap;
