@@ -59,16 +59,17 @@ fi
 # Independent artifacts for the built-in middleware tests: PyJWT and cryptography sign the tokens
 # tests/auth_jwt.rs checks, Faker generates the personal data tests/redact.rs masks, Python's
 # jsonschema gives the verdicts tests/schema_validate.rs compares with.
-if ! python3 -c 'import jwt, cryptography, faker, jsonschema' 2>/dev/null; then
-  say "installing PyJWT, cryptography, Faker and jsonschema for python3"
-  pkgs=(pyjwt cryptography faker jsonschema)
+# bcrypt writes the htpasswd file of tests/all/fleet.rs's private registry.
+if ! python3 -c 'import jwt, cryptography, faker, jsonschema, bcrypt' 2>/dev/null; then
+  say "installing PyJWT, cryptography, Faker, jsonschema and bcrypt for python3"
+  pkgs=(pyjwt cryptography faker jsonschema bcrypt)
   python3 -m pip install --quiet --disable-pip-version-check "${pkgs[@]}" 2>/dev/null \
     || python3 -m pip install --quiet --disable-pip-version-check --user "${pkgs[@]}" 2>/dev/null \
-    || apt_install python3-jwt python3-cryptography python3-faker python3-jsonschema \
+    || apt_install python3-jwt python3-cryptography python3-faker python3-jsonschema python3-bcrypt \
     || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages "${pkgs[@]}" \
     || true
-  python3 -c 'import jwt, cryptography, faker, jsonschema' 2>/dev/null \
-    || { say "cannot install them: pip install pyjwt cryptography faker jsonschema"; exit 1; }
+  python3 -c 'import jwt, cryptography, faker, jsonschema, bcrypt' 2>/dev/null \
+    || { say "cannot install them: pip install pyjwt cryptography faker jsonschema bcrypt"; exit 1; }
 fi
 
 # The JSON-Schema-Test-Suite (schemas and cases sluice's authors did not write), for

@@ -7,10 +7,14 @@ formats directly (urllib and `cryptography`), independent of the Rust client slu
     oci_registry.py keygen DIR                          # DIR/cosign.key (PKCS#8 PEM), DIR/cosign.pub
     oci_registry.py sign HOST:PORT/REPO DIGEST KEY      # cosign signature under sha256-<hex>.sig
     oci_registry.py sign-blob FILE KEY                  # FILE.sig, as `cosign sign-blob --key`
+    oci_registry.py htpasswd USER PASSWORD FILE         # a bcrypt htpasswd file for the registry
+
+With OCI_AUTH=USER:PASSWORD in the environment, every request carries those credentials (Basic).
 """
 import base64
 import hashlib
 import json
+import os
 import sys
 import urllib.request
 
@@ -30,7 +34,10 @@ def split(ref):
 
 
 def request(method, url, data=None, headers=None):
-    req = urllib.request.Request(url, data=data, method=method, headers=headers or {})
+    headers = dict(headers or {})
+    if os.environ.get("OCI_AUTH"):
+        headers["Authorization"] = "Basic " + base64.b64encode(os.environ["OCI_AUTH"].encode()).decode()
+    req = urllib.request.Request(url, data=data, method=method, headers=headers)
     with urllib.request.urlopen(req) as resp:
         return resp.status, dict(resp.headers), resp.read()
 
@@ -121,6 +128,13 @@ def sign_blob(path, key_path):
         f.write(base64.b64encode(signature).decode())
 
 
+def htpasswd(user, password, path):
+    import bcrypt
+    with open(path, "w") as f:
+        f.write(f"{user}:{bcrypt.hashpw(password.encode(), bcrypt.gensalt()).decode()}\n")
+
+
 if __name__ == "__main__":
     command, args = sys.argv[1], sys.argv[2:]
-    {"push": push, "manifest": manifest, "keygen": keygen, "sign": sign, "sign-blob": sign_blob}[command](*args)
+    {"push": push, "manifest": manifest, "keygen": keygen, "sign": sign, "sign-blob": sign_blob,
+     "htpasswd": htpasswd}[command](*args)

@@ -119,13 +119,22 @@ impl Registry {
         self.settings == *settings && self.store == cache_dir.join("oci")
     }
 
-    /// The credentials for `registry`: from the credentials file if it names the registry,
-    /// else anonymous.
+    /// The credentials for `registry`: from the credentials file if it names the registry, else
+    /// from `SLUICE_REGISTRY_USERNAME` and `SLUICE_REGISTRY_PASSWORD` if both are set, else
+    /// anonymous.
     fn auth(&self, registry: &str) -> Result<RegistryAuth, OciError> {
-        let Some(file) = &self.settings.credentials_file else {
-            return Ok(RegistryAuth::Anonymous);
-        };
-        credentials(file, registry)
+        if let Some(file) = &self.settings.credentials_file
+            && let Some(auth) = credentials(file, registry)?
+        {
+            return Ok(auth);
+        }
+        match (
+            std::env::var("SLUICE_REGISTRY_USERNAME"),
+            std::env::var("SLUICE_REGISTRY_PASSWORD"),
+        ) {
+            (Ok(user), Ok(password)) => Ok(RegistryAuth::Basic(user, password)),
+            _ => Ok(RegistryAuth::Anonymous),
+        }
     }
 
     /// The digest `reference`'s tag points to now (or its digest, if it names one).
@@ -408,8 +417,8 @@ fn full_chain(e: &dyn std::error::Error) -> String {
     text
 }
 
-/// The credentials a docker-style `config.json` holds for `registry`; anonymous if none.
-fn credentials(file: &Path, registry: &str) -> Result<RegistryAuth, OciError> {
+/// The credentials a docker-style `config.json` holds for `registry`, if any.
+fn credentials(file: &Path, registry: &str) -> Result<Option<RegistryAuth>, OciError> {
     #[derive(Deserialize)]
     struct DockerConfig {
         #[serde(default)]
@@ -432,10 +441,10 @@ fn credentials(file: &Path, registry: &str) -> Result<RegistryAuth, OciError> {
         host == registry
     });
     let Some((_, entry)) = entry else {
-        return Ok(RegistryAuth::Anonymous);
+        return Ok(None);
     };
     if let (Some(user), Some(password)) = (&entry.username, &entry.password) {
-        return Ok(RegistryAuth::Basic(user.clone(), password.clone()));
+        return Ok(Some(RegistryAuth::Basic(user.clone(), password.clone())));
     }
     let auth = entry.auth.as_ref().ok_or_else(|| {
         unusable(format!(
@@ -451,5 +460,5 @@ fn credentials(file: &Path, registry: &str) -> Result<RegistryAuth, OciError> {
     let (user, password) = decoded
         .split_once(':')
         .ok_or_else(|| unusable(format!("the `auth` of `{registry}` is not `USER:PASSWORD`")))?;
-    Ok(RegistryAuth::Basic(user.to_owned(), password.to_owned()))
+    Ok(Some(RegistryAuth::Basic(user.to_owned(), password.to_owned())))
 }

@@ -20,15 +20,27 @@ struct Registry {
     addr: SocketAddr,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    /// `USER:PASSWORD` it requires, if any.
+    auth: Option<String>,
 }
 
 impl Registry {
     fn start() -> Registry {
+        Self::start_with(None)
+    }
+
+    /// A registry that answers only requests with these credentials (htpasswd, bcrypt).
+    fn start_with(auth: Option<(&str, &str)>) -> Registry {
         let mut registry = Registry {
             addr: free_addr(),
             dir: tempfile::tempdir().unwrap(),
             child: None,
+            auth: auth.map(|(user, password)| format!("{user}:{password}")),
         };
+        if let Some((user, password)) = auth {
+            let file = registry.dir.path().join("htpasswd");
+            helper(&["htpasswd", user, password, file.to_str().unwrap()]);
+        }
         registry.resume();
         registry
     }
@@ -38,9 +50,16 @@ impl Registry {
         std::fs::write(
             &config,
             format!(
-                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {}\n",
+                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {}\n{}",
                 self.dir.path().join("data").display(),
-                self.addr
+                self.addr,
+                match self.auth {
+                    Some(_) => format!(
+                        "auth:\n  htpasswd:\n    realm: test\n    path: {}\n",
+                        self.dir.path().join("htpasswd").display()
+                    ),
+                    None => String::new(),
+                }
             ),
         )
         .unwrap();
@@ -78,7 +97,10 @@ impl Registry {
     /// Pushes test component `name` as `repo:tag` with the independent client; its manifest digest.
     fn push(&self, name: &str, repo_and_tag: &str) -> String {
         let target = format!("{}/{repo_and_tag}", self.addr);
-        helper(&["push", &component(name), &target]).trim().to_owned()
+        let auth = self.auth.as_deref().map(|auth| ("OCI_AUTH", auth));
+        helper_env(&["push", &component(name), &target], auth.as_slice())
+            .trim()
+            .to_owned()
     }
 
     /// Signs the artifact `digest` in `repo` with the private key `key`.
@@ -100,9 +122,14 @@ impl Drop for Registry {
 
 /// Runs `tests/oci_registry.py` with `args`; its stdout.
 fn helper(args: &[&str]) -> String {
+    helper_env(args, &[])
+}
+
+fn helper_env(args: &[&str], env: &[(&str, &str)]) -> String {
     let out = Command::new("python3")
         .arg(repo_root().join("tests/oci_registry.py"))
         .args(args)
+        .envs(env.iter().copied())
         .output()
         .expect("run python3");
     assert!(
@@ -154,11 +181,16 @@ async fn admin_middleware(admin: SocketAddr) -> Value {
 
 /// `sluice check` on `config` written in `dir`: (success, output).
 fn check(dir: &Path, config: &str) -> (bool, String) {
+    check_env(dir, config, &[])
+}
+
+fn check_env(dir: &Path, config: &str, env: &[(&str, &str)]) -> (bool, String) {
     let path = dir.join("sluice.toml");
     std::fs::write(&path, config).unwrap();
     let out = Command::new(sluice_bin())
         .args(["check", "--config"])
         .arg(&path)
+        .envs(env.iter().copied())
         .output()
         .unwrap();
     let text = format!(
@@ -522,4 +554,114 @@ async fn two_sluices_following_one_tag_converge_on_the_same_digest() {
         }
         assert_eq!(versions(&common::client(), &sluice.url("/")).await.unwrap().1, "two");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_private_registry_is_pulled_from_with_credentials_from_a_file_or_the_environment() {
+    let registry = Registry::start_with(Some(("fleet", "s3cret")));
+    registry.push("version_one", "private/one:v1");
+    let dir = tempfile::tempdir().unwrap();
+    let mw = format!("component = \"{}\"", registry.oci("private/one:v1"));
+    let (text, _) = config(&registry, free_addr(), &mw, free_addr(), dir.path());
+
+    let (ok, out) = check(dir.path(), &text);
+    assert!(!ok, "anonymous must be refused: {out}");
+    assert!(
+        out.contains("cannot pull") && out.contains("middleware.v.component"),
+        "{out}"
+    );
+
+    // A docker-style config.json, named in [registries].
+    let auth = base64_of("fleet:s3cret");
+    std::fs::write(
+        dir.path().join("docker-config.json"),
+        format!("{{\"auths\": {{\"{}\": {{\"auth\": \"{auth}\"}}}}}}", registry.addr),
+    )
+    .unwrap();
+    let with_file = text.replace(
+        "[registries]\n",
+        "[registries]\ncredentials-file = \"docker-config.json\"\n",
+    );
+    let (ok, out) = check(dir.path(), &with_file);
+    assert!(ok, "{out}");
+
+    // The environment, with a fresh store (nothing cached).
+    let store = tempfile::tempdir().unwrap();
+    let (text, _) = config(&registry, free_addr(), &mw, free_addr(), store.path());
+    let env = [
+        ("SLUICE_REGISTRY_USERNAME", "fleet"),
+        ("SLUICE_REGISTRY_PASSWORD", "s3cret"),
+    ];
+    let (ok, out) = check_env(store.path(), &text, &env);
+    assert!(ok, "{out}");
+    let env = [
+        ("SLUICE_REGISTRY_USERNAME", "fleet"),
+        ("SLUICE_REGISTRY_PASSWORD", "wrong"),
+    ];
+    let store = tempfile::tempdir().unwrap();
+    let (text, _) = config(&registry, free_addr(), &mw, free_addr(), store.path());
+    let (ok, out) = check_env(store.path(), &text, &env);
+    assert!(!ok, "{out}");
+}
+
+fn base64_of(text: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tag_moved_to_an_unsigned_artifact_is_never_swapped_in() {
+    let registry = Registry::start();
+    let keys = keys();
+    let signed = registry.push("version_one", "mw/signed:live");
+    registry.sign("mw/signed", &signed, &keys.path().join("cosign.key"));
+    let up = echo().await;
+    let cache = tempfile::tempdir().unwrap();
+    std::fs::copy(keys.path().join("cosign.pub"), cache.path().join("cosign.pub")).unwrap();
+    let admin = free_addr();
+    let mw = format!(
+        "component = \"{}\"\npoll = \"1s\"\nverify = {{ public-key-file = \"cosign.pub\" }}",
+        registry.oci("mw/signed:live")
+    );
+    let (text, addr) = config(&registry, up.addr(), &mw, admin, cache.path());
+    // The config goes in `cache` too, where its relative `cosign.pub` is.
+    let sluice = Sluice::spawn(&text, addr, cache, &[]);
+    let load = Load::start(sluice.url("/"));
+
+    let unsigned = registry.push("version_two", "mw/signed:live");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let error = loop {
+        let listed = admin_middleware(admin).await;
+        if let Some(error) = listed["last-error"].as_str() {
+            break error.to_owned();
+        }
+        assert!(Instant::now() < deadline, "the refused version left no error: {listed}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(error.contains(&format!("`{unsigned}` is not signed")), "{error}");
+    let served = load.finish().await;
+    assert_eq!(
+        served.keys().collect::<Vec<_>>(),
+        ["one"],
+        "only the signed version served"
+    );
+    assert!(
+        admin_middleware(admin).await["resolved"]
+            .as_str()
+            .unwrap()
+            .ends_with(&signed)
+    );
+
+    // Signed now: the next poll swaps it in.
+    registry.sign("mw/signed", &unsigned, &keys.path().join("cosign.key"));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !admin_middleware(admin).await["resolved"]
+        .as_str()
+        .unwrap()
+        .ends_with(&unsigned)
+    {
+        assert!(Instant::now() < deadline, "the signed version was not swapped in");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(versions(&common::client(), &sluice.url("/")).await.unwrap().1, "two");
 }
