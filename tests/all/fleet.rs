@@ -6,12 +6,12 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::common::{self, Sluice, component, echo, free_addr, repo_root, sluice_bin};
+use crate::common::{self, Sluice, component, echo, free_addr, sluice_bin};
 use crate::hot_swap::{Load, versions};
 
 /// A `docker-registry` on `addr` storing in `dir`; killed when dropped, restartable on the same
@@ -63,30 +63,13 @@ impl Registry {
             ),
         )
         .unwrap();
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("docker-registry is not installed: `make test` installs it (scripts/setup.sh)");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(self.addr).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "docker-registry did not listen on {}",
-                self.addr
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let mut command = Command::new("docker-registry");
+        command.arg("serve").arg(&config);
+        self.child = Some(common::spawn_server(&mut command, self.addr, "docker-registry"));
     }
 
     fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        common::stop_server(&mut self.child);
     }
 
     /// `oci://HOST:PORT/REPO:TAG` for sluice's config.
@@ -126,18 +109,7 @@ fn helper(args: &[&str]) -> String {
 }
 
 fn helper_env(args: &[&str], env: &[(&str, &str)]) -> String {
-    let out = Command::new("python3")
-        .arg(repo_root().join("tests/oci_registry.py"))
-        .args(args)
-        .envs(env.iter().copied())
-        .output()
-        .expect("run python3");
-    assert!(
-        out.status.success(),
-        "tests/oci_registry.py {args:?} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    common::python_with("oci_registry.py", args, env)
 }
 
 /// A key pair (`cosign.key`, `cosign.pub`) in a new directory.
@@ -177,6 +149,26 @@ async fn admin_middleware(admin: SocketAddr) -> Value {
         .await
         .unwrap();
     body["middleware"][0].clone()
+}
+
+/// The middleware as `GET /admin/middleware` lists it, once `ready` holds (within 20 s).
+async fn listed_when(admin: SocketAddr, what: &str, ready: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let listed = admin_middleware(admin).await;
+        if ready(&listed) {
+            return listed;
+        }
+        assert!(Instant::now() < deadline, "not {what} within 20 s: {listed}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Whether the listed middleware serves the artifact with manifest `digest`.
+fn serves(listed: &Value, digest: &str) -> bool {
+    listed["resolved"]
+        .as_str()
+        .is_some_and(|r| r.ends_with(&format!("@{digest}")))
 }
 
 /// `sluice check` on `config` written in `dir`: (success, output).
@@ -454,15 +446,7 @@ async fn a_moved_tag_is_pulled_and_swapped_in_under_load_without_a_failed_reques
     let load = Load::start(sluice.url("/"));
     tokio::time::sleep(Duration::from_millis(500)).await;
     let moved_to = registry.push("version_two", "mw/versioned:live");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let listed = admin_middleware(admin).await;
-        if listed["resolved"].as_str().unwrap().ends_with(&moved_to) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the moved tag was not swapped in: {listed}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    listed_when(admin, "the moved tag swapped in", |m| serves(m, &moved_to)).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let served = load.finish().await;
     assert!(served.get("one").is_some_and(|&n| n > 0), "{served:?}");
@@ -494,15 +478,7 @@ async fn with_the_registry_down_a_start_serves_the_stored_digest_and_a_poll_keep
         sluice.stderr()
     );
     // The poll fails while the registry is down: the version keeps serving, and the admin API says why.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let listed = loop {
-        let listed = admin_middleware(admin).await;
-        if listed["last-error"].is_string() {
-            break listed;
-        }
-        assert!(Instant::now() < deadline, "no poll error shown: {listed}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let listed = listed_when(admin, "a poll error shown", |m| m["last-error"].is_string()).await;
     let error = listed["last-error"].as_str().unwrap();
     assert!(
         error.contains("polling") && error.contains("unreachable") && error.contains(&first),
@@ -513,18 +489,10 @@ async fn with_the_registry_down_a_start_serves_the_stored_digest_and_a_poll_keep
     // Back, with the tag moved: the next poll swaps it in and clears the error.
     registry.resume();
     let moved_to = registry.push("version_two", "mw/versioned:live");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let listed = admin_middleware(admin).await;
-        if listed["resolved"].as_str().unwrap().ends_with(&moved_to) && listed["last-error"].is_null() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "not swapped in after the registry came back: {listed}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    listed_when(admin, "swapped in once the registry came back", |m| {
+        serves(m, &moved_to) && m["last-error"].is_null()
+    })
+    .await;
     assert_eq!(versions(&common::client(), &sluice.url("/")).await.unwrap().1, "two");
 }
 
@@ -542,16 +510,8 @@ async fn two_sluices_following_one_tag_converge_on_the_same_digest() {
         nodes.push((Sluice::start_raw(&text, addr), admin, cache));
     }
     let moved_to = registry.push("version_two", "mw/versioned:live");
-    let deadline = Instant::now() + Duration::from_secs(20);
     for (sluice, admin, _) in &nodes {
-        loop {
-            let resolved = admin_middleware(*admin).await["resolved"].as_str().unwrap().to_owned();
-            if resolved.ends_with(&moved_to) {
-                break;
-            }
-            assert!(Instant::now() < deadline, "a node stayed on {resolved}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        listed_when(*admin, "every node on the moved tag", |m| serves(m, &moved_to)).await;
         assert_eq!(versions(&common::client(), &sluice.url("/")).await.unwrap().1, "two");
     }
 }
@@ -629,15 +589,8 @@ async fn a_tag_moved_to_an_unsigned_artifact_is_never_swapped_in() {
     let load = Load::start(sluice.url("/"));
 
     let unsigned = registry.push("version_two", "mw/signed:live");
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let error = loop {
-        let listed = admin_middleware(admin).await;
-        if let Some(error) = listed["last-error"].as_str() {
-            break error.to_owned();
-        }
-        assert!(Instant::now() < deadline, "the refused version left no error: {listed}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let listed = listed_when(admin, "the refusal shown", |m| m["last-error"].is_string()).await;
+    let error = listed["last-error"].as_str().unwrap();
     assert!(error.contains(&format!("`{unsigned}` is not signed")), "{error}");
     let served = load.finish().await;
     assert_eq!(
@@ -645,23 +598,10 @@ async fn a_tag_moved_to_an_unsigned_artifact_is_never_swapped_in() {
         ["one"],
         "only the signed version served"
     );
-    assert!(
-        admin_middleware(admin).await["resolved"]
-            .as_str()
-            .unwrap()
-            .ends_with(&signed)
-    );
+    assert!(serves(&admin_middleware(admin).await, &signed));
 
     // Signed now: the next poll swaps it in.
     registry.sign("mw/signed", &unsigned, &keys.path().join("cosign.key"));
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !admin_middleware(admin).await["resolved"]
-        .as_str()
-        .unwrap()
-        .ends_with(&unsigned)
-    {
-        assert!(Instant::now() < deadline, "the signed version was not swapped in");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    listed_when(admin, "the signed version swapped in", |m| serves(m, &unsigned)).await;
     assert_eq!(versions(&common::client(), &sluice.url("/")).await.unwrap().1, "two");
 }

@@ -5,7 +5,7 @@
 use crate::common;
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -29,31 +29,16 @@ impl Redis {
 
     /// Starts the server (again) on the same port, empty.
     fn resume(&mut self) {
-        let child = Command::new("redis-server")
+        let mut command = Command::new("redis-server");
+        command
             .args(["--bind", "127.0.0.1", "--port", &self.addr.port().to_string()])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server is not installed: `make test` installs it (scripts/setup.sh)");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(self.addr).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "redis-server did not listen on {}",
-                self.addr
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+            .args(["--save", "", "--appendonly", "no"]);
+        self.child = Some(common::spawn_server(&mut command, self.addr, "redis-server"));
     }
 
     /// Kills the server: connections are refused until [`Redis::resume`].
     fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        common::stop_server(&mut self.child);
     }
 
     fn url(&self) -> String {

@@ -239,9 +239,15 @@ pub fn stamp(name: &str, phases: &str) -> String {
 /// Runs one of the tests' Python helpers (`tests/<script>`) with `args`; panics with its stderr
 /// and where its packages come from when it fails.
 pub fn python(script: &str, args: &[&std::ffi::OsStr]) {
+    python_with(script, args, &[]);
+}
+
+/// [`python`] with `env` set; returns what the helper printed.
+pub fn python_with<A: AsRef<std::ffi::OsStr>>(script: &str, args: &[A], env: &[(&str, &str)]) -> String {
     let out = Command::new("python3")
         .arg(repo_root().join("tests").join(script))
         .args(args)
+        .envs(env.iter().copied())
         .output()
         .expect("run python3");
     assert!(
@@ -249,6 +255,31 @@ pub fn python(script: &str, args: &[&std::ffi::OsStr]) {
         "tests/{script} failed (its Python packages come from scripts/setup.sh):\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    String::from_utf8(out.stdout).expect("the helper prints text")
+}
+
+/// Spawns a server process (`command`, its output discarded) and waits until it accepts
+/// connections on `addr`; `name` says what to install when it is missing.
+pub fn spawn_server(command: &mut Command, addr: SocketAddr, name: &str) -> Child {
+    let child = command
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {name} ({e}): `make test` installs it (scripts/setup.sh)"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "{name} did not listen on {addr}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
+}
+
+/// Kills a server [`spawn_server`] started, if it runs: connections are refused from now on.
+pub fn stop_server(child: &mut Option<Child>) {
+    if let Some(mut child) = child.take() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
 }
 
 /// What a [`Canned`] server answers.
