@@ -140,15 +140,8 @@ fn config(
 }
 
 async fn admin_middleware(admin: SocketAddr) -> Value {
-    let body: Value = common::client()
-        .get(format!("http://{admin}/admin/middleware"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    body["middleware"][0].clone()
+    let url = format!("http://{admin}/admin/middleware");
+    common::echoed(&common::client(), &url).await["middleware"][0].clone()
 }
 
 /// The middleware as `GET /admin/middleware` lists it, once `ready` holds (within 20 s).
