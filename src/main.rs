@@ -97,6 +97,9 @@ const DEMO_CONFIG: &str = include_str!("demo.toml");
 const DEMO_POLYGLOT_CONFIG: &str = include_str!("demo-polyglot.toml");
 
 fn main() -> ExitCode {
+    // One TLS crypto provider for the process (ring, as pingora uses): every rustls user in it
+    // (the OTLP exporter's and the registry client's reqwest, upstream TLS) finds it installed.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     match cli.command {
         Command::Run { config, upgrade } => {
