@@ -525,21 +525,33 @@ impl ChainRun {
                 return result;
             }
         };
-        // The futures of creating an instance and of the call itself are boxed: held inline, their
-        // kilobytes of state would be copied at every level of this call's futures, on every call.
-        let (result, host_calls) = match Box::pin(instance(live, link)).await {
-            Ok(live) => {
-                arm(live, link);
-                let call = Box::pin(
-                    live.bindings
-                        .call(&mut live.store, link, &self.facts, &self.context, message),
-                );
-                let result = bounded(&live.meter, link.policy.timeout, call)
-                    .instrument(span.clone())
-                    .await;
-                (settle(live, result), live.store.data_mut().take_calls())
+        let (result, host_calls) = match _turn {
+            None => run_call(live, link, &self.facts, &self.context, message, &span).await,
+            // Quarantined: the call runs on the quarantine thread, never on a proxy worker, so
+            // what it burns (a memory bomb's page faults, a loop up to its deadline) delays no
+            // other request. Its inputs are copied there: this is the rare path.
+            Some(_) => {
+                let mut owned = OwnedMessage::of(message);
+                let (link, facts, context, span) =
+                    (link.clone(), self.facts.clone(), self.context.clone(), span.clone());
+                let mut slot = live.take();
+                // The thread runs only when the CPU has nothing else to do: under load, the
+                // request waits for it at most as long as the call may take in all.
+                let most = INSTANTIATE_DEADLINE.max(link.policy.timeout) + link.policy.timeout;
+                let ran = quarantine_thread().spawn(async move {
+                    let message = owned.view();
+                    let ran = run_call(&mut slot, &link, &facts, &context, &message, &span).await;
+                    (ran, slot)
+                });
+                match tokio::time::timeout(most, ran).await {
+                    Ok(Ok((ran, slot))) => {
+                        *live = slot;
+                        ran
+                    }
+                    Ok(Err(_)) => (Err(FailureKind::Trap), HostCalls::default()),
+                    Err(_) => (Err(FailureKind::Quarantined), HostCalls::default()),
+                }
             }
-            Err(kind) => (Err(kind), HostCalls::default()),
         };
         let call = Call {
             phase,
@@ -670,6 +682,90 @@ async fn instance<'a>(slot: &'a mut Option<Live>, link: &LoadedMiddleware) -> Re
         *slot = Some(Live::new(store, bindings));
     }
     Ok(slot.as_mut().expect("just created"))
+}
+
+/// One call of `link` on its instance in `slot` (created first if there is none), bounded by its
+/// deadline; with what it asked of the host.
+async fn run_call(
+    slot: &mut Option<Live>,
+    link: &LoadedMiddleware,
+    facts: &RequestFacts,
+    context: &[(String, String)],
+    message: &Message<'_>,
+    span: &tracing::Span,
+) -> (Result<Decision, FailureKind>, HostCalls) {
+    // The futures of creating an instance and of the call itself are boxed: held inline, their
+    // kilobytes of state would be copied at every level of this call's futures, on every call.
+    match Box::pin(instance(slot, link)).await {
+        Ok(live) => {
+            arm(live, link);
+            let call = Box::pin(live.bindings.call(&mut live.store, link, facts, context, message));
+            let result = bounded(&live.meter, link.policy.timeout, call)
+                .instrument(span.clone())
+                .await;
+            (settle(live, result), live.store.data_mut().take_calls())
+        }
+        Err(kind) => (Err(kind), HostCalls::default()),
+    }
+}
+
+/// A [`Message`] copied, for a call that runs on another thread.
+enum OwnedMessage {
+    RequestHeaders(RequestHeader),
+    RequestBody(RequestHeader, Vec<u8>),
+    ResponseHeaders(RequestHeader, ResponseHeader),
+    ResponseBody(RequestHeader, ResponseHeader, Vec<u8>),
+}
+
+impl OwnedMessage {
+    fn of(message: &Message<'_>) -> OwnedMessage {
+        match message {
+            Message::RequestHeaders(head) => OwnedMessage::RequestHeaders((**head).clone()),
+            Message::RequestBody(head, body) => OwnedMessage::RequestBody((*head).clone(), body.to_vec()),
+            Message::ResponseHeaders(head, response) => {
+                OwnedMessage::ResponseHeaders((*head).clone(), (**response).clone())
+            }
+            Message::ResponseBody(head, response, body) => {
+                OwnedMessage::ResponseBody((*head).clone(), (*response).clone(), body.to_vec())
+            }
+        }
+    }
+
+    fn view(&mut self) -> Message<'_> {
+        match self {
+            OwnedMessage::RequestHeaders(head) => Message::RequestHeaders(head),
+            OwnedMessage::RequestBody(head, body) => Message::RequestBody(head, body),
+            OwnedMessage::ResponseHeaders(head, response) => Message::ResponseHeaders(head, response),
+            OwnedMessage::ResponseBody(head, response, body) => Message::ResponseBody(head, response, body),
+        }
+    }
+}
+
+/// The thread quarantined middleware run on (one call at a time per middleware already), started
+/// on first use: away from the proxy workers, which keep serving every other request.
+fn quarantine_thread() -> &'static tokio::runtime::Handle {
+    static HANDLE: std::sync::OnceLock<tokio::runtime::Handle> = std::sync::OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .thread_name("sluice-quarantine")
+            .build()
+            .expect("a tokio runtime for quarantined middleware");
+        let handle = runtime.handle().clone();
+        std::thread::Builder::new()
+            .name("sluice-quarantine".into())
+            .spawn(move || {
+                use thread_priority::{NormalThreadSchedulePolicy, ThreadPriority, ThreadSchedulePolicy};
+                let idle = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
+                let native = thread_priority::thread_native_id();
+                if let Err(e) = thread_priority::set_thread_priority_and_policy(native, ThreadPriority::Min, idle) {
+                    tracing::warn!(error = ?e, "the quarantine thread runs at normal priority");
+                }
+                runtime.block_on(std::future::pending::<()>())
+            })
+            .expect("spawning the quarantine thread");
+        handle
+    })
 }
 
 /// Runs `init` in a new instance, as at load (where it succeeded with the same config), under the

@@ -385,3 +385,34 @@ async fn javascript_and_python_count_in_the_shared_state_and_log_through_sluice(
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quarantined_middleware_runs_off_the_workers_and_its_answer_still_applies() {
+    let up = echo().await;
+    let mw = probe("js", "js", ", trap-header = \"x-trap\"", "");
+    let sluice = Sluice::start(&route(up.addr(), &["js"], &mw));
+    let client = client();
+    // Five failures in a row quarantine it: its calls take turns on the quarantine thread.
+    for _ in 0..6 {
+        let resp = client.get(sluice.url("/x")).header("x-trap", "1").send().await.unwrap();
+        assert_eq!(resp.status(), 500);
+    }
+    assert!(
+        sluice
+            .stderr()
+            .contains("middleware keeps failing: its calls now run one at a time until one succeeds"),
+        "{}",
+        sluice.stderr()
+    );
+    // A call that succeeds there has its edits applied as on a worker, and lifts the quarantine.
+    let resp = client.get(sluice.url("/x")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(values(&resp, "x-stamp-response"), ["js"]);
+    let seen: Value = resp.json().await.unwrap();
+    assert_eq!(seen["headers"]["x-stamp-request"], "js", "{seen}");
+    assert!(
+        sluice.stderr().contains("middleware answered again"),
+        "{}",
+        sluice.stderr()
+    );
+}
