@@ -598,3 +598,30 @@ async fn a_tag_moved_to_an_unsigned_artifact_is_never_swapped_in() {
     listed_when(admin, "the signed version swapped in", |m| serves(m, &unsigned)).await;
     assert_eq!(versions(&common::client(), &sluice.url("/")).await.unwrap().1, "two");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_from_a_registry_follows_its_own_tag() {
+    let registry = Registry::start();
+    let first = registry.push("version_two", "mw/versioned:next");
+    let up = echo().await;
+    let cache = tempfile::tempdir().unwrap();
+    let admin = free_addr();
+    let mw = format!(
+        "component = {:?}\npoll = \"1s\"\n\n[middleware.v.canary]\ncomponent = \"{}\"\nweight = 100",
+        component("version_one"),
+        registry.oci("mw/versioned:next")
+    );
+    let (text, addr) = config(&registry, up.addr(), &mw, admin, cache.path());
+    let sluice = Sluice::start_raw(&text, addr);
+    assert_eq!(versions(&common::client(), &sluice.url("/")).await.unwrap().1, "two");
+    let listed = admin_middleware(admin).await;
+    assert!(serves(&listed["canary"], &first), "{listed}");
+    assert!(listed["resolved"].is_null(), "the primary is a file: {listed}");
+
+    let moved_to = registry.push("version_one", "mw/versioned:next");
+    listed_when(admin, "the canary's moved tag swapped in", |m| {
+        serves(&m["canary"], &moved_to)
+    })
+    .await;
+    assert_eq!(versions(&common::client(), &sluice.url("/")).await.unwrap().1, "one");
+}
