@@ -325,9 +325,11 @@ async fn a_memory_bomb_storm_on_one_route_is_quarantined_and_another_route_stays
         "{}",
         sluice.stderr()
     );
+    // Every bomb failed: at its memory limit, waiting for its turn (`quarantined`), or, on the
+    // idle-priority quarantine thread, preempted mid-poll long enough to spend its time budget.
+    let failed = metric_sum(admin, "sluice_middleware_failures_total", &["middleware=\"bad\""]).await;
     let limited = metric_sum(admin, "sluice_middleware_failures_total", &["kind=\"memory-limit\""]).await;
-    let waited = metric_sum(admin, "sluice_middleware_failures_total", &["kind=\"quarantined\""]).await;
-    assert_eq!(limited + waited, bombs as f64, "every bomb failed, as one or the other");
+    assert_eq!(failed, bombs as f64, "every bomb failed");
     assert!(limited >= 5.0, "{limited} memory-limit failures");
     assert_eq!(up.requests(), 450, "only plain requests reached the upstream");
 }
