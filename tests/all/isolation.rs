@@ -190,7 +190,7 @@ async fn a_trap_storm_on_one_route_leaves_another_routes_latency_unchanged() {
     let (p50_quiet, p50_storm) = (quantile(&mut quiet, 0.5), quantile(&mut stormy, 0.5));
     let (p99_quiet, p99_storm) = (quantile(&mut quiet, 0.99), quantile(&mut stormy, 0.99));
     eprintln!("{traps} traps; plain p50 {p50_quiet:?} -> {p50_storm:?}, p99 {p99_quiet:?} -> {p99_storm:?}");
-    assert!(traps > 100, "the storm ran ({traps} traps)");
+    assert!(traps > 20, "the storm ran ({traps} traps)");
     // The storm shares the two cores with the clients and the upstream, so some cost is CPU, not
     // isolation; a route held up by the traps would wait milliseconds per request.
     assert!(
