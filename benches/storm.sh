@@ -1,0 +1,117 @@
+#!/usr/bin/env bash
+# Isolation under a hostile middleware, measured on a release sluice in front of an nginx upstream:
+# a plain route's latency (wrk, CONNS connections) quiet, then while STORM connections send requests
+# to another route whose middleware misbehaves on every call:
+#   - hog:  a memory bomb (1 MiB at a time until `memory-limit = "16MiB"` stops it)
+#   - spin: an endless loop (cut at `timeout = "20ms"`)
+#   - trap: a panic
+# Prints req/s, p50 and p99 of the plain route per scenario (medians of ROUNDS rounds) and the
+# ratio of each p99 to the quiet one (the hardening issue's target: within 2x).
+#
+#   SLUICE=target/release/sluice benches/storm.sh      # a given build (e.g. an older one)
+#   ROUNDS=3 DURATION=5s STORM=16 benches/storm.sh
+set -euo pipefail
+
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-5s}
+CONNS=${CONNS:-4}
+STORM=${STORM:-16}
+UPSTREAM_PORT=${UPSTREAM_PORT:-18191}
+SLUICE_PORT=${SLUICE_PORT:-18193}
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+source "$root/benches/lib.sh"
+need wrk nginx
+
+if [[ -z "${SLUICE:-}" ]]; then
+  echo "building sluice (release)..." >&2
+  (cd "$root" && cargo build --release --quiet --bin sluice)
+  SLUICE="$root/target/release/sluice"
+fi
+components=$(dirname "$(ls -t "$root"/target/*/build/sluice-*/out/middleware-target/wasm32-wasip2/release/hog.wasm | head -1)")
+
+nginx_conf upstream 1 "server { listen 127.0.0.1:$UPSTREAM_PORT; location / { default_type text/plain; return 200 'ok\n'; } }"
+
+cat > "$work/sluice.toml" <<CONF
+[server]
+listen = ["127.0.0.1:$SLUICE_PORT"]
+threads = 2
+cache-dir = "cache"
+
+[upstreams.up]
+targets = ["127.0.0.1:$UPSTREAM_PORT"]
+
+[middleware.hog]
+component = "$components/hog.wasm"
+memory-limit = "16MiB"
+
+[middleware.spin]
+component = "$components/spin.wasm"
+timeout = "20ms"
+
+[middleware.trap]
+component = "$components/trap.wasm"
+
+[[route]]
+name = "hog"
+path-prefix = "/hog"
+upstream = "up"
+middleware = ["hog"]
+
+[[route]]
+name = "spin"
+path-prefix = "/spin"
+upstream = "up"
+middleware = ["spin"]
+
+[[route]]
+name = "trap"
+path-prefix = "/trap"
+upstream = "up"
+middleware = ["trap"]
+
+[[route]]
+name = "plain"
+upstream = "up"
+CONF
+RUST_LOG=error "$SLUICE" run --config "$work/sluice.toml" 2>"$work/sluice.log" &
+pids+=($!)
+wait_port "$SLUICE_PORT"
+
+measure() {
+  local out
+  out=$(wrk -t1 -c"$CONNS" -d"$DURATION" --latency "http://127.0.0.1:$SLUICE_PORT/")
+  if grep -q "Non-2xx\|Socket errors" <<<"$out"; then echo "storm.sh: errors on the plain route:" >&2; echo "$out" >&2; exit 1; fi
+  awk '/^Requests\/sec/ {r=$2} $1 == "50%" {p50=$2} $1 == "99%" {p99=$2} END {print r, p50, p99}' <<<"$out"
+}
+median() { # lines "req/s p50 p99": the middle line by p99
+  printf '%s\n' "$@" | awk '{ v=$3; if (v ~ /us$/) v=v/1000; else if (v ~ /ms$/) v=v+0; else if (v ~ /s$/) v=v*1000; print v, $0 }' \
+    | sort -n | awk '{ a[NR]=$2" "$3" "$4 } END { print a[int((NR+1)/2)] }'
+}
+ms() { awk -v v="$1" 'BEGIN { if (v ~ /us$/) print v/1000; else if (v ~ /ms$/) print v+0; else print v*1000 }'; }
+
+wrk -t1 -c"$CONNS" -d2s "http://127.0.0.1:$SLUICE_PORT/" >/dev/null
+declare -A result
+for round in $(seq "$ROUNDS"); do
+  result[quiet]+="$(measure);"
+  for bad in hog spin trap; do
+    wrk -t1 -c"$STORM" -d"$(( ${DURATION%s} + 2 ))s" "http://127.0.0.1:$SLUICE_PORT/$bad" >/dev/null 2>&1 &
+    storm=$!
+    sleep 1
+    result[$bad]+="$(measure);"
+    wait "$storm" 2>/dev/null || true
+  done
+  echo "round $round done" >&2
+done
+
+printf '%-34s %10s %10s %10s %12s\n' "plain route (wrk -c$CONNS)" "req/s" "p50" "p99" "p99/quiet"
+IFS=';' read -r -a rows <<<"${result[quiet]}"
+read -r r p50 p99 <<<"$(median "${rows[@]}")"
+quiet99=$(ms "$p99")
+printf '%-34s %10s %10s %10s %12s\n' "quiet" "$r" "$p50" "$p99" "1.00"
+for bad in hog spin trap; do
+  IFS=';' read -r -a rows <<<"${result[$bad]}"
+  read -r r p50 p99 <<<"$(median "${rows[@]}")"
+  ratio=$(awk -v a="$(ms "$p99")" -v b="$quiet99" 'BEGIN { printf "%.2f", a / b }')
+  printf '%-34s %10s %10s %10s %12s\n' "$STORM connections on /$bad" "$r" "$p50" "$p99" "$ratio"
+done
