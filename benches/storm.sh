@@ -84,11 +84,12 @@ measure() {
   if grep -q "Non-2xx\|Socket errors" <<<"$out"; then echo "storm.sh: errors on the plain route:" >&2; echo "$out" >&2; exit 1; fi
   awk '/^Requests\/sec/ {r=$2} $1 == "50%" {p50=$2} $1 == "99%" {p99=$2} END {print r, p50, p99}' <<<"$out"
 }
+ms() { awk -v v="$1" 'BEGIN { if (v ~ /us$/) print v/1000; else if (v ~ /ms$/) print v+0; else print v*1000 }'; }
 median() { # lines "req/s p50 p99": the middle line by p99
-  printf '%s\n' "$@" | awk '{ v=$3; if (v ~ /us$/) v=v/1000; else if (v ~ /ms$/) v=v+0; else if (v ~ /s$/) v=v*1000; print v, $0 }' \
+  local row
+  for row in "$@"; do echo "$(ms "${row##* }") $row"; done \
     | sort -n | awk '{ a[NR]=$2" "$3" "$4 } END { print a[int((NR+1)/2)] }'
 }
-ms() { awk -v v="$1" 'BEGIN { if (v ~ /us$/) print v/1000; else if (v ~ /ms$/) print v+0; else print v*1000 }'; }
 
 wrk -t1 -c"$CONNS" -d2s "http://127.0.0.1:$SLUICE_PORT/" >/dev/null
 declare -A result

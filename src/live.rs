@@ -500,16 +500,14 @@ impl Loader<'_> {
             .and_then(|pem| PublicKey::from_pem(&pem))
             .map_err(|message| config.error_at(key_file.span(), &key_key, message).in_middleware(name))?;
         let checked = match (component, resolved) {
-            (ComponentRef::Oci(_), Some((reference, digest))) => {
-                let registry = self.registry.ok_or("no registry client".to_owned());
-                match registry {
-                    Ok(registry) => match registry.signatures(reference, digest).await {
-                        Ok(signatures) => key.verify_artifact(digest, &signatures),
-                        Err(e) => Err(format!("cannot fetch its signatures: {e}")),
-                    },
-                    Err(e) => Err(e),
-                }
-            }
+            (ComponentRef::Oci(_), Some((reference, digest))) => match self.registry {
+                Some(registry) => registry
+                    .signatures(reference, digest)
+                    .await
+                    .map_err(|e| format!("cannot fetch its signatures: {e}"))
+                    .and_then(|signatures| key.verify_artifact(digest, &signatures)),
+                None => Err("no registry client".to_owned()),
+            },
             (ComponentRef::File(file), _) => {
                 let sig_path = config.base_dir().join(format!("{}.sig", file.display()));
                 std::fs::read_to_string(&sig_path)

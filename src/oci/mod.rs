@@ -287,12 +287,13 @@ impl Registry {
             .map_err(|e| failure(reference, e))?;
         let manifest = serde_json::to_vec(&manifest).unwrap_or_default();
         let digest = format!("sha256:{}", hex::encode(Sha256::digest(&manifest)));
-        // The registry's own digest of what it stored is the one that counts.
-        self.client
+        // The registry's own digest of what it stored is the one that counts; the one computed
+        // here from the same bytes if it cannot be asked.
+        Ok(self
+            .client
             .fetch_manifest_digest(reference, &auth)
             .await
-            .or(Ok(digest))
-            .map_err(|e: OciDistributionError| failure(reference, e))
+            .unwrap_or(digest))
     }
 
     fn stored(&self, digest: &str, kind: &str) -> PathBuf {
