@@ -47,6 +47,8 @@ pub struct Metrics {
     pub access_log_dropped: Counter,
     /// `sluice_requests_shed_total`: requests answered 503 at `max-in-flight`.
     pub shed: Counter,
+    /// `sluice_request_head_timeouts_total`: connections answered 408 at `header-timeout`.
+    pub head_timeouts: Counter,
 }
 
 /// Labels of `sluice_middleware_call_duration_seconds`.
@@ -271,6 +273,12 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "Requests answered 503 with Retry-After because max-in-flight requests were being served",
         shed.clone(),
     );
+    let head_timeouts = Counter::default();
+    registry.register(
+        "sluice_request_head_timeouts",
+        "Client connections answered 408 and closed because a request head took longer than header-timeout",
+        head_timeouts.clone(),
+    );
     Metrics {
         registry,
         reloads,
@@ -287,6 +295,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         target_health,
         access_log_dropped,
         shed,
+        head_timeouts,
     }
 });
 

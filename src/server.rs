@@ -25,8 +25,8 @@ use crate::admin::Admin;
 use crate::config::{Config, ConfigErrors};
 use crate::error::Error;
 use crate::live::Snapshot;
-use crate::proxy::Sluice;
 use crate::proxy::observe::AccessLogger;
+use crate::proxy::{Front, Sluice};
 use crate::reload::{self, Reloader};
 use crate::runtime::Runtime;
 use crate::tls::SniResolver;
@@ -141,17 +141,14 @@ pub fn build(config: Config, start: Start) -> Result<Server, Error> {
     reuseport.so_reuseport = Some(true);
     for worker in 0..threads {
         let name = format!("sluice-worker-{worker}");
-        let mut proxy = pingora::proxy::http_proxy_service_with_name(
-            &server.configuration,
-            Sluice::new(live.clone(), access.clone()),
-            &name,
-        );
-        proxy.threads = Some(1);
-        if h2c && let Some(app) = proxy.app_logic_mut() {
+        let mut app = pingora::proxy::http_proxy(&server.configuration, Sluice::new(live.clone(), access.clone()));
+        if h2c {
             let mut options = pingora::apps::HttpServerOptions::default();
             options.h2c = true;
             app.server_options = Some(options);
         }
+        let mut proxy = pingora::services::listening::Service::new(name, Front::new(app, live.clone()));
+        proxy.threads = Some(1);
         for addr in &listen {
             proxy.add_tcp_with_settings(&worker_address(*addr, worker), reuseport.clone());
         }

@@ -77,6 +77,7 @@ impl Config {
 /// admin = "127.0.0.1:9090"       # admin API; absent = disabled
 /// admin-token-env = "SLUICE_ADMIN_TOKEN"  # bearer token for mutating admin calls
 /// watch = true                   # reload when the config or a file it names changes
+/// header-timeout = "10s"         # a client's whole request head; past it: 408
 /// ```
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -109,6 +110,9 @@ pub struct ServerConfig {
     /// How long `SIGTERM` (and the old process of an upgrade) waits for in-flight requests.
     #[serde(default = "default_grace_period")]
     pub grace_period: AnyDuration,
+    /// Deadline for a client's whole request head, from its first byte; past it: 408, closed.
+    #[serde(default = "default_header_timeout")]
+    pub header_timeout: Duration,
     /// Requests served at once, past which a new one is answered 503 with `Retry-After`.
     #[serde(default = "default_max_in_flight")]
     pub max_in_flight: Spanned<usize>,
@@ -184,6 +188,10 @@ fn default_max_in_flight() -> Spanned<usize> {
     Spanned::new(0..0, 10_000)
 }
 
+fn default_header_timeout() -> Duration {
+    Duration::from_millis(10_000)
+}
+
 fn default_grace_period() -> AnyDuration {
     AnyDuration(std::time::Duration::from_millis(5_000))
 }
@@ -241,6 +249,7 @@ impl Default for ServerConfig {
             tls: Vec::new(),
             h2c: false,
             grace_period: default_grace_period(),
+            header_timeout: default_header_timeout(),
             max_in_flight: default_max_in_flight(),
             upgrade_sock: None,
             pid_file: None,
@@ -424,6 +433,7 @@ pub enum StateBackend {
 /// balance = "round-robin"      # | "random" | "hash" (on the client address)
 /// connect-timeout = "1s"
 /// read-timeout = "30s"
+/// response-head-timeout = "60s"
 /// ```
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -439,6 +449,9 @@ pub struct UpstreamConfig {
     /// Deadline for each read from a target (the response head, and each body chunk).
     #[serde(default = "default_read_timeout")]
     pub read_timeout: Duration,
+    /// Deadline for the whole response head, from the request's last byte sent; default: the
+    /// longer of 60 s and `read-timeout`.
+    pub response_head_timeout: Option<Duration>,
     /// Connect to the targets with TLS.
     #[serde(default)]
     pub tls: bool,

@@ -94,8 +94,15 @@ pub(super) async fn proxy(
         exchange.connected(&route.upstream);
         upstream.set_read_timeout(peer.options.read_timeout);
         upstream.set_write_timeout(peer.options.write_timeout);
-        match send_request(session, &mut upstream, &request, request_body.as_ref()).await {
+        let head_timeout = route.upstream.response_head_timeout;
+        match send_request(session, &mut upstream, &request, request_body.as_ref(), head_timeout).await {
             Ok(()) => break upstream,
+            Err(e) if e.etype() == &ErrorType::ReadTimedout && e.esource() == &ErrorSource::Upstream => {
+                if e.context.as_ref().is_some_and(|c| c.as_str() == RESPONSE_HEAD_TIMEOUT) {
+                    exchange.head_timed_out = Some(head_timeout);
+                }
+                return Err(e);
+            }
             // A pooled connection the upstream closed while idle: try another, if the body can
             // be sent again.
             Err(e)
@@ -167,6 +174,9 @@ pub(super) async fn proxy(
     }
     session.write_response_header(Box::new(response), !has_body).await?;
     if has_body {
+        if let Some(connection) = super::Connection::of(session) {
+            connection.stream_writes(); // each chunk goes out as it arrives
+        }
         while let Some(chunk) = upstream.read_response_body().await.map_err(|e| e.into_up())? {
             session.write_response_body(Some(chunk), false).await?;
         }
@@ -216,12 +226,18 @@ async fn too_large(session: &mut Session, max: u64) -> Result<()> {
     Problem::new(413, detail).write(session).await
 }
 
-/// Sends the request head and body upstream and reads the response head (past any 1xx).
+/// The context of the error a response head that took longer than `response-head-timeout` fails
+/// with.
+const RESPONSE_HEAD_TIMEOUT: &str = "response-head-timeout";
+
+/// Sends the request head and body upstream and reads the response head (past any 1xx), which
+/// must arrive within `head_timeout` of the request's last byte.
 async fn send_request(
     session: &mut Session,
     upstream: &mut UpstreamSession,
     request: &RequestHeader,
     body: Option<&Bytes>,
+    head_timeout: std::time::Duration,
 ) -> Result<()> {
     let up = |e: Box<Error>| e.into_up();
     upstream
@@ -241,14 +257,20 @@ async fn send_request(
         }
     }
     upstream.finish_request_body().await.map_err(up)?;
-    loop {
-        upstream.read_response_header().await.map_err(up)?;
-        let informational = upstream
-            .response_header()
-            .is_some_and(|h| h.status.is_informational() && h.status != http::StatusCode::SWITCHING_PROTOCOLS);
-        if !informational {
-            return Ok(());
+    let read_head = async {
+        loop {
+            upstream.read_response_header().await.map_err(up)?;
+            let informational = upstream
+                .response_header()
+                .is_some_and(|h| h.status.is_informational() && h.status != http::StatusCode::SWITCHING_PROTOCOLS);
+            if !informational {
+                return Ok(());
+            }
         }
+    };
+    match tokio::time::timeout(head_timeout, read_head).await {
+        Ok(read) => read,
+        Err(_) => Err(Error::explain(ErrorType::ReadTimedout, RESPONSE_HEAD_TIMEOUT).into_up()),
     }
 }
 

@@ -2,6 +2,8 @@
 //! error answers, and the calls into the route's chain at each phase.
 
 mod buffered;
+mod connection;
+mod head_deadline;
 pub mod headers;
 pub mod observe;
 pub mod problem;
@@ -29,6 +31,9 @@ use crate::runtime::Phase;
 use crate::runtime::types::Response;
 use crate::telemetry::TraceContext;
 use crate::upstream::Upstream;
+use connection::Connection;
+pub use connection::Front;
+use head_deadline::HeadDeadline;
 use observe::{AccessEntry, AccessLogger};
 use problem::Problem;
 
@@ -110,6 +115,10 @@ pub struct Exchange {
     pub started: Option<Instant>,
     /// The last attempt's failure is already counted (`sluice_upstream_errors_total`).
     failure_counted: bool,
+    /// The deadline on the response head, on the streamed path, from the connection on.
+    head: Option<HeadDeadline>,
+    /// The response head did not arrive within this `response-head-timeout`.
+    head_timed_out: Option<std::time::Duration>,
 }
 
 impl Exchange {
@@ -274,6 +283,9 @@ impl ProxyHttp for Sluice {
     /// Returns `Ok(true)` when sluice has answered the request itself (no route: 404; wrong
     /// method: 405), `Ok(false)` to go on to the upstream.
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        if let Some(connection) = Connection::of(session) {
+            connection.head_received();
+        }
         // Pipelined HTTP/1.1 requests (RFC 9112 §9.3.2) are answered in order, one after the
         // other; without this pingora answers the first and closes, dropping the rest.
         session.set_pipelining_enabled(true);
@@ -368,21 +380,70 @@ impl ProxyHttp for Sluice {
         Ok(Box::new(exchange.choose(upstream, client_ip(session))?))
     }
 
-    /// The connection to the target is up: passive health forgets its earlier failures.
+    /// The connection to the target is up: passive health forgets its earlier failures, and the
+    /// response head's deadline starts.
     async fn connected_to_upstream(
         &self,
         _session: &mut Session,
         _reused: bool,
         _peer: &HttpPeer,
-        #[cfg(unix)] _fd: std::os::unix::io::RawFd,
+        #[cfg(unix)] fd: std::os::unix::io::RawFd,
         #[cfg(windows)] _sock: std::os::windows::io::RawSocket,
         _digest: Option<&pingora::protocols::Digest>,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if let Some(route) = ctx.route() {
-            ctx.exchange.connected(&route.upstream);
+        let Some((upstream, exchange)) = ctx.upstream_exchange() else {
+            return Ok(());
+        };
+        exchange.connected(upstream);
+        #[cfg(unix)]
+        {
+            exchange.head = HeadDeadline::start(fd, upstream.response_head_timeout);
         }
         Ok(())
+    }
+
+    /// A request body chunk is on its way upstream: the response head's deadline counts from the
+    /// request's last byte.
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(head) = &ctx.exchange.head {
+            head.push_back();
+        }
+        Ok(())
+    }
+
+    /// An error after the connection was up. When the response head's deadline cut the
+    /// connection off, that is the error (a timeout, never retried); otherwise pingora's policy:
+    /// an idempotent request whose reused connection turned out closed is tried again.
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut RequestCtx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        if let Some(head) = ctx.exchange.head.take()
+            && head.expired()
+        {
+            ctx.exchange.head_timed_out = Some(head.limit());
+            let mut e = Error::because(ReadTimedout, "response-head-timeout", e);
+            e.set_retry(false);
+            return e.into_up();
+        }
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        if !session.req_header().method.is_idempotent() || session.as_ref().retry_buffer_truncated() {
+            e.set_retry(false);
+        } else {
+            e.retry.decide_reuse(client_reused);
+        }
+        e
     }
 
     /// Connecting to the target failed: passive health counts it, and an idempotent request is
@@ -419,6 +480,9 @@ impl ProxyHttp for Sluice {
         _upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if let Some(head) = &ctx.exchange.head {
+            head.arrived();
+        }
         if let Some(route) = ctx.route() {
             ctx.exchange.responded(&route.upstream.metric_name);
         }
@@ -466,15 +530,19 @@ impl ProxyHttp for Sluice {
 
     /// Substitutes the replacement body when a middleware answered in the response phase: the
     /// whole replacement goes with the first chunk, the upstream's chunks are dropped.
+    ///
+    /// A body that comes in more than one chunk goes to the client as it arrives.
     fn response_body_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         body: &mut Option<Bytes>,
-        _end_of_stream: bool,
+        end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<std::time::Duration>> {
         if let Some(replacement) = ctx.replacement_body.as_mut() {
             *body = (!replacement.is_empty()).then(|| std::mem::take(replacement));
+        } else if !end_of_stream && let Some(connection) = Connection::of(session) {
+            connection.stream_writes();
         }
         Ok(None)
     }
@@ -482,6 +550,9 @@ impl ProxyHttp for Sluice {
     /// Counts the request (`sluice_requests_total`, `sluice_request_duration_seconds`) and writes
     /// its access log line.
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        if let Some(connection) = Connection::of(session) {
+            connection.request_done();
+        }
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let took = ctx.started.elapsed();
         if !ctx.span.is_disabled() {
@@ -538,11 +609,19 @@ impl ProxyHttp for Sluice {
             };
             crate::metrics::upstream_failed(&route.upstream.metric_name, kind);
         }
+        let head_timed_out = ctx.exchange.head_timed_out;
         let (status, detail) = match (e.etype(), e.esource()) {
             (HTTPStatus(code), _) => (*code, e.context.as_ref().map(|c| c.to_string()).unwrap_or_default()),
             (ConnectTimedout, _) => (
                 504,
                 format!("upstream `{upstream}` did not accept a connection in time"),
+            ),
+            (ReadTimedout, ErrorSource::Upstream) if head_timed_out.is_some() => (
+                504,
+                format!(
+                    "upstream `{upstream}` did not send its response head within its response-head-timeout of {:?}",
+                    head_timed_out.unwrap_or_default()
+                ),
             ),
             (ReadTimedout | WriteTimedout, ErrorSource::Upstream) => {
                 (504, format!("upstream `{upstream}` did not answer in time"))

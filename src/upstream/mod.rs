@@ -27,6 +27,9 @@ pub struct ResolveError {
 /// How long an idle pooled connection to a target is kept.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// `response-head-timeout` when unset (or `read-timeout`, when that is longer).
+const DEFAULT_RESPONSE_HEAD_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Bound on the consistent-hash ring walk when looking for a usable target.
 const MAX_SELECT_ITERATIONS: usize = 256;
 
@@ -39,6 +42,8 @@ pub struct Upstream {
     balancer: Balancer,
     connect_timeout: Duration,
     read_timeout: Duration,
+    /// Deadline for the whole response head, from the request's last byte.
+    pub response_head_timeout: Duration,
     /// Each target's host as written in the config (the default SNI name).
     hosts: BTreeMap<SocketAddr, String>,
     /// How to speak TLS to the targets, when `tls = true`.
@@ -163,6 +168,9 @@ impl Upstream {
             balancer,
             connect_timeout: config.connect_timeout.0,
             read_timeout: config.read_timeout.0,
+            response_head_timeout: config
+                .response_head_timeout
+                .map_or(DEFAULT_RESPONSE_HEAD_TIMEOUT.max(config.read_timeout.0), |t| t.0),
             hosts,
             tls,
             retries: config.retries,

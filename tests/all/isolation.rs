@@ -337,3 +337,155 @@ async fn a_memory_bomb_storm_on_one_route_is_quarantined_and_another_route_stays
     assert!(limited >= 5.0, "{limited} memory-limit failures");
     assert_eq!(up.requests(), 450, "only plain requests reached the upstream");
 }
+
+/// An upstream that fails each request the way its path says: `/faulty/reset` (the connection
+/// reset), `/faulty/short` (a body cut short of its `Content-Length`), `/faulty/drip` (the head a
+/// byte every 100 ms), anything else (silence: the request read, never answered).
+async fn faulty_upstream() -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut conn, _)) = listener.accept().await else { return };
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let line = String::from_utf8_lossy(&head).lines().next().unwrap_or_default().to_owned();
+                if line.contains("/faulty/reset") {
+                    socket2::SockRef::from(&conn).set_linger(Some(Duration::ZERO)).unwrap();
+                } else if line.contains("/faulty/short") {
+                    let _ = conn
+                        .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly ten b")
+                        .await;
+                } else if line.contains("/faulty/drip") {
+                    for byte in b"HTTP/1.1 200 OK\r\nX-Drip: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n" {
+                        if conn.write_all(&[*byte]).await.is_err() {
+                            return;
+                        }
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                } else {
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// `connections` clients sending requests to `url` back to back until `stop`, each answered 200:
+/// how long each took.
+async fn load(url: String, connections: usize, for_how_long: Duration) -> Vec<Duration> {
+    let until = Instant::now() + for_how_long;
+    let tasks: Vec<_> = (0..connections)
+        .map(|_| {
+            let (url, client) = (url.clone(), common::client());
+            tokio::spawn(async move {
+                let mut took = Vec::new();
+                while Instant::now() < until {
+                    let started = Instant::now();
+                    let resp = client.get(&url).send().await.unwrap();
+                    assert_eq!(resp.status(), 200, "a request on the healthy route failed");
+                    resp.bytes().await.unwrap();
+                    took.push(started.elapsed());
+                }
+                took
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await.unwrap());
+    }
+    all
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_healthy_route_under_load_is_unaffected_by_faulty_upstreams_and_hostile_middleware_beside_it() {
+    let _serial = SERIAL.lock().await;
+    let (up, faulty) = (echo().await, faulty_upstream().await);
+    let (addr, admin) = (free_addr(), free_addr());
+    let config = format!(
+        "[server]\nlisten = [\"{addr}\"]\nthreads = 2\nadmin = \"{admin}\"\ncache-dir = {:?}\n\n\
+         [upstreams.u]\ntargets = [\"{}\"]\n\n\
+         [upstreams.faulty]\ntargets = [\"{faulty}\"]\nread-timeout = \"500ms\"\nresponse-head-timeout = \"1s\"\n\n\
+         [middleware.loop]\ncomponent = {:?}\ntimeout = \"20ms\"\n\n\
+         [middleware.bomb]\ncomponent = {:?}\nmemory-limit = \"16MiB\"\n\n\
+         [middleware.trap]\ncomponent = {:?}\n\n\
+         [[route]]\nname = \"faulty\"\npath-prefix = \"/faulty\"\nupstream = \"faulty\"\n\n\
+         [[route]]\nname = \"loop\"\npath-prefix = \"/loop\"\nupstream = \"u\"\nmiddleware = [\"loop\"]\n\n\
+         [[route]]\nname = \"bomb\"\npath-prefix = \"/bomb\"\nupstream = \"u\"\nmiddleware = [\"bomb\"]\n\n\
+         [[route]]\nname = \"trap\"\npath-prefix = \"/trap\"\nupstream = \"u\"\nmiddleware = [\"trap\"]\n\n\
+         [[route]]\nname = \"healthy\"\nupstream = \"u\"\n",
+        shared_cache_dir().display().to_string(),
+        up.addr(),
+        component("spin"),
+        component("hog"),
+        component("trap"),
+    );
+    let mut sluice = Sluice::start_raw(&config, addr);
+    let healthy = sluice.url("/healthy");
+    load(healthy.clone(), 4, Duration::from_millis(500)).await; // warm-up
+    let mut quiet = load(healthy.clone(), 4, Duration::from_secs(3)).await;
+
+    // One client per fault, back to back, each answer checked.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let faults: [(&str, &[u16]); 7] = [
+        ("/faulty/reset", &[502]),
+        ("/faulty/short", &[200]), // the head arrives; the body breaks off
+        ("/faulty/drip", &[504]),
+        ("/faulty/silence", &[504]),
+        ("/loop", &[500]),
+        ("/bomb", &[500]),
+        ("/trap", &[500]),
+    ];
+    let storm: Vec<_> = faults
+        .into_iter()
+        .map(|(path, expected)| {
+            let (url, stop, client) = (sluice.url(path), stop.clone(), common::client());
+            tokio::spawn(async move {
+                let mut sent = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let resp = client.get(&url).send().await.unwrap();
+                    assert!(expected.contains(&resp.status().as_u16()), "{path}: {}", resp.status());
+                    let body = resp.bytes().await;
+                    if path == "/faulty/short" {
+                        assert!(body.is_err(), "a body cut short reaches the client cut short");
+                    }
+                    sent += 1;
+                }
+                (path, sent)
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut stormy = load(healthy.clone(), 4, Duration::from_secs(3)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut sent = Vec::new();
+    for task in storm {
+        sent.push(task.await.unwrap());
+    }
+
+    let (p50_quiet, p50_storm) = (quantile(&mut quiet, 0.5), quantile(&mut stormy, 0.5));
+    let (p99_quiet, p99_storm) = (quantile(&mut quiet, 0.99), quantile(&mut stormy, 0.99));
+    eprintln!(
+        "healthy: {} requests quiet, {} under the storm ({sent:?}); p50 {p50_quiet:?} -> {p50_storm:?}, p99 {p99_quiet:?} -> {p99_storm:?}",
+        quiet.len(),
+        stormy.len()
+    );
+    assert!(sent.iter().all(|(_, n)| *n >= 2), "every fault ran: {sent:?}");
+    assert!(
+        p99_storm < p99_quiet * 3 + Duration::from_millis(10),
+        "healthy p99 {p99_quiet:?} -> {p99_storm:?} under the storm"
+    );
+    assert!(sluice.is_running(), "{}", sluice.stderr());
+    let healthy_errors = metric_sum(admin, "sluice_requests_total", &["route=\"healthy\"", "status=\"5"]).await;
+    assert_eq!(healthy_errors, 0.0);
+}

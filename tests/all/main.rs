@@ -26,6 +26,7 @@ mod redis_state;
 mod routing;
 mod runtime_load;
 mod schema_validate;
+mod slow_peers;
 mod startup;
 mod tls;
 mod upstreams;
