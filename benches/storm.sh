@@ -5,6 +5,9 @@
 #   - hog:  a memory bomb (1 MiB at a time until `memory-limit = "16MiB"` stops it)
 #   - spin: an endless loop (cut at `timeout = "20ms"`)
 #   - trap: a panic
+# then while the same connections, split four ways, send requests to a faulty upstream
+# (benches/faulty_upstream.py: connections reset, bodies cut short, heads dripped a byte every
+# 100 ms, silence), and while all seven faults run at once.
 # Prints req/s, p50 and p99 of the plain route per scenario (medians of ROUNDS rounds) and the
 # ratio of each p99 to the quiet one (the hardening issue's target: within 2x).
 #
@@ -18,6 +21,7 @@ CONNS=${CONNS:-4}
 STORM=${STORM:-16}
 UPSTREAM_PORT=${UPSTREAM_PORT:-18191}
 SLUICE_PORT=${SLUICE_PORT:-18193}
+FAULTY_PORT=${FAULTY_PORT:-18195}
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 source "$root/benches/lib.sh"
@@ -30,6 +34,8 @@ if [[ -z "${SLUICE:-}" ]]; then
 fi
 components=$(dirname "$(ls -t "$root"/target/*/build/sluice-*/out/middleware-target/wasm32-wasip2/release/hog.wasm | head -1)")
 
+python3 "$root/benches/faulty_upstream.py" "$FAULTY_PORT" &
+pids+=($!)
 nginx_conf upstream 1 "server { listen 127.0.0.1:$UPSTREAM_PORT; location / { default_type text/plain; return 200 'ok\n'; } }"
 
 cat > "$work/sluice.toml" <<CONF
@@ -40,6 +46,11 @@ cache-dir = "cache"
 
 [upstreams.up]
 targets = ["127.0.0.1:$UPSTREAM_PORT"]
+
+[upstreams.faulty]
+targets = ["127.0.0.1:$FAULTY_PORT"]
+read-timeout = "500ms"
+response-head-timeout = "1s"
 
 [middleware.hog]
 component = "$components/hog.wasm"
@@ -71,6 +82,11 @@ upstream = "up"
 middleware = ["trap"]
 
 [[route]]
+name = "faulty"
+path-prefix = "/faulty"
+upstream = "faulty"
+
+[[route]]
 name = "plain"
 upstream = "up"
 CONF
@@ -91,17 +107,36 @@ median() { # lines "req/s p50 p99": the middle line by p99
     | sort -n | awk '{ a[NR]=$2" "$3" "$4 } END { print a[int((NR+1)/2)] }'
 }
 
+# Starts a storm of `connections` on each of the paths given, for a measurement's length.
+storm() {
+  local connections=$1 path
+  shift
+  storms=()
+  for path in "$@"; do
+    wrk -t1 -c"$connections" -d"$(( ${DURATION%s} + 2 ))s" "http://127.0.0.1:$SLUICE_PORT$path" >/dev/null 2>&1 &
+    storms+=($!)
+  done
+  sleep 1
+}
+calm() { wait "${storms[@]}" 2>/dev/null || true; }
+
+faults=(/faulty/reset /faulty/short /faulty/drip /faulty/silence)
+scenarios=(hog spin trap faults all)
 wrk -t1 -c"$CONNS" -d2s "http://127.0.0.1:$SLUICE_PORT/" >/dev/null
 declare -A result
 for round in $(seq "$ROUNDS"); do
   result[quiet]+="$(measure);"
   for bad in hog spin trap; do
-    wrk -t1 -c"$STORM" -d"$(( ${DURATION%s} + 2 ))s" "http://127.0.0.1:$SLUICE_PORT/$bad" >/dev/null 2>&1 &
-    storm=$!
-    sleep 1
+    storm "$STORM" "/$bad"
     result[$bad]+="$(measure);"
-    wait "$storm" 2>/dev/null || true
+    calm
   done
+  storm $(( STORM / 4 )) "${faults[@]}"
+  result[faults]+="$(measure);"
+  calm
+  storm $(( STORM / 7 + 1 )) /hog /spin /trap "${faults[@]}"
+  result[all]+="$(measure);"
+  calm
   echo "round $round done" >&2
 done
 
@@ -110,9 +145,14 @@ IFS=';' read -r -a rows <<<"${result[quiet]}"
 read -r r p50 p99 <<<"$(median "${rows[@]}")"
 quiet99=$(ms "$p99")
 printf '%-34s %10s %10s %10s %12s\n' "quiet" "$r" "$p50" "$p99" "1.00"
-for bad in hog spin trap; do
+for bad in "${scenarios[@]}"; do
   IFS=';' read -r -a rows <<<"${result[$bad]}"
   read -r r p50 p99 <<<"$(median "${rows[@]}")"
   ratio=$(awk -v a="$(ms "$p99")" -v b="$quiet99" 'BEGIN { printf "%.2f", a / b }')
-  printf '%-34s %10s %10s %10s %12s\n' "$STORM connections on /$bad" "$r" "$p50" "$p99" "$ratio"
+  case $bad in
+    faults) label="$(( STORM / 4 * 4 )) connections on 4 faults" ;;
+    all) label="$(( (STORM / 7 + 1) * 7 )) connections on all 7" ;;
+    *) label="$STORM connections on /$bad" ;;
+  esac
+  printf '%-34s %10s %10s %10s %12s\n' "$label" "$r" "$p50" "$p99" "$ratio"
 done

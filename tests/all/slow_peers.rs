@@ -198,7 +198,7 @@ async fn the_header_deadline_counts_neither_idle_keepalive_time_nor_a_slow_body(
     let _sluice = Sluice::start_raw(&header_timeout_config(up.addr(), addr, "h2c = true"), addr);
     let mut conn = TcpStream::connect(addr).unwrap();
     conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let mut read_answer = |conn: &mut TcpStream| {
+    let read_answer = |conn: &mut TcpStream| {
         let mut buf = vec![0u8; 64 * 1024];
         let n = conn.read(&mut buf).unwrap();
         String::from_utf8_lossy(&buf[..n]).into_owned()
