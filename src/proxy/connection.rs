@@ -151,8 +151,11 @@ impl Connection {
                 let _ = Pin::new(&mut self.inner).poll_flush(cx);
             }
             crate::metrics::metrics().head_timeouts.inc();
-            let client = self.inner.get_socket_digest().and_then(|d| d.peer_addr().cloned());
-            tracing::info!(client = ?client, limit = ?self.limit, "a request head took longer than header-timeout: answered 408, connection closed");
+            let client = self
+                .inner
+                .get_socket_digest()
+                .and_then(|d| d.peer_addr().map(|a| a.to_string()));
+            tracing::info!(client = client.as_deref().unwrap_or("-"), limit = ?self.limit, "a request head took longer than header-timeout: answered 408, connection closed");
         }
         io::Error::new(
             io::ErrorKind::TimedOut,
