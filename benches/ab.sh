@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Before/after on the request path: two sluice binaries, the same config, the same nginx upstream
-# (a fixed 60-byte body), wrk against each in alternating rounds; prints both medians and the ratio.
+# (a fixed 60-byte body), wrk against each in alternating rounds; prints both medians and the ratio,
+# of req/s and of the proxy's CPU per request (utime + stime from /proc/PID/stat over each run:
+# steadier than req/s on a shared machine).
 #
 #   git worktree add /tmp/before <commit>
 #   (cd /tmp/before && CARGO_TARGET_DIR=/tmp/before-target cargo build --release --bin sluice)
@@ -56,31 +58,42 @@ CONF
   fi
   RUST_LOG=warn "$bin" run --config "$work/$side/sluice.toml" 2>"$work/$side.log" &
   pids+=($!)
+  declare "pid_$side=$!"
 done
 for port in $UPSTREAM_PORT $BEFORE_PORT $AFTER_PORT; do
   wait_port "$port"
   body=$(curl -fsS "http://127.0.0.1:$port/") && [[ ${#body} -eq 59 ]] || { echo "ab.sh: port $port does not serve" >&2; cat "$work"/*.log >&2; exit 1; }
 done
 
-measure() { # port [path] -> "req/s p50 p99"
-  wrk -t1 -c"$CONNS" -d"$WARMUP" "http://127.0.0.1:$1${2:-/}" >/dev/null
-  wrk -t1 -c"$CONNS" -d"$DURATION" --latency "http://127.0.0.1:$1${2:-/}" |
-    awk '/^Requests\/sec/ {r=$2} $1 == "50%" {p50=$2} $1 == "99%" {p99=$2} END {print r, p50, p99}'
+cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; } # utime + stime, in clock ticks
+tick_us=$(( 1000000 / $(getconf CLK_TCK) ))
+measure() { # port pid [path] -> "req/s p50 p99 cpu-µs/request"
+  local before_ticks out
+  wrk -t1 -c"$CONNS" -d"$WARMUP" "http://127.0.0.1:$1${3:-/}" >/dev/null
+  before_ticks=$(cpu "$2")
+  out=$(wrk -t1 -c"$CONNS" -d"$DURATION" --latency "http://127.0.0.1:$1${3:-/}")
+  awk -v ticks=$(( $(cpu "$2") - before_ticks )) -v tick_us="$tick_us" '
+    /requests in/ {n=$1} /^Requests\/sec/ {r=$2} $1 == "50%" {p50=$2} $1 == "99%" {p99=$2}
+    END {printf "%s %s %s %.1f\n", r, p50, p99, ticks * tick_us / n}' <<<"$out"
 }
 median() { sort -n -k1,1 | awk '{rows[NR]=$0} END {print rows[int((NR + 1) / 2)]}'; }
+median_cpu() { awk '{print $4}' | sort -n | awk '{rows[NR]=$0} END {print rows[int((NR + 1) / 2)]}'; }
 
 compare() { # path label
-  local b="" a="" row brps bp50 bp99 arps ap50 ap99
+  local b="" a="" row brps bp50 bp99 arps ap50 ap99 bcpu acpu
   for round in $(seq "$ROUNDS"); do
-    row=$(measure $BEFORE_PORT "$1"); echo "$2 round $round: before: $row" >&2; b+="$row"$'\n'
-    row=$(measure $AFTER_PORT "$1"); echo "$2 round $round: after: $row" >&2; a+="$row"$'\n'
+    row=$(measure $BEFORE_PORT "$pid_before" "$1"); echo "$2 round $round: before: $row" >&2; b+="$row"$'\n'
+    row=$(measure $AFTER_PORT "$pid_after" "$1"); echo "$2 round $round: after: $row" >&2; a+="$row"$'\n'
   done
-  read -r brps bp50 bp99 < <(printf '%s' "$b" | median)
-  read -r arps ap50 ap99 < <(printf '%s' "$a" | median)
+  read -r brps bp50 bp99 _ < <(printf '%s' "$b" | median)
+  read -r arps ap50 ap99 _ < <(printf '%s' "$a" | median)
+  bcpu=$(printf '%s' "$b" | median_cpu) acpu=$(printf '%s' "$a" | median_cpu)
   echo
   echo "$2 ($1): wrk -t1 -c$CONNS -d$DURATION, median of $ROUNDS alternating rounds, $PROXY_WORKERS workers, $(nproc) cores"
-  printf '%-8s %12s %10s %10s\n' "" "req/s" "p50" "p99" before "$brps" "$bp50" "$bp99" after "$arps" "$ap50" "$ap99"
-  awk -v a="$arps" -v b="$brps" 'BEGIN { printf "after / before = %.3fx (medians)\n", a / b }'
+  printf '%-8s %12s %10s %10s %14s\n' "" "req/s" "p50" "p99" "CPU µs/req" \
+    before "$brps" "$bp50" "$bp99" "$bcpu" after "$arps" "$ap50" "$ap99" "$acpu"
+  awk -v a="$arps" -v b="$brps" -v ac="$acpu" -v bc="$bcpu" \
+    'BEGIN { printf "after / before = %.3fx req/s, %.3fx CPU per request (medians)\n", a / b, ac / bc }'
 }
 
 compare / plain
