@@ -99,6 +99,10 @@ impl Sluice {
     }
 }
 
+/// Failed requests' log lines: at most one a second (the access log and the metrics count every
+/// one).
+static FAILURE_LOG: observe::OncePerSecond = observe::OncePerSecond::new();
+
 /// The route label of a request no route matched.
 static NO_ROUTE: LazyLock<Arc<String>> = LazyLock::new(|| Arc::new("-".to_owned()));
 
@@ -591,6 +595,11 @@ impl ProxyHttp for Sluice {
         access.log(entry.to_json());
     }
 
+    /// pingora would log every failed request; sluice logs them from `fail_to_proxy`, sampled.
+    fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, _error: &Error) -> bool {
+        true
+    }
+
     /// Answers a request that failed: 504 when the upstream timed out, 502 when it was
     /// unreachable or broke off, 400 for a malformed request, as problem+json.
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy
@@ -636,6 +645,21 @@ impl ProxyHttp for Sluice {
             (_, ErrorSource::Downstream) => (400, "malformed request".to_owned()),
             _ => (500, "internal error".to_owned()),
         };
+        if status >= 500
+            && let Some(held) = FAILURE_LOG.admit()
+        {
+            let req = session.req_header();
+            tracing::error!(
+                route = ctx.route().map_or("-", |r| r.name.as_str()),
+                upstream,
+                status,
+                error = %e,
+                held_back = held,
+                "{} {} failed (at most one such line a second: `held_back` counts those not written)",
+                req.method,
+                req.uri.path(),
+            );
+        }
         if status > 0 && session.response_written().is_none() {
             // The connection is not reused after a failure: say so (`Connection: close`), so a
             // client does not send its next request on it.

@@ -164,3 +164,37 @@ fn write_lines(queue: Receiver<Queued>, out: Box<dyn Write + Send>) {
         }
     }
 }
+
+/// A log line that comes at most once a second, for what would otherwise be written per request
+/// (an upstream failing every request it gets). It counts the lines it held back, for the next one
+/// to say.
+pub struct OncePerSecond {
+    /// The second (since `epoch`, plus one) the last line went out in.
+    last: std::sync::atomic::AtomicU64,
+    held: std::sync::atomic::AtomicU64,
+    epoch: std::sync::LazyLock<std::time::Instant>,
+}
+
+impl OncePerSecond {
+    /// A gate no line has gone through yet.
+    pub const fn new() -> OncePerSecond {
+        OncePerSecond {
+            last: std::sync::atomic::AtomicU64::new(0),
+            held: std::sync::atomic::AtomicU64::new(0),
+            epoch: std::sync::LazyLock::new(std::time::Instant::now),
+        }
+    }
+
+    /// `Some(n)` when a line may go out now, `n` the lines held back since the last one; `None`
+    /// when one went out this second already (this one is counted).
+    pub fn admit(&self) -> Option<u64> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let now = self.epoch.elapsed().as_secs() + 1;
+        let last = self.last.load(Relaxed);
+        if last != now && self.last.compare_exchange(last, now, Relaxed, Relaxed).is_ok() {
+            return Some(self.held.swap(0, Relaxed));
+        }
+        self.held.fetch_add(1, Relaxed);
+        None
+    }
+}

@@ -494,4 +494,15 @@ async fn a_healthy_route_under_load_is_unaffected_by_faulty_upstreams_and_hostil
     assert!(sluice.is_running(), "{}", sluice.stderr());
     let healthy_errors = metric_sum(admin, "sluice_requests_total", &["route=\"healthy\"", "status=\"5"]).await;
     assert_eq!(healthy_errors, 0.0);
+    // Hundreds of failed requests, a handful of log lines: at most one a second.
+    let failed = metric_sum(admin, "sluice_requests_total", &["route=\"faulty\""]).await;
+    let stderr = sluice.stderr();
+    let lines = stderr
+        .lines()
+        .filter(|l| l.contains("at most one such line a second"))
+        .count();
+    assert!(
+        failed > 100.0 && (1..=8).contains(&lines),
+        "{failed} failures, {lines} lines:\n{stderr}"
+    );
 }
