@@ -7,7 +7,9 @@
 #   - trap: a panic
 # then while the same connections, split four ways, send requests to a faulty upstream
 # (benches/faulty_upstream.py: connections reset, bodies cut short, heads dripped a byte every
-# 100 ms, silence), and while all seven faults run at once.
+# 100 ms, silence), and while all seven faults run at once. A control row sends the four faults
+# straight to the faulty upstream, not through sluice: what the storm's clients and the Python
+# upstream take of the two cores by themselves.
 # Prints req/s, p50 and p99 of the plain route per scenario (medians of ROUNDS rounds) and the
 # ratio of each p99 to the quiet one (the hardening issue's target: within 2x).
 #
@@ -107,13 +109,14 @@ median() { # lines "req/s p50 p99": the middle line by p99
     | sort -n | awk '{ a[NR]=$2" "$3" "$4 } END { print a[int((NR+1)/2)] }'
 }
 
-# Starts a storm of `connections` on each of the paths given, for a measurement's length.
+# Starts a storm of `connections` on each of the paths given, for a measurement's length, through
+# sluice (or at PORT when set).
 storm() {
   local connections=$1 path
   shift
   storms=()
   for path in "$@"; do
-    wrk -t1 -c"$connections" -d"$(( ${DURATION%s} + 2 ))s" "http://127.0.0.1:$SLUICE_PORT$path" >/dev/null 2>&1 &
+    wrk -t1 -c"$connections" -d"$(( ${DURATION%s} + 2 ))s" "http://127.0.0.1:${PORT:-$SLUICE_PORT}$path" >/dev/null 2>&1 &
     storms+=($!)
   done
   sleep 1
@@ -121,7 +124,7 @@ storm() {
 calm() { wait "${storms[@]}" 2>/dev/null || true; }
 
 faults=(/faulty/reset /faulty/short /faulty/drip /faulty/silence)
-scenarios=(hog spin trap faults all)
+scenarios=(hog spin trap faults control all)
 wrk -t1 -c"$CONNS" -d2s "http://127.0.0.1:$SLUICE_PORT/" >/dev/null
 declare -A result
 for round in $(seq "$ROUNDS"); do
@@ -133,6 +136,9 @@ for round in $(seq "$ROUNDS"); do
   done
   storm $(( STORM / 4 )) "${faults[@]}"
   result[faults]+="$(measure);"
+  calm
+  PORT=$FAULTY_PORT storm $(( STORM / 4 )) "${faults[@]}"
+  result[control]+="$(measure);"
   calm
   storm $(( STORM / 7 + 1 )) /hog /spin /trap "${faults[@]}"
   result[all]+="$(measure);"
@@ -151,6 +157,7 @@ for bad in "${scenarios[@]}"; do
   ratio=$(awk -v a="$(ms "$p99")" -v b="$quiet99" 'BEGIN { printf "%.2f", a / b }')
   case $bad in
     faults) label="$(( STORM / 4 * 4 )) connections on 4 faults" ;;
+    control) label="the same, straight to the upstream" ;;
     all) label="$(( (STORM / 7 + 1) * 7 )) connections on all 7" ;;
     *) label="$STORM connections on /$bad" ;;
   esac
