@@ -175,6 +175,12 @@ pub struct OncePerSecond {
     epoch: std::sync::LazyLock<std::time::Instant>,
 }
 
+impl Default for OncePerSecond {
+    fn default() -> Self {
+        OncePerSecond::new()
+    }
+}
+
 impl OncePerSecond {
     /// A gate no line has gone through yet.
     pub const fn new() -> OncePerSecond {
