@@ -390,7 +390,7 @@ impl ProxyHttp for Sluice {
         &self,
         _session: &mut Session,
         _reused: bool,
-        _peer: &HttpPeer,
+        peer: &HttpPeer,
         #[cfg(unix)] fd: std::os::unix::io::RawFd,
         #[cfg(windows)] _sock: std::os::windows::io::RawSocket,
         _digest: Option<&pingora::protocols::Digest>,
@@ -400,8 +400,10 @@ impl ProxyHttp for Sluice {
             return Ok(());
         };
         exchange.connected(upstream);
+        // HTTP/1 only (all sluice speaks upstream): the deadline shuts the whole connection down,
+        // which on a multiplexed one would end other requests too.
         #[cfg(unix)]
-        {
+        if peer.options.alpn == pingora::protocols::ALPN::H1 {
             exchange.head = HeadDeadline::start(fd, upstream.response_head_timeout);
         }
         Ok(())
