@@ -342,48 +342,31 @@ async fn a_memory_bomb_storm_on_one_route_is_quarantined_and_another_route_stays
 /// reset), `/faulty/short` (a body cut short of its `Content-Length`), `/faulty/drip` (the head a
 /// byte every 100 ms), anything else (silence: the request read, never answered).
 async fn faulty_upstream() -> std::net::SocketAddr {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut conn, _)) = listener.accept().await else {
-                return;
-            };
-            tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 4096];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match conn.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
+    use tokio::io::AsyncWriteExt;
+    raw_upstream(|mut conn, head| async move {
+        let line = String::from_utf8_lossy(&head)
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        if line.contains("/faulty/reset") {
+            socket2::SockRef::from(&conn).set_linger(Some(Duration::ZERO)).unwrap();
+        } else if line.contains("/faulty/short") {
+            let _ = conn
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly ten b")
+                .await;
+        } else if line.contains("/faulty/drip") {
+            for byte in b"HTTP/1.1 200 OK\r\nX-Drip: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n" {
+                if conn.write_all(&[*byte]).await.is_err() {
+                    return;
                 }
-                let line = String::from_utf8_lossy(&head)
-                    .lines()
-                    .next()
-                    .unwrap_or_default()
-                    .to_owned();
-                if line.contains("/faulty/reset") {
-                    socket2::SockRef::from(&conn).set_linger(Some(Duration::ZERO)).unwrap();
-                } else if line.contains("/faulty/short") {
-                    let _ = conn
-                        .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly ten b")
-                        .await;
-                } else if line.contains("/faulty/drip") {
-                    for byte in b"HTTP/1.1 200 OK\r\nX-Drip: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n" {
-                        if conn.write_all(&[*byte]).await.is_err() {
-                            return;
-                        }
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                } else {
-                    tokio::time::sleep(Duration::from_secs(30)).await;
-                }
-            });
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        } else {
+            tokio::time::sleep(Duration::from_secs(30)).await;
         }
-    });
-    addr
+    })
+    .await
 }
 
 /// `connections` clients sending requests to `url` back to back until `stop`, each answered 200:

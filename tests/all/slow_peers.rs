@@ -8,37 +8,20 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use common::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 /// An upstream that reads each request head, then writes `head` (and `body`) one byte every
 /// `every`, on each connection it accepts.
 async fn dripping_upstream(head: &'static [u8], body: &'static [u8], every: Duration) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut conn, _)) = listener.accept().await else {
+    raw_upstream(move |mut conn, _| async move {
+        for byte in head.iter().chain(body) {
+            if conn.write_all(&[*byte]).await.is_err() {
                 return;
-            };
-            tokio::spawn(async move {
-                let mut seen = Vec::new();
-                let mut buf = [0u8; 4096];
-                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match conn.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => seen.extend_from_slice(&buf[..n]),
-                    }
-                }
-                for byte in head.iter().chain(body) {
-                    if conn.write_all(&[*byte]).await.is_err() {
-                        return;
-                    }
-                    tokio::time::sleep(every).await;
-                }
-            });
+            }
+            tokio::time::sleep(every).await;
         }
-    });
-    addr
+    })
+    .await
 }
 
 const HEAD: &[u8] =
@@ -107,22 +90,17 @@ async fn the_response_head_deadline_waits_for_a_slowly_uploaded_request_body() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_content_length_body_dripped_by_the_upstream_reaches_the_client_as_it_arrives() {
-    let head: &'static [u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n";
-    // The head comes at once (one write per byte, 1 ms apart), the five body bytes 400 ms apart.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let up = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let (mut conn, _) = listener.accept().await.unwrap();
-        let mut buf = [0u8; 4096];
-        let _ = conn.read(&mut buf).await;
-        conn.write_all(head).await.unwrap();
+    // The head comes at once, the five body bytes 400 ms apart.
+    let up = raw_upstream(|mut conn, _| async move {
+        let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n").await;
         for byte in b"hello" {
             tokio::time::sleep(Duration::from_millis(400)).await;
             if conn.write_all(&[*byte]).await.is_err() {
                 return;
             }
         }
-    });
+    })
+    .await;
     let sluice = Sluice::start(&format!(
         "{}\n[[route]]\nname = \"all\"\nupstream = \"u\"\n",
         upstream_config(up, "")

@@ -291,6 +291,48 @@ pub enum Reply {
     Hang,
 }
 
+/// Reads a request head (up to its blank line, maybe with bytes after it) from `stream`; `None`
+/// when the peer closes first.
+pub async fn read_head(stream: &mut tokio::net::TcpStream) -> Option<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    Some(head)
+}
+
+/// A raw TCP upstream: for each connection it accepts, reads one request head and hands the
+/// connection and the head to `serve`, for a test to answer however it likes (slowly, wrongly,
+/// never).
+pub async fn raw_upstream<F, Fut>(serve: F) -> SocketAddr
+where
+    F: Fn(tokio::net::TcpStream, Vec<u8>) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let serve = std::sync::Arc::new(serve);
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut conn, _)) = listener.accept().await else {
+                return;
+            };
+            let serve = serve.clone();
+            tokio::spawn(async move {
+                if let Some(head) = read_head(&mut conn).await {
+                    serve(conn, head).await;
+                }
+            });
+        }
+    });
+    addr
+}
+
 /// A minimal HTTP/1.1 server answering every request with the current [`Reply`]: an identity
 /// provider serving a JWK set, a service that hangs or answers too much. Counts the requests it
 /// reads; can be stopped (connections refused) and started again on the same port.
@@ -348,14 +390,10 @@ impl Canned {
                 };
                 let (reply, hits) = (reply.clone(), hits.clone());
                 tokio::spawn(async move {
-                    let mut head = Vec::new();
+                    let Some(mut head) = read_head(&mut stream).await else {
+                        return;
+                    };
                     let mut buf = [0u8; 4096];
-                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match stream.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => head.extend_from_slice(&buf[..n]),
-                        }
-                    }
                     // Read the body too: closing with unread request bytes would reset the
                     // connection, and the peer could lose the end of the answer.
                     let head_end = head.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
