@@ -16,8 +16,8 @@
 use std::future::Future as _;
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::{Arc, LazyLock};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -36,6 +36,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
 
 use super::Sluice;
+use super::problem::Problem;
 use crate::live::Snapshot;
 
 /// The proxy service as pingora runs it: each connection wrapped, then pingora's HTTP handling.
@@ -82,10 +83,17 @@ const REQUEST: u8 = 2;
 /// HTTP/2 with prior knowledge: no request heads to time here.
 const UNTIMED: u8 = 3;
 
-/// What a client whose request head took too long is told before the connection closes.
-const TIMED_OUT: &[u8] = b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/problem+json\r\n\
-content-length: 105\r\nconnection: close\r\n\r\n\
-{\"type\":\"about:blank\",\"title\":\"Request Timeout\",\"status\":408,\"detail\":\"the request head took too long\"}";
+/// What a client whose request head took too long is told before the connection closes: a whole
+/// HTTP/1.1 response, problem+json like every answer sluice writes itself.
+static TIMED_OUT: LazyLock<Vec<u8>> = LazyLock::new(|| {
+    let body = Problem::new(408, "the request head did not arrive within header-timeout").body();
+    let head = format!(
+        "HTTP/1.1 408 Request Timeout\r\ncontent-type: application/problem+json\r\ncontent-length: {}\r\n\
+         cache-control: no-store\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    [head.as_bytes(), &body].concat()
+});
 
 /// A client connection: the stream pingora accepted, with a deadline on each request head and
 /// write-through while a response body streams.
@@ -147,7 +155,7 @@ impl Connection {
     fn expire(&mut self, cx: &mut Context<'_>) -> io::Error {
         if !self.expired {
             self.expired = true;
-            if let Poll::Ready(Ok(_)) = Pin::new(&mut self.inner).poll_write(cx, TIMED_OUT) {
+            if let Poll::Ready(Ok(_)) = Pin::new(&mut self.inner).poll_write(cx, &TIMED_OUT) {
                 let _ = Pin::new(&mut self.inner).poll_flush(cx);
             }
             crate::metrics::metrics().head_timeouts.inc();

@@ -158,7 +158,12 @@ async fn a_client_trickling_its_request_head_gets_408_at_the_header_deadline() {
     let answer = read_until_closed(&mut conn);
     let took = started.elapsed();
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
-    assert!(answer.to_ascii_lowercase().contains("connection: close"), "{answer:?}");
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+    let head = head.to_ascii_lowercase();
+    assert!(head.contains("connection: close"), "{answer:?}");
+    assert!(head.contains(&format!("content-length: {}", body.len())), "{answer:?}");
+    let problem: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(problem["status"], 408);
     assert!(
         took >= Duration::from_millis(950) && took < Duration::from_millis(2500),
         "closed after {took:?}"
