@@ -49,6 +49,9 @@ pub struct Metrics {
     pub shed: Counter,
     /// `sluice_request_head_timeouts_total`: connections answered 408 at `header-timeout`.
     pub head_timeouts: Counter,
+    /// `sluice_log_lines_held_back_total`: pingora's per-connection warning and error lines not
+    /// written (at most one a second goes out).
+    pub log_lines_held_back: Counter,
 }
 
 /// Labels of `sluice_middleware_call_duration_seconds`.
@@ -279,6 +282,12 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "Client connections answered 408 and closed because a request head took longer than header-timeout",
         head_timeouts.clone(),
     );
+    let log_lines_held_back = Counter::default();
+    registry.register(
+        "sluice_log_lines_held_back",
+        "pingora's per-connection warning and error lines not written: at most one goes out a second",
+        log_lines_held_back.clone(),
+    );
     Metrics {
         registry,
         reloads,
@@ -296,6 +305,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         access_log_dropped,
         shed,
         head_timeouts,
+        log_lines_held_back,
     }
 });
 

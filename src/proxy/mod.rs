@@ -29,7 +29,7 @@ use crate::live::{Route, Snapshot};
 use crate::router::RouteMatch;
 use crate::runtime::Phase;
 use crate::runtime::types::Response;
-use crate::telemetry::TraceContext;
+use crate::telemetry::{OncePerSecond, TraceContext};
 use crate::upstream::Upstream;
 use connection::Connection;
 pub use connection::Front;
@@ -101,7 +101,7 @@ impl Sluice {
 
 /// Failed requests' log lines: at most one a second (the access log and the metrics count every
 /// one).
-static FAILURE_LOG: observe::OncePerSecond = observe::OncePerSecond::new();
+static FAILURE_LOG: OncePerSecond = OncePerSecond::new();
 
 /// The route label of a request no route matched.
 static NO_ROUTE: LazyLock<Arc<String>> = LazyLock::new(|| Arc::new("-".to_owned()));

@@ -16,6 +16,7 @@ use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracerProvider};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::Layer;
+use tracing_subscriber::filter::FilterExt;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
@@ -69,7 +70,7 @@ pub fn init(otlp: Option<&OtlpConfig>) -> Result<(), String> {
     };
     let spans = otlp.map(span_exporter).transpose()?;
     tracing_subscriber::registry()
-        .with(lines.with_filter(filter))
+        .with(lines.with_filter(filter.and(PingoraLines(OncePerSecond::new()))))
         .with(spans)
         .init();
     Ok(())
@@ -142,6 +143,73 @@ pub fn join(span: &tracing::Span, trace: TraceContext) -> TraceContext {
         span_id: own.span_id().to_bytes(),
         parent_id: trace.parent_id,
         flags: own.trace_flags().to_u8(),
+    }
+}
+
+/// A log line that comes at most once a second, for what would otherwise be written per request
+/// (an upstream failing every request it gets). It counts the lines it held back, for the next one
+/// to say.
+pub struct OncePerSecond {
+    /// The second (since `epoch`, plus one) the last line went out in.
+    last: std::sync::atomic::AtomicU64,
+    held: std::sync::atomic::AtomicU64,
+    epoch: std::sync::LazyLock<std::time::Instant>,
+}
+
+impl Default for OncePerSecond {
+    fn default() -> Self {
+        OncePerSecond::new()
+    }
+}
+
+impl OncePerSecond {
+    /// A gate no line has gone through yet.
+    pub const fn new() -> OncePerSecond {
+        OncePerSecond {
+            last: std::sync::atomic::AtomicU64::new(0),
+            held: std::sync::atomic::AtomicU64::new(0),
+            epoch: std::sync::LazyLock::new(std::time::Instant::now),
+        }
+    }
+
+    /// `Some(n)` when a line may go out now, `n` the lines held back since the last one; `None`
+    /// when one went out this second already (this one is counted).
+    pub fn admit(&self) -> Option<u64> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let now = self.epoch.elapsed().as_secs() + 1;
+        let last = self.last.load(Relaxed);
+        if last != now && self.last.compare_exchange(last, now, Relaxed, Relaxed).is_ok() {
+            return Some(self.held.swap(0, Relaxed));
+        }
+        self.held.fetch_add(1, Relaxed);
+        None
+    }
+}
+
+/// pingora's own warning and error lines: each is about one connection (a client that sent
+/// garbage, went away mid-request, or trickled its head past `header-timeout`), so a flood of
+/// hostile clients would write one line per connection on the workers serving everyone else. They
+/// go out at most once a second; `sluice_log_lines_held_back_total` counts the others.
+struct PingoraLines(OncePerSecond);
+
+impl<S> tracing_subscriber::layer::Filter<S> for PingoraLines {
+    fn enabled(&self, _: &tracing::Metadata<'_>, _: &tracing_subscriber::layer::Context<'_, S>) -> bool {
+        true
+    }
+
+    fn event_enabled(&self, event: &tracing::Event<'_>, _: &tracing_subscriber::layer::Context<'_, S>) -> bool {
+        // pingora logs with the `log` crate: its lines arrive with the target `log`, the real one
+        // in a field.
+        let normalized = tracing_log::NormalizeEvent::normalized_metadata(event);
+        let meta = normalized.as_ref().unwrap_or_else(|| event.metadata());
+        if *meta.level() > tracing::Level::WARN || !meta.target().starts_with("pingora") {
+            return true;
+        }
+        if self.0.admit().is_some() {
+            return true;
+        }
+        crate::metrics::metrics().log_lines_held_back.inc();
+        false
     }
 }
 

@@ -216,3 +216,46 @@ async fn the_header_deadline_counts_neither_idle_keepalive_time_nor_a_slow_body(
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.version(), reqwest::Version::HTTP_2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_hanging_up_mid_head_get_a_log_line_a_second_not_one_each() {
+    let up = echo().await;
+    let (addr, admin) = (free_addr(), free_addr());
+    let config = header_timeout_config(up.addr(), addr, &format!("admin = \"{admin}\""));
+    let sluice = Sluice::start_raw(&config, addr);
+    // 80 clients each send half a request head and hang up: pingora fails each read and logs it.
+    let clients: Vec<_> = (0..80)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let mut conn = TcpStream::connect(addr).unwrap();
+                conn.write_all(format!("GET /{i} HTTP/1.1\r\nHost: a\r\nX-Half").as_bytes())
+                    .unwrap();
+            })
+        })
+        .collect();
+    for client in clients {
+        client.join().unwrap();
+    }
+    // The workers still serve, and every hang-up was seen.
+    let resp = client().get(format!("http://{addr}/ok")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut held = 0.0;
+    while Instant::now() < deadline {
+        held = metric_sum(admin, "sluice_log_lines_held_back_total", &[]).await;
+        if held >= 70.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log = sluice.stderr();
+    let written = log.lines().filter(|line| line.contains("Fail to proxy")).count();
+    assert!(
+        (1..=4).contains(&written),
+        "{written} pingora lines for 80 hang-ups:\n{log}"
+    );
+    assert!(
+        held + written as f64 >= 80.0,
+        "{held} held back + {written} written for 80 hang-ups:\n{log}"
+    );
+}
