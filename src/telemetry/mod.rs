@@ -197,6 +197,17 @@ impl<S> tracing_subscriber::layer::Filter<S> for PingoraLines {
         true
     }
 
+    // Said explicitly: the defaults ("sometimes", no level hint) would make every callsite and
+    // every level interesting to the combined filter, and every disabled `debug!` of pingora's
+    // (the `log` crate checks the process's max level first) a full filter evaluation.
+    fn callsite_enabled(&self, _: &'static tracing::Metadata<'static>) -> tracing::subscriber::Interest {
+        tracing::subscriber::Interest::always()
+    }
+
+    fn max_level_hint(&self) -> Option<tracing::level_filters::LevelFilter> {
+        Some(tracing::level_filters::LevelFilter::TRACE)
+    }
+
     fn event_enabled(&self, event: &tracing::Event<'_>, _: &tracing_subscriber::layer::Context<'_, S>) -> bool {
         // pingora logs with the `log` crate: its lines arrive with the target `log`, the real one
         // in a field.
@@ -217,5 +228,22 @@ impl<S> tracing_subscriber::layer::Filter<S> for PingoraLines {
 pub fn flush() {
     if let Some(provider) = PROVIDER.get() {
         let _ = provider.force_flush();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tracing::level_filters::LevelFilter;
+    use tracing_subscriber::layer::Filter;
+
+    /// Sampling pingora's lines must not widen the process's max level: `log` records (all of
+    /// pingora's) below it are dropped before any filter runs, and with no hint every `debug!` of
+    /// pingora's on the request path would be evaluated.
+    #[test]
+    fn sampling_pingora_lines_keeps_the_max_level() {
+        let filter = tracing_subscriber::EnvFilter::new("error").and(PingoraLines(OncePerSecond::new()));
+        let hint = <_ as Filter<tracing_subscriber::Registry>>::max_level_hint(&filter);
+        assert_eq!(hint, Some(LevelFilter::ERROR));
     }
 }
