@@ -21,8 +21,14 @@ pub fn test_component(name: &str) -> Vec<u8> {
     std::fs::read(Path::new(sluice::artifacts::COMPONENT_DIR).join(format!("{name}.wasm"))).expect("built component")
 }
 
-/// A built-in middleware embedded in the binary (`builtin:<name>`).
+/// A built-in middleware embedded in the binary (`builtin:<name>`), or with `BUILTIN_DIR` set,
+/// the one in that directory (`<name with _ for ->.wasm`): another build of the guests, measured by
+/// the same bench binary (e.g. before and after a change to their build flags).
 pub fn builtin(name: &str) -> Vec<u8> {
+    if let Some(dir) = std::env::var_os("BUILTIN_DIR") {
+        let path = Path::new(&dir).join(format!("{}.wasm", name.replace('-', "_")));
+        return std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    }
     sluice::artifacts::BUILTIN
         .iter()
         .find(|(n, _)| *n == name)
