@@ -10,8 +10,14 @@
 # 100 ms, silence), and while all seven faults run at once. A control row sends the four faults
 # straight to the faulty upstream, not through sluice: what the storm's clients and the Python
 # upstream take of the two cores by themselves.
-# Prints req/s, p50 and p99 of the plain route per scenario (medians of ROUNDS rounds) and the
-# ratio of each p99 to the quiet one (the hardening issue's target: within 2x).
+# Prints req/s, p50 and p99 of the plain route per scenario (medians of ROUNDS rounds), the ratio
+# of each p99 to the quiet one (the hardening issue's target: within 2x), and the storm's own rate
+# (requests a second its clients completed, summed over its paths: what sluice was answering).
+#
+# The storm's clients and the Python upstream run at `nice` STORM_NICE (default 19): in production
+# they are on other machines, and on two cores at normal priority they take the CPU the measured
+# route's client and sluice need (STORM_NICE=0 gives the earlier figures). sluice, nginx and the
+# plain route's wrk run at normal priority; the storm rate column shows what the storm still sent.
 #
 #   SLUICE=target/release/sluice benches/storm.sh      # a given build (e.g. an older one)
 #   ROUNDS=3 DURATION=5s STORM=16 benches/storm.sh
@@ -21,6 +27,7 @@ ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-5s}
 CONNS=${CONNS:-4}
 STORM=${STORM:-16}
+STORM_NICE=${STORM_NICE:-19}
 UPSTREAM_PORT=${UPSTREAM_PORT:-18191}
 SLUICE_PORT=${SLUICE_PORT:-18193}
 FAULTY_PORT=${FAULTY_PORT:-18195}
@@ -36,7 +43,7 @@ if [[ -z "${SLUICE:-}" ]]; then
 fi
 components=$(dirname "$(ls -t "$root"/target/*/build/sluice-*/out/middleware-target/wasm32-wasip2/release/hog.wasm | head -1)")
 
-python3 "$root/benches/faulty_upstream.py" "$FAULTY_PORT" &
+nice -n "$STORM_NICE" python3 "$root/benches/faulty_upstream.py" "$FAULTY_PORT" &
 pids+=($!)
 nginx_conf upstream 1 "server { listen 127.0.0.1:$UPSTREAM_PORT; location / { default_type text/plain; return 200 'ok\n'; } }"
 
@@ -103,57 +110,68 @@ measure() {
   awk '/^Requests\/sec/ {r=$2} $1 == "50%" {p50=$2} $1 == "99%" {p99=$2} END {print r, p50, p99}' <<<"$out"
 }
 ms() { awk -v v="$1" 'BEGIN { if (v ~ /us$/) print v/1000; else if (v ~ /ms$/) print v+0; else print v*1000 }'; }
-median() { # lines "req/s p50 p99": the middle line by p99
-  local row
-  for row in "$@"; do echo "$(ms "${row##* }") $row"; done \
-    | sort -n | awk '{ a[NR]=$2" "$3" "$4 } END { print a[int((NR+1)/2)] }'
+median() { # lines "req/s p50 p99 storm-req/s": the middle line by p99
+  local row p99
+  for row in "$@"; do p99=$(awk '{print $3}' <<<"$row"); echo "$(ms "$p99") $row"; done \
+    | sort -n | awk '{ a[NR]=$2" "$3" "$4" "$5 } END { print a[int((NR+1)/2)] }'
 }
 
 # Starts a storm of `connections` on each of the paths given, for a measurement's length, through
 # sluice (or at PORT when set).
 storm() {
-  local connections=$1 path
+  local connections=$1 path i=0
   shift
   storms=()
+  rm -f "$work"/storm.*.out
   for path in "$@"; do
-    wrk -t1 -c"$connections" -d"$(( ${DURATION%s} + 2 ))s" "http://127.0.0.1:${PORT:-$SLUICE_PORT}$path" >/dev/null 2>&1 &
+    i=$((i + 1))
+    nice -n "$STORM_NICE" wrk -t1 -c"$connections" -d"$(( ${DURATION%s} + 2 ))s" \
+      "http://127.0.0.1:${PORT:-$SLUICE_PORT}$path" >"$work/storm.$i.out" 2>&1 &
     storms+=($!)
   done
   sleep 1
 }
-calm() { wait "${storms[@]}" 2>/dev/null || true; }
+# Waits for the storm to end; sets `rate` to the requests a second its clients completed, summed.
+calm() {
+  wait "${storms[@]}" 2>/dev/null || true
+  rate=$(cat "$work"/storm.*.out | awk '/^Requests\/sec/ { sum += $2 } END { printf "%d", sum }')
+}
 
 faults=(/faulty/reset /faulty/short /faulty/drip /faulty/silence)
 scenarios=(hog spin trap faults control all)
 wrk -t1 -c"$CONNS" -d2s "http://127.0.0.1:$SLUICE_PORT/" >/dev/null
 declare -A result
 for round in $(seq "$ROUNDS"); do
-  result[quiet]+="$(measure);"
+  result[quiet]+="$(measure) 0;"
   for bad in hog spin trap; do
     storm "$STORM" "/$bad"
-    result[$bad]+="$(measure);"
+    row=$(measure)
     calm
+    result[$bad]+="$row $rate;"
   done
   storm $(( STORM / 4 )) "${faults[@]}"
-  result[faults]+="$(measure);"
+  row=$(measure)
   calm
+  result[faults]+="$row $rate;"
   PORT=$FAULTY_PORT storm $(( STORM / 4 )) "${faults[@]}"
-  result[control]+="$(measure);"
+  row=$(measure)
   calm
+  result[control]+="$row $rate;"
   storm $(( STORM / 7 + 1 )) /hog /spin /trap "${faults[@]}"
-  result[all]+="$(measure);"
+  row=$(measure)
   calm
+  result[all]+="$row $rate;"
   echo "round $round done" >&2
 done
 
-printf '%-34s %10s %10s %10s %12s\n' "plain route (wrk -c$CONNS)" "req/s" "p50" "p99" "p99/quiet"
+printf '%-34s %10s %10s %10s %10s %12s\n' "plain route (wrk -c$CONNS)" "req/s" "p50" "p99" "p99/quiet" "storm req/s"
 IFS=';' read -r -a rows <<<"${result[quiet]}"
-read -r r p50 p99 <<<"$(median "${rows[@]}")"
+read -r r p50 p99 _ <<<"$(median "${rows[@]}")"
 quiet99=$(ms "$p99")
-printf '%-34s %10s %10s %10s %12s\n' "quiet" "$r" "$p50" "$p99" "1.00"
+printf '%-34s %10s %10s %10s %10s %12s\n' "quiet" "$r" "$p50" "$p99" "1.00" "-"
 for bad in "${scenarios[@]}"; do
   IFS=';' read -r -a rows <<<"${result[$bad]}"
-  read -r r p50 p99 <<<"$(median "${rows[@]}")"
+  read -r r p50 p99 rate <<<"$(median "${rows[@]}")"
   ratio=$(awk -v a="$(ms "$p99")" -v b="$quiet99" 'BEGIN { printf "%.2f", a / b }')
   case $bad in
     faults) label="$(( STORM / 4 * 4 )) connections on 4 faults" ;;
@@ -161,5 +179,5 @@ for bad in "${scenarios[@]}"; do
     all) label="$(( (STORM / 7 + 1) * 7 )) connections on all 7" ;;
     *) label="$STORM connections on /$bad" ;;
   esac
-  printf '%-34s %10s %10s %10s %12s\n' "$label" "$r" "$p50" "$p99" "$ratio"
+  printf '%-34s %10s %10s %10s %10s %12s\n' "$label" "$r" "$p50" "$p99" "$ratio" "$rate"
 done
