@@ -25,6 +25,7 @@ use crate::runtime::budget::Meter;
 use crate::runtime::host::{HostCalls, HostState, Outbound};
 use crate::runtime::types::{BodyDecision, HeaderEdits, Request, RequestDecision, Response, ResponseDecision};
 use crate::runtime::{IdleSlots, Middleware, Phase, Start, Started};
+use crate::telemetry::OncePerSecond;
 
 /// How long creating an instance may take (at least the middleware's `timeout`): the host's work,
 /// microseconds normally, so only a broken host exceeds it.
@@ -52,6 +53,9 @@ pub enum FailureKind {
 }
 
 impl FailureKind {
+    /// How many kinds there are (the last one's index, plus one: checked below).
+    const COUNT: usize = 6;
+
     /// The metric label.
     pub fn label(self) -> &'static str {
         match self {
@@ -64,6 +68,8 @@ impl FailureKind {
         }
     }
 }
+
+const _: () = assert!(FailureKind::Quarantined as usize + 1 == FailureKind::COUNT);
 
 impl std::fmt::Display for FailureKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -877,6 +883,9 @@ const QUARANTINE_AFTER: u32 = 5;
 pub struct Quarantine {
     failures: std::sync::atomic::AtomicU32,
     turn: tokio::sync::Semaphore,
+    /// The failures' log lines, per kind: at most one a second each (a middleware failing every
+    /// request would write a line per request; the metrics count every one).
+    lines: [OncePerSecond; FailureKind::COUNT],
 }
 
 impl Default for Quarantine {
@@ -884,6 +893,7 @@ impl Default for Quarantine {
         Quarantine {
             failures: Default::default(),
             turn: tokio::sync::Semaphore::new(1),
+            lines: std::array::from_fn(|_| OncePerSecond::new()),
         }
     }
 }
@@ -942,8 +952,17 @@ impl Quarantine {
 /// Logs a failure and applies `on-error`: `Some` to deny the request, `None` to carry on.
 fn failed(link: &LoadedMiddleware, kind: FailureKind) -> Option<Failure> {
     let deny = link.policy.on_error == OnError::Deny;
-    link.calls.failure(kind.label(), if deny { "deny" } else { "allow" });
-    tracing::warn!(middleware = &*link.name, failure = %kind, on_error = if deny { "deny" } else { "allow" }, "middleware call failed");
+    let on_error = if deny { "deny" } else { "allow" };
+    link.calls.failure(kind.label(), on_error);
+    if let Some(held_back) = link.quarantine.lines[kind as usize].admit() {
+        tracing::warn!(
+            middleware = &*link.name,
+            failure = %kind,
+            on_error,
+            held_back,
+            "middleware call failed (at most one such line a second per kind: `held_back` counts those not written)"
+        );
+    }
     deny.then(|| Failure {
         middleware: link.name.clone(),
         kind,

@@ -179,6 +179,7 @@ async fn a_trap_storm_on_one_route_leaves_another_routes_latency_unchanged() {
             })
         })
         .collect();
+    let storm_began = Instant::now();
     tokio::time::sleep(Duration::from_millis(200)).await;
     let mut stormy = latencies(&client, &plain, 300).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -186,6 +187,7 @@ async fn a_trap_storm_on_one_route_leaves_another_routes_latency_unchanged() {
     for task in storm {
         traps += task.await.unwrap();
     }
+    let stormed = storm_began.elapsed();
 
     let (p50_quiet, p50_storm) = (quantile(&mut quiet, 0.5), quantile(&mut stormy, 0.5));
     let (p99_quiet, p99_storm) = (quantile(&mut quiet, 0.99), quantile(&mut stormy, 0.99));
@@ -209,6 +211,17 @@ async fn a_trap_storm_on_one_route_leaves_another_routes_latency_unchanged() {
     assert_eq!(failed, traps as f64, "every failure counted");
     assert!(trapped >= 5.0, "{trapped} traps counted");
     assert_eq!(up.requests(), 650, "only plain requests reached the upstream");
+    // Logged at most once a second per kind (trap, quarantined), not once per failure.
+    let stderr = sluice.stderr();
+    let lines = stderr
+        .lines()
+        .filter(|l| l.contains("middleware=\"bad\"") && l.contains("failure="))
+        .count();
+    let most = 2 * (stormed.as_secs() as usize + 2);
+    assert!(
+        (1..=most).contains(&lines),
+        "{lines} failure lines for {traps} traps in {stormed:?}:\n{stderr}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -202,11 +202,7 @@ async fn a_trap_and_a_loop_in_javascript_or_python_fail_that_request_per_on_erro
             assert_eq!(values(&resp, "x-stamp-response"), [lang]);
         }
     }
-    assert!(
-        sluice
-            .stderr()
-            .contains("middleware call failed middleware=\"py\" failure=timed out")
-    );
+    assert!(sluice.stderr().contains("middleware=\"py\" failure=timed out"));
 }
 
 /// GETs `path` with header `fault` set; the answer must come within the middleware's deadline
