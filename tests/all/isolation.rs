@@ -495,10 +495,18 @@ async fn a_healthy_route_under_load_is_unaffected_by_faulty_upstreams_and_hostil
     let stderr = sluice.stderr();
     let lines = stderr
         .lines()
-        .filter(|l| l.contains("at most one such line a second"))
+        .filter(|l| l.contains("at most one such line a second:"))
         .count();
     assert!(
         failed > 100.0 && (1..=8).contains(&lines),
         "{failed} failures, {lines} lines:\n{stderr}"
+    );
+    // The middleware's failures too: at most one line a second per middleware and kind (3
+    // middleware, each its own kind and `quarantined`), over a storm of about 3 s.
+    let failed = metric_sum(admin, "sluice_middleware_failures_total", &[]).await;
+    let lines = stderr.lines().filter(|l| l.contains("middleware call failed")).count();
+    assert!(
+        failed > 60.0 && (1..=36).contains(&lines),
+        "{failed} middleware failures, {lines} lines:\n{stderr}"
     );
 }
