@@ -150,11 +150,13 @@ pub fn join(span: &tracing::Span, trace: TraceContext) -> TraceContext {
 /// (an upstream failing every request it gets). It counts the lines it held back, for the next one
 /// to say.
 pub struct OncePerSecond {
-    /// The second (since `epoch`, plus one) the last line went out in.
+    /// The second (since [`EPOCH`], plus one) the last line went out in.
     last: std::sync::atomic::AtomicU64,
     held: std::sync::atomic::AtomicU64,
-    epoch: std::sync::LazyLock<std::time::Instant>,
 }
+
+/// What every [`OncePerSecond`] counts its seconds from.
+static EPOCH: std::sync::LazyLock<std::time::Instant> = std::sync::LazyLock::new(std::time::Instant::now);
 
 impl Default for OncePerSecond {
     fn default() -> Self {
@@ -168,7 +170,6 @@ impl OncePerSecond {
         OncePerSecond {
             last: std::sync::atomic::AtomicU64::new(0),
             held: std::sync::atomic::AtomicU64::new(0),
-            epoch: std::sync::LazyLock::new(std::time::Instant::now),
         }
     }
 
@@ -176,7 +177,7 @@ impl OncePerSecond {
     /// when one went out this second already (this one is counted).
     pub fn admit(&self) -> Option<u64> {
         use std::sync::atomic::Ordering::Relaxed;
-        let now = self.epoch.elapsed().as_secs() + 1;
+        let now = EPOCH.elapsed().as_secs() + 1;
         let last = self.last.load(Relaxed);
         if last != now && self.last.compare_exchange(last, now, Relaxed, Relaxed).is_ok() {
             return Some(self.held.swap(0, Relaxed));
