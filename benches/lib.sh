@@ -8,7 +8,7 @@ pids=()
 cleanup() {
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   for pidfile in "$work"/*.pid; do
-    [[ -f "$pidfile" ]] && kill "$(cat "$pidfile")" 2>/dev/null || true
+    [[ -f "$pidfile" ]] && kill "$(cat "$pidfile" 2>/dev/null)" 2>/dev/null || true
   done
   rm -rf "$work"
 }
@@ -25,9 +25,14 @@ need() { # tool... : exits with a hint when one is missing (nginx may live in /u
 }
 
 nginx_conf() { # name workers http-block-lines : writes $work/NAME.conf and starts that nginx
+  # In the foreground, as a job of this script: a daemon calls setsid(), and with the kernel's
+  # autogroup scheduling (on by default) a new session is a scheduling group of its own, weighed
+  # against this script's group (sluice, the clients) as a whole. storm.sh saw that starve the
+  # nginx upstream for up to 0.8 s at a time while the script's group was busy (perf sched_switch:
+  # nginx woken, runnable, not run), which it reported as sluice's latency.
   cat > "$work/$1.conf" <<CONF
 worker_processes $2;
-daemon on;
+daemon off;
 pid $work/$1.pid;
 error_log $work/$1.error.log warn;
 events { worker_connections 4096; }
@@ -42,7 +47,12 @@ http {
   $3
 }
 CONF
-  "$nginx_bin" -p "$work" -c "$work/$1.conf"
+  "$nginx_bin" -p "$work" -c "$work/$1.conf" &
+  pids+=($!)
+  for _ in $(seq 50); do [[ -s "$work/$1.pid" ]] && return 0; sleep 0.1; done
+  echo "$(basename "$0"): nginx $1 did not start" >&2
+  cat "$work/$1.error.log" >&2 || true
+  exit 1
 }
 
 wait_port() { # port [tenths of a second, default 300] : returns once something accepts on it,
