@@ -112,6 +112,7 @@ measure() {
   awk '/^Requests\/sec/ {r=$2} $1 == "50%" {p50=$2} $1 == "99%" {p99=$2} END {print r, p50, p99}' <<<"$out"
 }
 ms() { awk -v v="$1" 'BEGIN { if (v ~ /us$/) print v/1000; else if (v ~ /ms$/) print v+0; else print v*1000 }'; }
+over() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; } # a / b, two decimals
 median() { # lines "req/s p50 p99 storm-req/s": the middle line by p99
   local row p99
   for row in "$@"; do p99=$(awk '{print $3}' <<<"$row"); echo "$(ms "$p99") $row"; done \
@@ -177,13 +178,13 @@ control99=$(ms "$control99")
 for bad in "${scenarios[@]}"; do
   IFS=';' read -r -a rows <<<"${result[$bad]}"
   read -r r p50 p99 rate <<<"$(median "${rows[@]}")"
-  ratio=$(awk -v a="$(ms "$p99")" -v b="$quiet99" 'BEGIN { printf "%.2f", a / b }')
+  ratio=$(over "$(ms "$p99")" "$quiet99")
   # The fault storms load the machine by themselves (their clients, the Python upstream, the
   # kernel's work for every reset connection); the control row is that load without sluice in
   # the storm's path, so this ratio is what sluice's handling of the faults adds.
   against_control=-
   [[ $bad == faults || $bad == all ]] \
-    && against_control=$(awk -v a="$(ms "$p99")" -v b="$control99" 'BEGIN { printf "%.2f", a / b }')
+    && against_control=$(over "$(ms "$p99")" "$control99")
   case $bad in
     faults) label="$(( STORM / 4 * 4 )) connections on 4 faults" ;;
     control) label="the same, straight to the upstream" ;;
