@@ -171,7 +171,7 @@ fn push(component: &std::path::Path, reference: &str, insecure: bool, credential
         Ok(bytes) => bytes,
         Err(e) => return fail(format!("cannot read `{}`: {e}", component.display())),
     };
-    let (imports, exports) = match sluice::oci::interface(&bytes) {
+    let (imports, exports) = match sluice::runtime::interface(&bytes) {
         Ok(interface) => interface,
         Err(e) => return fail(format!("`{}`: {e}", component.display())),
     };

@@ -331,34 +331,6 @@ impl Registry {
     }
 }
 
-/// The names a component imports and exports (its top level), for an artifact's config; an
-/// error if `bytes` is not a component.
-pub fn interface(bytes: &[u8]) -> Result<(Vec<String>, Vec<String>), String> {
-    use wasmparser::{Parser, Payload};
-    if !Parser::is_component(bytes) {
-        return Err("not a WebAssembly component (a core module, or not Wasm at all)".to_owned());
-    }
-    let (mut imports, mut exports, mut depth) = (Vec::new(), Vec::new(), 0usize);
-    for payload in Parser::new(0).parse_all(bytes) {
-        match payload.map_err(|e| format!("not a valid component: {e}"))? {
-            Payload::ModuleSection { .. } | Payload::ComponentSection { .. } => depth += 1,
-            Payload::End(_) => depth = depth.saturating_sub(1),
-            Payload::ComponentImportSection(section) if depth == 0 => {
-                for import in section {
-                    imports.push(import.map_err(|e| e.to_string())?.name.name.to_owned());
-                }
-            }
-            Payload::ComponentExportSection(section) if depth == 0 => {
-                for export in section {
-                    exports.push(export.map_err(|e| e.to_string())?.name.name.to_owned());
-                }
-            }
-            _ => {}
-        }
-    }
-    Ok((imports, exports))
-}
-
 /// What a tag last resolved to.
 #[derive(Serialize, Deserialize)]
 struct TagRecord {

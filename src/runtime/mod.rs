@@ -27,6 +27,7 @@ pub mod budget;
 mod cache;
 mod functions;
 pub mod host;
+mod world;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -44,6 +45,7 @@ pub use bindings::{Middleware, MiddlewarePre};
 pub use cache::ArtifactCache;
 use functions::FunctionCache;
 use host::HostState;
+pub use world::{HttpWorld, interface};
 
 use crate::state::State;
 
@@ -378,6 +380,14 @@ impl Runtime {
         start: Start,
     ) -> Result<Loaded, LoadError> {
         let started = Instant::now();
+        // A standard `wasi:http` component is told apart before any compiling, and said to be one.
+        if let Some(world) = interface(bytes).ok().and_then(|(_, exports)| HttpWorld::of(&exports)) {
+            return Err(LoadError::WrongWorld(format!(
+                "it is {}; sluice runs `sluice:middleware` components as chain links, not standard \
+                 `wasi:http` ones yet (docs/middleware.md)",
+                world.describe()
+            )));
+        }
         let digest = hex::encode(Sha256::digest(bytes));
         let limit = memory_limit.min(MAX_MEMORY);
         let (code, pre, instance, registration, cached) = match start {

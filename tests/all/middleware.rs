@@ -203,6 +203,25 @@ fn the_wrong_world_and_a_rejected_config_are_refused_at_load() {
         "{err}"
     );
 
+    // A standard `wasi:http` component (built with the `wasip2` crate, no sluice SDK) is named
+    // for what it is, with where to read on.
+    let err = check_config(&format!(
+        "{upstream}[middleware.web]\ncomponent = {:?}\n",
+        component("http_proxy")
+    ));
+    assert!(err.contains("middleware `web`: component `"), "{err}");
+    assert!(
+        err.contains(
+            "does not implement the `sluice:middleware/middleware@0.1.0` world: it is a standard \
+             `wasi:http/proxy` component"
+        ),
+        "{err}"
+    );
+    assert!(
+        err.contains("not standard `wasi:http` ones yet (docs/middleware.md)"),
+        "{err}"
+    );
+
     let err = check_config(&format!(
         "{upstream}[middleware.s]\ncomponent = {:?}\nconfig = {{ nom = \"typo\" }}\n",
         component("stamp")

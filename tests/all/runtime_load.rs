@@ -123,6 +123,19 @@ async fn the_wrong_world_and_garbage_are_refused() {
             .err()
             .expect("must be refused");
         assert!(matches!(err, LoadError::WrongWorld(_)), "{start:?}: {err}");
+        // A standard `wasi:http/proxy` component is said to be one, not to lack an `init`.
+        let err = runtime
+            .load("h", &component("http_proxy"), "{}", state(), 64 << 20, start)
+            .await
+            .err()
+            .expect("must be refused");
+        assert!(matches!(err, LoadError::WrongWorld(_)), "{start:?}: {err}");
+        assert!(
+            err.to_string().contains(
+                "it is a standard `wasi:http/proxy` component (WASI 0.2: it exports `wasi:http/incoming-handler`)"
+            ),
+            "{start:?}: {err}"
+        );
         let err = runtime
             .load("g", b"not wasm at all", "{}", state(), 64 << 20, start)
             .await
