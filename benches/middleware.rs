@@ -11,7 +11,11 @@
 //! - `regex-init/pre-initialized-warm`: the same, with one match run in `init` so the regex
 //!   engine's lazy caches are in the snapshot too;
 //! - `regex-init/init-per-request`: the same component instantiated without the snapshot, running
-//!   `init` on every request (what fresh instances would cost without pre-initialization).
+//!   `init` on every request (what fresh instances would cost without pre-initialization);
+//! - `boundary/response-headers/{empty,full}`: one call straight through the bindings, with
+//!   nothing to lower and with a full request and response head: a call's floor, and what the
+//!   values lowered add (docs/benchmarks.md);
+//! - `load/*`: loading a middleware, compiled or from the artifact cache.
 
 mod common;
 

@@ -117,18 +117,14 @@ async fn the_wrong_world_and_garbage_are_refused() {
     let cache = tempfile::tempdir().unwrap();
     let runtime = Runtime::new(cache.path().to_owned()).unwrap();
     for start in [Start::Snapshot, Start::Init] {
-        let err = runtime
-            .load("w", &component("wrong_world"), "{}", state(), 64 << 20, start)
-            .await
-            .err()
-            .expect("must be refused");
+        let refused = async |bytes: &[u8]| {
+            let loaded = runtime.load("x", bytes, "{}", state(), 64 << 20, start).await;
+            loaded.err().expect("must be refused")
+        };
+        let err = refused(&component("wrong_world")).await;
         assert!(matches!(err, LoadError::WrongWorld(_)), "{start:?}: {err}");
         // A standard `wasi:http/proxy` component is said to be one, not to lack an `init`.
-        let err = runtime
-            .load("h", &component("http_proxy"), "{}", state(), 64 << 20, start)
-            .await
-            .err()
-            .expect("must be refused");
+        let err = refused(&component("http_proxy")).await;
         assert!(matches!(err, LoadError::WrongWorld(_)), "{start:?}: {err}");
         assert!(
             err.to_string().contains(
@@ -136,11 +132,7 @@ async fn the_wrong_world_and_garbage_are_refused() {
             ),
             "{start:?}: {err}"
         );
-        let err = runtime
-            .load("g", b"not wasm at all", "{}", state(), 64 << 20, start)
-            .await
-            .err()
-            .expect("must be refused");
+        let err = refused(b"not wasm at all").await;
         assert!(
             matches!(err, LoadError::WrongWorld(_) | LoadError::Invalid(_)),
             "{start:?}: {err}"
