@@ -6,10 +6,7 @@ work=$(mktemp -d "/tmp/sluice-$(basename "$0" .sh).XXXXXX")
 nginx_bin=$(command -v nginx || echo /usr/sbin/nginx)
 pids=()
 cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pidfile in "$work"/*.pid; do
-    [[ -f "$pidfile" ]] && kill "$(cat "$pidfile" 2>/dev/null)" 2>/dev/null || true
-  done
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done # nginx's masters too
   rm -rf "$work"
 }
 trap cleanup EXIT
