@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building and testing sluice needs and a fresh machine may lack.
 #
-#   scripts/setup.sh          # build + test prerequisites: cmake, the wasm32-wasip2 target, python3
+#   scripts/setup.sh          # build + test prerequisites: cmake, the pinned Rust toolchain and its
+#                             # wasm32-wasip2 target, python3
 #                             # with PyJWT, cryptography and Faker, the JSON-Schema-Test-Suite,
 #                             # redis-server, docker-registry, curl; the JavaScript and Python middleware toolchains
 #                             # (node and npm, componentize-js, componentize-py)
@@ -42,6 +43,17 @@ if ! command -v cmake >/dev/null; then
       say "cannot install cmake: install it with your package manager (it builds pingora's zlib-ng)"
       exit 1
     fi
+  fi
+fi
+
+# The Rust toolchain rust-toolchain.toml pins (wasmtime 50 needs rustc 1.97), with the components
+# and targets it names. rustup does not install it by itself when RUSTUP_AUTO_INSTALL=0.
+if command -v rustup >/dev/null; then
+  repo="$(cd "$(dirname "$0")/.." && pwd)"
+  channel=$(sed -n 's/^channel = "\(.*\)"/\1/p' "$repo/rust-toolchain.toml")
+  if ! rustup toolchain list | grep -q "^$channel-"; then
+    say "rustup toolchain install $channel (rust-toolchain.toml)"
+    (cd "$repo" && rustup toolchain install --no-self-update)
   fi
 fi
 
