@@ -301,6 +301,11 @@ impl Runtime {
         let mut config = wasmtime::Config::new();
         config
             .wasm_component_model(true)
+            // With concurrency support on (wasmtime 50's default wherever component-model-async
+            // is compiled in), `call_async` runs every call through the component-model-async
+            // task machinery: +1.4 µs per call for a `sluice:middleware` component, which needs
+            // none of it (benches/middleware.rs `boundary`, docs/benchmarks.md).
+            .concurrency_support(false)
             .epoch_interruption(true)
             .memory_reservation(MAX_MEMORY)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
