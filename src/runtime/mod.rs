@@ -386,7 +386,10 @@ impl Runtime {
     ) -> Result<Loaded, LoadError> {
         let started = Instant::now();
         // A standard `wasi:http` component is told apart before any compiling, and said to be one.
-        if let Some(world) = interface(bytes).ok().and_then(|(_, exports)| HttpWorld::of(&exports)) {
+        if let Some(world) = interface(bytes)
+            .ok()
+            .and_then(|(imports, exports)| HttpWorld::of(&imports, &exports))
+        {
             return Err(LoadError::WrongWorld(format!(
                 "it is {}; sluice runs `sluice:middleware` components as chain links, not standard \
                  `wasi:http` ones yet (docs/middleware.md)",

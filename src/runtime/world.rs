@@ -37,35 +37,45 @@ pub fn interface(bytes: &[u8]) -> Result<(Vec<String>, Vec<String>), String> {
 pub enum HttpWorld {
     /// WASI 0.2's `wasi:http/proxy`: exports `wasi:http/incoming-handler`.
     Proxy,
-    /// WASI 0.3's `wasi:http/service` or `wasi:http/middleware`: exports `wasi:http/handler`.
-    Handler,
+    /// WASI 0.3's `wasi:http/service`: exports `wasi:http/handler`.
+    Service,
+    /// WASI 0.3's `wasi:http/middleware`: exports `wasi:http/handler` and imports one, the next hop.
+    Middleware,
 }
 
 impl HttpWorld {
-    /// The world a component with these top-level `exports` implements, if it is one of these.
-    pub fn of(exports: &[String]) -> Option<HttpWorld> {
+    /// The world a component with these top-level `imports` and `exports` implements, if it is one
+    /// of these.
+    pub fn of(imports: &[String], exports: &[String]) -> Option<HttpWorld> {
+        const HANDLER: &str = "wasi:http/handler@0.3";
         if exports.iter().any(|name| name == "init") {
             return None;
         }
-        exports.iter().find_map(|name| {
-            if name.starts_with("wasi:http/incoming-handler@0.2") {
-                Some(HttpWorld::Proxy)
-            } else if name.starts_with("wasi:http/handler@0.3") {
-                Some(HttpWorld::Handler)
+        if exports
+            .iter()
+            .any(|name| name.starts_with("wasi:http/incoming-handler@0.2"))
+        {
+            Some(HttpWorld::Proxy)
+        } else if exports.iter().any(|name| name.starts_with(HANDLER)) {
+            if imports.iter().any(|name| name.starts_with(HANDLER)) {
+                Some(HttpWorld::Middleware)
             } else {
-                None
+                Some(HttpWorld::Service)
             }
-        })
+        } else {
+            None
+        }
     }
 
-    /// The world and the export that tells it, for messages.
+    /// The world and the names that tell it, for messages.
     pub fn describe(self) -> &'static str {
         match self {
             HttpWorld::Proxy => {
                 "a standard `wasi:http/proxy` component (WASI 0.2: it exports `wasi:http/incoming-handler`)"
             }
-            HttpWorld::Handler => {
-                "a standard `wasi:http` 0.3 component (the `service` or `middleware` world: it exports `wasi:http/handler`)"
+            HttpWorld::Service => "a standard `wasi:http/service` component (WASI 0.3: it exports `wasi:http/handler`)",
+            HttpWorld::Middleware => {
+                "a standard `wasi:http/middleware` component (WASI 0.3: it exports `wasi:http/handler` and imports one, its next hop)"
             }
         }
     }
@@ -80,16 +90,25 @@ mod tests {
     }
 
     #[test]
-    fn standard_http_worlds_are_told_by_their_exports() {
+    fn standard_http_worlds_are_told_by_their_exports_and_imports() {
+        let none = names(&[]);
         let proxy = names(&["wasi:http/incoming-handler@0.2.6"]);
-        assert_eq!(HttpWorld::of(&proxy), Some(HttpWorld::Proxy));
-        let middleware = names(&["wasi:http/handler@0.3.0"]);
-        assert_eq!(HttpWorld::of(&middleware), Some(HttpWorld::Handler));
+        assert_eq!(
+            HttpWorld::of(&names(&["wasi:http/outgoing-handler@0.2.6"]), &proxy),
+            Some(HttpWorld::Proxy)
+        );
+        let handler = names(&["wasi:http/handler@0.3.0"]);
+        assert_eq!(
+            HttpWorld::of(&names(&["wasi:http/client@0.3.0"]), &handler),
+            Some(HttpWorld::Service)
+        );
+        assert_eq!(HttpWorld::of(&none, &handler), Some(HttpWorld::Service));
+        assert_eq!(HttpWorld::of(&handler, &handler), Some(HttpWorld::Middleware));
         let rc = names(&["wasi:http/handler@0.3.0-rc-2025-09-16"]);
-        assert_eq!(HttpWorld::of(&rc), Some(HttpWorld::Handler));
+        assert_eq!(HttpWorld::of(&rc, &rc), Some(HttpWorld::Middleware));
         // A sluice-world component is one, whatever else it exports.
         let sluice = names(&["init", "on-request-headers", "wasi:http/incoming-handler@0.2.6"]);
-        assert_eq!(HttpWorld::of(&sluice), None);
-        assert_eq!(HttpWorld::of(&names(&["greet"])), None);
+        assert_eq!(HttpWorld::of(&none, &sluice), None);
+        assert_eq!(HttpWorld::of(&none, &names(&["greet"])), None);
     }
 }

@@ -223,6 +223,19 @@ fn the_wrong_world_and_a_rejected_config_are_refused_at_load() {
     );
 
     let err = check_config(&format!(
+        "{upstream}[middleware.web3]\ncomponent = {:?}\n",
+        component("http_handler")
+    ));
+    assert!(
+        err.contains(":6:13: `middleware.web3.component`: middleware `web3`: component `"),
+        "{err}"
+    );
+    assert!(
+        err.contains("it is a standard `wasi:http/service` component (WASI 0.3"),
+        "{err}"
+    );
+
+    let err = check_config(&format!(
         "{upstream}[middleware.s]\ncomponent = {:?}\nconfig = {{ nom = \"typo\" }}\n",
         component("stamp")
     ));

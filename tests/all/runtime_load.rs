@@ -132,6 +132,14 @@ async fn the_wrong_world_and_garbage_are_refused() {
             ),
             "{start:?}: {err}"
         );
+        // So is a WASI 0.3 `wasi:http/service` one (built with the `wasip3` crate).
+        let err = refused(&component("http_handler")).await;
+        assert!(matches!(err, LoadError::WrongWorld(_)), "{start:?}: {err}");
+        assert!(
+            err.to_string()
+                .contains("it is a standard `wasi:http/service` component (WASI 0.3: it exports `wasi:http/handler`)"),
+            "{start:?}: {err}"
+        );
         let err = refused(b"not wasm at all").await;
         assert!(
             matches!(err, LoadError::WrongWorld(_) | LoadError::Invalid(_)),
