@@ -192,7 +192,7 @@ fn boundary(c: &mut Criterion) {
     let loaded = rt
         .block_on(runtime.load("b", &stamp, r#"{"name":"b"}"#, state, 64 << 20, Start::Init))
         .unwrap();
-    let sluice::runtime::Started { mut store, bindings } = loaded.instance;
+    let sluice::runtime::Started { mut store, bindings } = loaded.instance.expect("a sluice:middleware component");
     store.data_mut().deadline = std::time::Instant::now() + Duration::from_secs(3600);
     let empty = Request {
         method: "",

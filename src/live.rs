@@ -201,6 +201,21 @@ impl Snapshot {
                 }
             };
             match (primary, canary) {
+                (Ok(primary), Ok(Some(canary)))
+                    if canary.version.artifact.pre.http_world() != primary.artifact.pre.http_world() =>
+                {
+                    let kind = |m: &LoadedMiddleware| match m.artifact.pre.http_world() {
+                        Some(world) => world.describe(),
+                        None => "a `sluice:middleware` component",
+                    };
+                    let at = mw.canary.as_ref().map_or(0..0, |c| c.component.span());
+                    let message = format!(
+                        "middleware `{name}`: the canary is {} and the primary {}: a canary must be the same kind of link",
+                        kind(&canary.version),
+                        kind(&primary)
+                    );
+                    errors.push(config.error_at(at, format!("middleware.{name}.canary.component"), message));
+                }
                 (Ok(primary), Ok(canary)) => {
                     middleware.insert(name.clone(), Deployment { primary, canary });
                 }
@@ -604,9 +619,9 @@ impl Loader<'_> {
             self.runtime.clone(),
         );
         // The instance load started (and ran `init` in) serves first: no request waits for it.
-        if let Some(reuse) = loaded_middleware.policy.reuse {
+        if let (Some(reuse), Some(instance)) = (loaded_middleware.policy.reuse, loaded.instance) {
             let outbound = loaded_middleware.policy.outbound.clone();
-            loaded_middleware.idle.adopt(loaded.instance, outbound, reuse);
+            loaded_middleware.idle.adopt(instance, outbound, reuse);
         }
         Ok(Arc::new(loaded_middleware))
     }

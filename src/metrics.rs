@@ -349,8 +349,8 @@ const OUTCOMES: [&str; 3] = ["next", "respond", "failed"];
 /// phases it implements.
 #[derive(Debug, Default)]
 pub struct CallCounters {
-    phases: [Option<[Counter; 3]>; 4],
-    durations: [Option<Histogram>; 4],
+    phases: [Option<[Counter; 3]>; Phase::ALL.len()],
+    durations: [Option<Histogram>; Phase::ALL.len()],
     /// By interface: state, log, http.
     host_calls: [Counter; 3],
     middleware: Arc<String>,

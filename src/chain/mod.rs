@@ -7,17 +7,18 @@
 //! serving every phase of that request; a reused instance is held for one call only) and the
 //! chain context.
 
+mod http;
 mod run;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+pub use http::{Handled, handle};
 pub use run::{CallRecord, ChainRun, Failure, FailureKind, IdleInstances, Message, Quarantine, RequestFacts, Verdict};
 
 use crate::config::OnError;
-use crate::runtime::host::HostState;
 use crate::runtime::host::Outbound;
-use crate::runtime::{MiddlewarePre, Phase, Registration, Runtime, Start};
+use crate::runtime::{HttpWorld, LinkPre, Phase, Registration, Runtime, Start};
 use crate::state::State;
 
 /// One version of a `[middleware.NAME]`, compiled, initialized and ready to instantiate per
@@ -54,8 +55,8 @@ pub struct Artifact {
     pub config_json: String,
     /// What its `init` declared.
     pub registration: Registration,
-    /// Pre-linked (and, from a snapshot, pre-initialized).
-    pub pre: MiddlewarePre<HostState>,
+    /// Pre-linked (and, from a snapshot, pre-initialized), as the kind of link it is.
+    pub pre: LinkPre,
     /// Whether an instance starts from a snapshot or runs `init(config_json)` when created.
     pub start: Start,
     /// The compiled code `pre` instantiates: held here so that middleware of one component
@@ -233,11 +234,17 @@ impl Deployment {
     }
 
     /// The version one request runs: the canary for `weight` percent of requests.
-    fn pick(&self) -> &Arc<LoadedMiddleware> {
+    pub fn pick(&self) -> &Arc<LoadedMiddleware> {
         match &self.canary {
             Some(canary) if fastrand::u8(0..100) < canary.weight => &canary.version,
             _ => &self.primary,
         }
+    }
+
+    /// The standard `wasi:http` world it runs, if it is such a link rather than a
+    /// `sluice:middleware` one (a canary is the same kind: see `live`).
+    pub fn http_world(&self) -> Option<HttpWorld> {
+        self.primary.artifact.pre.http_world()
     }
 
     /// Whether either version declares `phase`.
@@ -254,6 +261,19 @@ impl Deployment {
 #[derive(Debug, Default, Clone)]
 pub struct Chain {
     links: Vec<Deployment>,
+    /// The chain cut at its standard `wasi:http` links, when it has any (else empty).
+    segments: Arc<[Segment]>,
+}
+
+/// A stretch of a chain: `sluice:middleware` links, then a standard `wasi:http` link (whose next
+/// hop is the next segment) or, for the last one, the upstream.
+#[derive(Debug, Clone)]
+pub struct Segment {
+    /// The `sluice:middleware` links, in order: their request phases run before `link` (or the
+    /// upstream), their response phases after it, in reverse.
+    pub phases: Chain,
+    /// The `wasi:http` link the segment ends with; `None`: the upstream.
+    pub link: Option<Deployment>,
 }
 
 impl Chain {
@@ -264,14 +284,33 @@ impl Chain {
 
     /// The chain of `links` (one version each, no canary), in order.
     pub fn new(links: Vec<Arc<LoadedMiddleware>>) -> Self {
-        Chain {
-            links: links.into_iter().map(Deployment::single).collect(),
-        }
+        Chain::of(links.into_iter().map(Deployment::single).collect())
     }
 
     /// The chain of `links`, in order.
     pub fn of(links: Vec<Deployment>) -> Self {
-        Chain { links }
+        let segments = match links.iter().any(|l| l.http_world().is_some()) {
+            false => Arc::from([]),
+            true => {
+                let mut segments = Vec::new();
+                let mut phases = Vec::new();
+                for link in &links {
+                    match link.http_world() {
+                        None => phases.push(link.clone()),
+                        Some(_) => segments.push(Segment {
+                            phases: Chain::of(std::mem::take(&mut phases)),
+                            link: Some(link.clone()),
+                        }),
+                    }
+                }
+                segments.push(Segment {
+                    phases: Chain::of(phases),
+                    link: None,
+                });
+                Arc::from(segments)
+            }
+        };
+        Chain { links, segments }
     }
 
     /// True when no middleware runs; the proxy then does no per-request chain work at all.
@@ -292,5 +331,12 @@ impl Chain {
     /// Whether any middleware reads a whole body: the route is then proxied with buffering.
     pub fn has_body_phase(&self) -> bool {
         self.declares(Phase::RequestBody) || self.declares(Phase::ResponseBody)
+    }
+
+    /// The chain cut at its standard `wasi:http` links; empty when it has none. A route whose chain
+    /// has one is proxied by sluice itself, one segment inside the other
+    /// (`proxy::nested`).
+    pub fn segments(&self) -> &[Segment] {
+        &self.segments
     }
 }

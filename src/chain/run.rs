@@ -24,12 +24,12 @@ use crate::runtime::Registration;
 use crate::runtime::budget::Meter;
 use crate::runtime::host::{HostCalls, HostState, Outbound};
 use crate::runtime::types::{BodyDecision, HeaderEdits, Request, RequestDecision, Response, ResponseDecision};
-use crate::runtime::{IdleSlots, Middleware, Phase, Start, Started};
+use crate::runtime::{IdleSlots, LinkPre, Middleware, Phase, Start, Started};
 use crate::telemetry::OncePerSecond;
 
 /// How long creating an instance may take (at least the middleware's `timeout`): the host's work,
 /// microseconds normally, so only a broken host exceeds it.
-const INSTANTIATE_DEADLINE: Duration = Duration::from_secs(1);
+pub(super) const INSTANTIATE_DEADLINE: Duration = Duration::from_secs(1);
 
 /// Headers a middleware may not edit: message framing belongs to the proxy.
 const PROTECTED: [&str; 3] = ["content-length", "transfer-encoding", "connection"];
@@ -470,6 +470,17 @@ impl ChainRun {
         }
     }
 
+    /// Starts with the context earlier links attached (a segment after a `wasi:http` link).
+    pub fn with_context(mut self, context: Vec<(String, String)>) -> Self {
+        self.context = context;
+        self
+    }
+
+    /// What the links attached for later ones so far.
+    pub fn context(&self) -> &[(String, String)] {
+        &self.context
+    }
+
     /// The calls made so far (taken: the run keeps none).
     pub fn take_calls(&mut self) -> Vec<CallRecord> {
         std::mem::take(&mut self.calls)
@@ -675,10 +686,14 @@ async fn instance<'a>(slot: &'a mut Option<Live>, link: &LoadedMiddleware) -> Re
             link.policy.memory_limit as usize,
             link.policy.outbound.clone(),
         );
+        let LinkPre::Sluice(pre) = &link.artifact.pre else {
+            // A `wasi:http` link declares no phase: the chain never calls it here.
+            return Err(FailureKind::Instantiate);
+        };
         let mut store = link.runtime.store(host);
         // Instantiating is the host's work, not the middleware's: bounded, but not by its budget.
         store.data_mut().deadline = Instant::now() + INSTANTIATE_DEADLINE.max(link.policy.timeout);
-        let bindings = link.artifact.pre.instantiate_async(&mut store).await.map_err(|e| {
+        let bindings = pre.instantiate_async(&mut store).await.map_err(|e| {
             tracing::warn!(middleware = &*link.name, error = %format!("{e:#}"), "cannot instantiate");
             FailureKind::Instantiate
         })?;
@@ -950,7 +965,7 @@ impl Quarantine {
 }
 
 /// Logs a failure and applies `on-error`: `Some` to deny the request, `None` to carry on.
-fn failed(link: &LoadedMiddleware, kind: FailureKind) -> Option<Failure> {
+pub(super) fn failed(link: &LoadedMiddleware, kind: FailureKind) -> Option<Failure> {
     let deny = link.policy.on_error == OnError::Deny;
     let on_error = if deny { "deny" } else { "allow" };
     link.calls.failure(kind.label(), on_error);

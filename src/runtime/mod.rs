@@ -45,6 +45,8 @@ pub use bindings::{Middleware, MiddlewarePre};
 pub use cache::ArtifactCache;
 use functions::FunctionCache;
 use host::HostState;
+/// A `wasi:http/proxy` (WASI 0.2) component, pre-linked: a chain link of the standard kind.
+pub use wasmtime_wasi_http::p2::bindings::{Proxy, ProxyPre};
 pub use world::{HttpWorld, interface};
 
 use crate::state::State;
@@ -116,6 +118,9 @@ pub struct Registration {
     pub response_headers: bool,
     /// Call `on-response-body` (the response body is buffered).
     pub response_body: bool,
+    /// A standard `wasi:http` link: its `handle` gets the request, once.
+    #[serde(default)]
+    pub handle: bool,
     /// Request headers to pass; `None`: all.
     pub request_header_names: Option<Vec<String>>,
     /// Response headers to pass; `None`: all.
@@ -132,6 +137,7 @@ impl From<bindings::types::Registration> for Registration {
             request_body: r.phases.contains(Phases::REQUEST_BODY),
             response_headers: r.phases.contains(Phases::RESPONSE_HEADERS),
             response_body: r.phases.contains(Phases::RESPONSE_BODY),
+            handle: false,
             request_header_names: lowercase(r.request_headers),
             response_header_names: lowercase(r.response_headers),
         }
@@ -139,6 +145,19 @@ impl From<bindings::types::Registration> for Registration {
 }
 
 impl Registration {
+    /// What a standard `wasi:http` link declares: no `sluice:middleware` phase, its `handle`.
+    pub fn http() -> Self {
+        Registration {
+            request_headers: false,
+            request_body: false,
+            response_headers: false,
+            response_body: false,
+            handle: true,
+            request_header_names: None,
+            response_header_names: None,
+        }
+    }
+
     /// Whether `init` asked for `phase`: the one place a phase maps to its flag.
     pub fn declares(&self, phase: Phase) -> bool {
         match phase {
@@ -146,6 +165,7 @@ impl Registration {
             Phase::RequestBody => self.request_body,
             Phase::ResponseHeaders => self.response_headers,
             Phase::ResponseBody => self.response_body,
+            Phase::Handle => self.handle,
         }
     }
 }
@@ -161,15 +181,18 @@ pub enum Phase {
     ResponseHeaders = 2,
     /// `on-response-body`
     ResponseBody = 3,
+    /// A standard `wasi:http` link's `handle`: the whole exchange, its next hop's included.
+    Handle = 4,
 }
 
 impl Phase {
-    /// Every phase, in the order a request meets them.
-    pub const ALL: [Phase; 4] = [
+    /// Every phase, in the order a request meets them (`handle` spans the others).
+    pub const ALL: [Phase; 5] = [
         Phase::RequestHeaders,
         Phase::RequestBody,
         Phase::ResponseHeaders,
         Phase::ResponseBody,
+        Phase::Handle,
     ];
 
     /// The phase's name, as in the WIT, metrics and logs.
@@ -179,6 +202,7 @@ impl Phase {
             Phase::RequestBody => "request-body",
             Phase::ResponseHeaders => "response-headers",
             Phase::ResponseBody => "response-body",
+            Phase::Handle => "handle",
         }
     }
 
@@ -229,15 +253,16 @@ pub struct Loaded {
     pub registration: Registration,
     /// Pre-linked (and with [`Start::Snapshot`], pre-initialized): instantiating costs
     /// microseconds.
-    pub pre: MiddlewarePre<HostState>,
+    pub pre: LinkPre,
     /// How its instances start.
     pub start: Start,
     /// Its compiled code, shared by every middleware loaded from the same component with
     /// [`Start::Init`]; whoever keeps `pre` keeps this too.
     pub code: Arc<Component>,
     /// The instance load started under `memory-limit` (and with [`Start::Init`], ran `init` in):
-    /// a reused middleware's first idle instance.
-    pub instance: Started,
+    /// a reused middleware's first idle instance. `None` for a `wasi:http` link (an instance per
+    /// request).
+    pub instance: Option<Started>,
     /// The linear memory an instance starts serving with (its largest memory, in bytes): what
     /// `init` left, measured on `instance`.
     pub initial_memory: u64,
@@ -245,6 +270,26 @@ pub struct Loaded {
     pub cached: bool,
     /// How long loading took.
     pub took: Duration,
+}
+
+/// A component pre-linked as the kind of chain link it is.
+#[derive(Clone)]
+pub enum LinkPre {
+    /// A `sluice:middleware` component: one export per phase.
+    Sluice(MiddlewarePre<HostState>),
+    /// A standard `wasi:http/proxy` component (WASI 0.2): one `handle` per request, whose outgoing
+    /// requests to the request's own authority are the rest of the chain.
+    Proxy(ProxyPre<HostState>),
+}
+
+impl LinkPre {
+    /// The standard `wasi:http` world it implements, if it is not a `sluice:middleware` one.
+    pub fn http_world(&self) -> Option<HttpWorld> {
+        match self {
+            LinkPre::Sluice(_) => None,
+            LinkPre::Proxy(_) => Some(HttpWorld::Proxy),
+        }
+    }
 }
 
 /// An instance and its store.
@@ -386,15 +431,19 @@ impl Runtime {
     ) -> Result<Loaded, LoadError> {
         let started = Instant::now();
         // A standard `wasi:http` component is told apart before any compiling, and said to be one.
-        if let Some(world) = interface(bytes)
+        match interface(bytes)
             .ok()
             .and_then(|(imports, exports)| HttpWorld::of(&imports, &exports))
         {
-            return Err(LoadError::WrongWorld(format!(
-                "it is {}; sluice runs `sluice:middleware` components as chain links, not standard \
-                 `wasi:http` ones yet (docs/middleware.md)",
-                world.describe()
-            )));
+            None => {}
+            Some(HttpWorld::Proxy) => return self.load_proxy(name, bytes, state, memory_limit, started).await,
+            Some(world) => {
+                return Err(LoadError::WrongWorld(format!(
+                    "it is {}; sluice runs `sluice:middleware` and WASI 0.2 `wasi:http/proxy` \
+                     components as chain links, not WASI 0.3 ones yet (docs/middleware.md)",
+                    world.describe()
+                )));
+            }
         }
         let digest = hex::encode(Sha256::digest(bytes));
         let limit = memory_limit.min(MAX_MEMORY);
@@ -418,11 +467,51 @@ impl Runtime {
         Ok(Loaded {
             digest,
             registration,
-            pre,
+            pre: LinkPre::Sluice(pre),
             start,
             code,
-            instance,
+            instance: Some(instance),
             initial_memory,
+            cached,
+            took: started.elapsed(),
+        })
+    }
+
+    /// Loads a `wasi:http/proxy` component: compiled as built (once, whatever its config: it has
+    /// no `init`), pre-linked, and instantiated once under `memory_limit` to check that it can be.
+    /// It declares no `sluice:middleware` phase; the chain calls its `handle` once per request.
+    async fn load_proxy(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        state: Arc<State>,
+        memory_limit: u64,
+        started: Instant,
+    ) -> Result<Loaded, LoadError> {
+        let digest = hex::encode(Sha256::digest(bytes));
+        let limit = memory_limit.min(MAX_MEMORY);
+        let (code, cached) = self.code(&digest, bytes)?;
+        let instance_pre = self
+            .linker
+            .instantiate_pre(&code)
+            .map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?;
+        let pre = ProxyPre::new(instance_pre).map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?;
+        let mut store = self.store(HostState::new(name.into(), state, limit as usize, None));
+        store.data_mut().deadline = Instant::now() + INIT_TIMEOUT;
+        if let Err(e) = pre.instantiate_async(&mut store).await {
+            return Err(match store.data().limits.refused {
+                true => memory_refused(&store, limit),
+                false => LoadError::Internal(format!("cannot instantiate: {e:#}")),
+            });
+        }
+        Ok(Loaded {
+            digest,
+            registration: Registration::http(),
+            pre: LinkPre::Proxy(pre),
+            start: Start::Snapshot,
+            code,
+            instance: None,
+            initial_memory: store.data().limits.memory_high_water as u64,
             cached,
             took: started.elapsed(),
         })
@@ -635,6 +724,7 @@ fn registration_from(results: &[Val]) -> Result<Registration, LoadError> {
         request_body: has(Phase::RequestBody),
         response_headers: has(Phase::ResponseHeaders),
         response_body: has(Phase::ResponseBody),
+        handle: false,
         request_header_names: names("request-headers")?,
         response_header_names: names("response-headers")?,
     })

@@ -1,5 +1,8 @@
 //! `wasi:http/outgoing-handler` (wasmtime-wasi-http): outbound HTTP, only to a middleware's
-//! `allow-hosts`.
+//! `allow-hosts`; and, for a standard `wasi:http/proxy` link, its next hop.
+//!
+//! A `wasi:http/proxy` link's request to the authority of the request it is handling is not
+//! outbound: it goes to its [`NextHop`], the rest of the route's chain and then the upstream.
 //!
 //! A request to any other `host:port` fails with `HTTP-request-denied`, an error the guest sees
 //! (never a trap), and a log line. Allowed requests run on the calling worker's runtime as a task
@@ -40,11 +43,34 @@ impl Outbound {
     }
 }
 
+/// What a request through the rest of the chain comes back with: the response, or why there is
+/// none (the guest sees it as an `error-code`).
+pub type NextFuture = Pin<Box<dyn Future<Output = Result<http::Response<WasiBody>, Error>> + Send>>;
+
+/// Where a `wasi:http/proxy` link's requests to its own request's authority go: the rest of the
+/// route's chain, then the upstream.
+#[derive(Clone)]
+pub struct NextHop {
+    /// The authority (`host[:port]`) of the request the link is handling.
+    pub authority: String,
+    /// Sends one request on through the rest of the chain.
+    pub send: Arc<dyn Fn(http::Request<WasiBody>) -> NextFuture + Send + Sync>,
+}
+
+impl NextHop {
+    /// Whether a request to `authority` is one to the next hop.
+    fn is(&self, authority: Option<&http::uri::Authority>) -> bool {
+        authority.is_some_and(|a| a.as_str().eq_ignore_ascii_case(&self.authority))
+    }
+}
+
 /// The hooks of one instance's `wasi:http`: `policy` `None` denies every request (no
 /// `allow-hosts`, and always during `init`).
 #[derive(Default)]
 pub struct OutboundHooks {
     pub policy: Option<Arc<Outbound>>,
+    /// A `wasi:http/proxy` link's next hop, while it handles a request.
+    pub next: Option<NextHop>,
     /// Requests the guest sent (allowed or not) since [`HostState::take_calls`] last read them.
     ///
     /// [`HostState::take_calls`]: super::HostState::take_calls
@@ -71,6 +97,13 @@ impl WasiHttpHooks for OutboundHooks {
         _fut: Box<dyn Future<Output = Result<(), Error>> + Send>,
     ) -> SendFuture {
         let uri = request.uri();
+        if let Some(next) = self.next.as_ref().filter(|next| next.is(uri.authority())) {
+            let response = (next.send)(request);
+            return Box::new(async move {
+                let done = Box::new(async { Ok(()) }) as Box<dyn Future<Output = Result<(), Error>> + Send>;
+                Ok((response.await?, done))
+            });
+        }
         let host = uri.host().unwrap_or_default().to_owned();
         let tls = uri.scheme() == Some(&http::uri::Scheme::HTTPS);
         let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });

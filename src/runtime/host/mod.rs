@@ -8,7 +8,7 @@ mod http;
 mod log;
 mod state;
 
-pub use http::Outbound;
+pub use http::{NextFuture, NextHop, Outbound};
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -71,6 +71,7 @@ impl HostState {
             http: WasiHttpCtx::new(),
             outbound: http::OutboundHooks {
                 policy: outbound,
+                next: None,
                 sent: 0,
             },
             limits: Limits {
@@ -94,6 +95,12 @@ impl HostState {
     /// Sets what outbound HTTP may reach (`None`: nothing), and says what it was.
     pub fn set_outbound(&mut self, policy: Option<Arc<Outbound>>) -> Option<Arc<Outbound>> {
         std::mem::replace(&mut self.outbound.policy, policy)
+    }
+
+    /// Where the `wasi:http/proxy` link this store runs sends requests to its own request's
+    /// authority: the rest of the chain.
+    pub fn set_next_hop(&mut self, next: NextHop) {
+        self.outbound.next = Some(next);
     }
 
     /// The host calls made since the last time this was called (so: during the call just made).

@@ -1,0 +1,336 @@
+//! A standard `wasi:http/proxy` link (WASI 0.2): its `incoming-handler.handle` gets the request
+//! once, and the requests it sends to that request's own authority go to its next hop (the rest
+//! of the chain, then the upstream: [`NextHop`]). Requests to any other authority are outbound
+//! HTTP, to its `allow-hosts` only.
+//!
+//! Its instance is its own for the request (a `wasi:http/proxy` component is written for one
+//! instance per request) and runs as a task of its own on the worker, so that it can go on
+//! writing the response body after it has given the head. Its `timeout` bounds the time it runs
+//! (every poll, metered as for any link: [`crate::runtime::budget`]), not the time it waits for
+//! its next hop, which the upstream's own timeouts bound. `memory-limit` holds as for any link.
+//!
+//! A failure before it answers follows `on-error`: `deny` fails the request; `allow` sends the
+//! request on without it, as it came (its body replayed from what the link had read, up to the
+//! route's `max-body`), if the link had not yet sent anything to its next hop. A failure after
+//! the head went out ends the response body early (the client sees a truncated response).
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use hyper::body::{Body, Frame, SizeHint};
+use tracing::Instrument;
+use wasmtime_wasi::runtime::AbortOnDropJoinHandle;
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime_wasi_http::{Error, WasiBody, WasiHttpView};
+
+use super::LoadedMiddleware;
+use super::run::{CallRecord, Failure, FailureKind, INSTANTIATE_DEADLINE, failed};
+use crate::config::OnError;
+use crate::metrics::Outcome;
+use crate::runtime::budget::Meter;
+use crate::runtime::host::{HostCalls, HostState, NextHop};
+use crate::runtime::{LinkPre, Phase};
+
+/// What a `wasi:http` link did with a request.
+pub enum Handled {
+    /// It answered: itself, or with what its next hop answered (changed or not).
+    Response(http::Response<WasiBody>),
+    /// It failed before answering, and the request fails (`on-error = "deny"`, or `allow` when
+    /// the request had already gone on to the next hop and cannot be sent again).
+    Fail(Failure),
+    /// It failed before answering or sending anything on, and its `on-error` is `allow`: the
+    /// request as it came, to go on without it.
+    Skip(http::Request<WasiBody>),
+}
+
+/// Runs `link`'s `handle` over `request` (an absolute URI: the link reads its authority there),
+/// with its requests to that authority going to `next`; records the call in `calls`, under
+/// `span`. `max_replay`: how much of the body to keep for a replay (`on-error = "allow"`).
+pub async fn handle(
+    link: Arc<LoadedMiddleware>,
+    scheme: &str,
+    request: http::Request<WasiBody>,
+    next: NextHop,
+    max_replay: u64,
+    span: &tracing::Span,
+    calls: &mut Vec<CallRecord>,
+) -> Handled {
+    let started = Instant::now();
+    let span = tracing::debug_span!(
+        parent: span,
+        "middleware",
+        name = &*link.name,
+        version = link.calls.version(),
+        phase = Phase::Handle.as_str(),
+        outcome = tracing::field::Empty,
+    );
+    // What it sent on: a request that went on cannot be sent again without it.
+    let forwarded = Arc::new(AtomicBool::new(false));
+    let next = NextHop {
+        authority: next.authority,
+        send: {
+            let (forwarded, send) = (forwarded.clone(), next.send);
+            Arc::new(move |request| {
+                forwarded.store(true, Ordering::Relaxed);
+                send(request)
+            })
+        },
+    };
+    let (request, replay) = match link.policy.on_error {
+        OnError::Allow => {
+            let (request, replay) = Replay::tee(request, max_replay);
+            (request, Some(replay))
+        }
+        OnError::Deny => (request, None),
+    };
+    let result = run(&link, scheme, request, next).instrument(span.clone()).await;
+    let (outcome, label, status) = match &result {
+        Ok(response) if forwarded.load(Ordering::Relaxed) => (Outcome::Next, "next", Some(response.status().as_u16())),
+        Ok(response) => (Outcome::Respond, "respond", Some(response.status().as_u16())),
+        Err(kind) => (Outcome::Failed, kind.label(), None),
+    };
+    link.calls.count(Phase::Handle, outcome, started.elapsed());
+    if let (Outcome::Respond, Some(status)) = (outcome, status) {
+        link.calls.short_circuit(Phase::Handle, status);
+    }
+    span.record("outcome", label);
+    calls.push(CallRecord {
+        middleware: link.name.clone(),
+        phase: Phase::Handle,
+        outcome: label,
+        status: status.filter(|_| label == "respond"),
+        host_calls: HostCalls::default(),
+    });
+    let kind = match result {
+        Ok(response) => return Handled::Response(response),
+        Err(kind) => kind,
+    };
+    let failure = failed(&link, kind).unwrap_or_else(|| Failure {
+        middleware: link.name.clone(),
+        kind,
+    });
+    if link.policy.on_error == OnError::Deny || forwarded.load(Ordering::Relaxed) {
+        return Handled::Fail(failure);
+    }
+    match replay.and_then(Replay::request) {
+        Some(request) => Handled::Skip(request),
+        None => Handled::Fail(failure),
+    }
+}
+
+/// One call of `link`'s `handle` on a new instance: the response head it gave (its body streams
+/// on from the instance's task), or why it gave none.
+async fn run(
+    link: &Arc<LoadedMiddleware>,
+    scheme: &str,
+    request: http::Request<WasiBody>,
+    next: NextHop,
+) -> Result<http::Response<WasiBody>, FailureKind> {
+    let LinkPre::Proxy(pre) = &link.artifact.pre else {
+        return Err(FailureKind::Instantiate);
+    };
+    let host = HostState::new(
+        link.name.clone(),
+        link.state.clone(),
+        link.policy.memory_limit as usize,
+        link.policy.outbound.clone(),
+    );
+    let mut store = link.runtime.store(host);
+    store.data_mut().set_next_hop(next);
+    // Instantiating is the host's work, not the middleware's: bounded, but not by its budget.
+    store.data_mut().deadline = Instant::now() + INSTANTIATE_DEADLINE.max(link.policy.timeout);
+    let scheme = match scheme {
+        "https" => Scheme::Https,
+        _ => Scheme::Http,
+    };
+    let (sender, receiver) = tokio::sync::oneshot::channel();
+    let mut http = store.data_mut().http();
+    let request = http.new_incoming_request(scheme, request);
+    let out = http.new_response_outparam(sender);
+    let (Ok(request), Ok(out)) = (request, out) else {
+        return Err(FailureKind::Instantiate);
+    };
+    let (pre, link) = (pre.clone(), link.clone());
+    let task = wasmtime_wasi::runtime::spawn(
+        async move {
+            let proxy = match pre.instantiate_async(&mut store).await {
+                Ok(proxy) => proxy,
+                Err(e) => {
+                    tracing::warn!(middleware = &*link.name, error = %format!("{e:#}"), "cannot instantiate");
+                    return Err(FailureKind::Instantiate);
+                }
+            };
+            let meter = store.data().meter.clone();
+            meter.arm(link.policy.timeout);
+            store.set_epoch_deadline(1);
+            let call = proxy.wasi_http_incoming_handler().call_handle(&mut store, request, out);
+            let result = metered(&meter, call).await;
+            let host = store.data_mut();
+            link.calls.count_host_calls(host.take_calls());
+            let kind = match result {
+                Ok(()) => return Ok(()),
+                Err(_) if host.timed_out => FailureKind::Timeout,
+                Err(_) if host.limits.refused => FailureKind::MemoryLimit,
+                Err(_) => FailureKind::Trap,
+            };
+            // After its response head went out, the body ends early; before, `handle` says more.
+            tracing::debug!(middleware = &*link.name, failure = %kind, "a `wasi:http` link's call failed");
+            Err(kind)
+        }
+        .in_current_span(),
+    );
+    match receiver.await {
+        Ok(Ok(response)) => Ok(response.map(|body| Running { body, _task: task }.boxed_unsync_body())),
+        // It answered with an `error-code` rather than a response.
+        Ok(Err(_)) => Err(FailureKind::BadOutput),
+        // It ended without answering: how, its task says.
+        Err(_) => match task.await {
+            Ok(()) => Err(FailureKind::BadOutput),
+            Err(kind) => Err(kind),
+        },
+    }
+}
+
+/// `call`, with the time each of its polls runs counted against its budget (the epoch callback
+/// stops it once spent). Its waits are not bounded here: they are for its next hop.
+async fn metered<T>(meter: &Meter, call: impl Future<Output = T>) -> T {
+    let mut call = std::pin::pin!(call);
+    std::future::poll_fn(|cx| {
+        meter.enter();
+        let polled = call.as_mut().poll(cx);
+        meter.leave();
+        polled
+    })
+    .await
+}
+
+/// A response body a link's instance is still writing: its task lives as long as the body (and
+/// is stopped if the body is dropped unread, e.g. when the client goes away).
+struct Running {
+    body: WasiBody,
+    _task: AbortOnDropJoinHandle<Result<(), FailureKind>>,
+}
+
+impl Running {
+    fn boxed_unsync_body(self) -> WasiBody {
+        http_body_util::BodyExt::boxed_unsync(self)
+    }
+}
+
+impl Body for Running {
+    type Data = Bytes;
+    type Error = Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// A request body as a link reads it, kept (up to a bound) so that the request can go on
+/// without the link if it fails: what it read, then what it did not.
+struct Replay {
+    shared: Arc<Mutex<Teed>>,
+    head: http::request::Parts,
+}
+
+struct Teed {
+    /// The body's unread rest.
+    rest: Option<WasiBody>,
+    /// The chunks read so far.
+    read: Vec<Bytes>,
+    /// How many more bytes may be kept; `None` once more was read than that (no replay).
+    room: Option<u64>,
+}
+
+/// The body the link reads, through [`Replay`].
+struct Teeing(Arc<Mutex<Teed>>);
+
+impl Replay {
+    /// `request` with its body read through a [`Replay`] of at most `max` bytes.
+    fn tee(request: http::Request<WasiBody>, max: u64) -> (http::Request<WasiBody>, Replay) {
+        let (head, body) = request.into_parts();
+        let shared = Arc::new(Mutex::new(Teed {
+            rest: Some(body),
+            read: Vec::new(),
+            room: Some(max),
+        }));
+        let teeing = http_body_util::BodyExt::boxed_unsync(Teeing(shared.clone()));
+        let request = http::Request::from_parts(head.clone(), teeing);
+        (request, Replay { shared, head })
+    }
+
+    /// The request as it came, if all the link read of its body was kept.
+    fn request(self) -> Option<http::Request<WasiBody>> {
+        let mut teed = self.shared.lock().ok()?;
+        teed.room?;
+        let body = Replayed {
+            read: std::mem::take(&mut teed.read).into(),
+            rest: teed.rest.take(),
+        };
+        Some(http::Request::from_parts(
+            self.head,
+            http_body_util::BodyExt::boxed_unsync(body),
+        ))
+    }
+}
+
+impl Body for Teeing {
+    type Data = Bytes;
+    type Error = Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
+        let Ok(mut teed) = self.0.lock() else {
+            return Poll::Ready(None);
+        };
+        let Some(rest) = teed.rest.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let frame = std::task::ready!(Pin::new(rest).poll_frame(cx));
+        if let Some(Ok(frame)) = &frame
+            && let Some(data) = frame.data_ref()
+        {
+            let len = data.len() as u64;
+            teed.room = teed.room.and_then(|room| room.checked_sub(len));
+            if teed.room.is_some() {
+                teed.read.push(data.clone());
+            } else {
+                teed.read.clear();
+            }
+        }
+        Poll::Ready(frame)
+    }
+}
+
+/// A body replayed: the chunks read before, then the rest.
+struct Replayed {
+    read: VecDeque<Bytes>,
+    rest: Option<WasiBody>,
+}
+
+impl Body for Replayed {
+    type Data = Bytes;
+    type Error = Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
+        if let Some(chunk) = self.read.pop_front() {
+            return Poll::Ready(Some(Ok(Frame::data(chunk))));
+        }
+        match self.rest.as_mut() {
+            Some(rest) => Pin::new(rest).poll_frame(cx),
+            None => Poll::Ready(None),
+        }
+    }
+}
