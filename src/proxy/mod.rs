@@ -5,6 +5,7 @@ mod buffered;
 mod connection;
 mod head_deadline;
 pub mod headers;
+mod nested;
 pub mod observe;
 pub mod problem;
 
@@ -40,9 +41,9 @@ use problem::Problem;
 /// The proxy service: one per process, shared by all worker threads.
 pub struct Sluice {
     live: Arc<ArcSwap<Snapshot>>,
-    /// Upstream connections for routes sluice proxies itself (body phases); pingora keeps its own
-    /// pool for the others. One per worker, like pingora's.
-    connector: Connector,
+    /// Upstream connections for routes sluice proxies itself (body phases, `wasi:http` links);
+    /// pingora keeps its own pool for the others.
+    connector: Arc<Connector>,
     /// Where access log lines go, when `[server] access-log` is on.
     access: Option<Arc<AccessLogger>>,
 }
@@ -53,7 +54,7 @@ impl Sluice {
     pub fn new(live: Arc<ArcSwap<Snapshot>>, access: Option<Arc<AccessLogger>>) -> Self {
         Sluice {
             live,
-            connector: Connector::new(None),
+            connector: Arc::new(Connector::new(None)),
             access,
         }
     }
@@ -348,6 +349,12 @@ impl ProxyHttp for Sluice {
                     client_addr: session.client_addr().map(|a| a.to_string()).unwrap_or_default(),
                     route: route.name.clone(),
                 };
+                if !chain.segments().is_empty() {
+                    // A `wasi:http` link: sluice proxies the request itself, segment by segment.
+                    let connector = self.connector.clone();
+                    nested::proxy(&connector, session, ctx, facts).await?;
+                    return Ok(true);
+                }
                 let mut chain_run = ChainRun::new(chain, facts, ctx.span.clone());
                 let answered = self.run_request_side(session, ctx, route, &mut chain_run).await;
                 if answered.as_ref().is_ok_and(|answered| !answered) && chain.declares(Phase::ResponseHeaders) {
@@ -682,27 +689,44 @@ fn forward_request_headers(
     upstream_request: &mut RequestHeader,
     trace: Option<&TraceContext>,
 ) -> Result<()> {
+    forwarding_headers(
+        upstream_request,
+        trace,
+        client_ip(session),
+        scheme(session),
+        request_host(session.req_header()),
+        session.req_header().version,
+    )
+}
+
+/// [`forward_request_headers`], from what it takes of the client's request: its address,
+/// scheme, host and HTTP version.
+fn forwarding_headers(
+    upstream_request: &mut RequestHeader,
+    trace: Option<&TraceContext>,
+    client: Option<IpAddr>,
+    scheme: &'static str,
+    host: Option<&str>,
+    version: http::Version,
+) -> Result<()> {
     if let Some(trace) = trace {
         upstream_request.insert_header("traceparent", trace.traceparent())?;
     }
     for name in headers::hop_by_hop(&upstream_request.headers) {
         upstream_request.remove_header(&name);
     }
-    if let Some(ip) = client_ip(session) {
+    if let Some(ip) = client {
         let xff = headers::forwarded_for(
             header_bytes(&upstream_request.headers, "x-forwarded-for"),
             &ip.to_string(),
         );
         upstream_request.insert_header("x-forwarded-for", xff)?;
     }
-    upstream_request.insert_header("x-forwarded-proto", scheme(session))?;
-    if let Some(host) = request_host(session.req_header()) {
+    upstream_request.insert_header("x-forwarded-proto", scheme)?;
+    if let Some(host) = host {
         upstream_request.insert_header("x-forwarded-host", host.to_owned())?;
     }
-    let via = headers::via(
-        header_bytes(&upstream_request.headers, "via"),
-        session.req_header().version,
-    );
+    let via = headers::via(header_bytes(&upstream_request.headers, "via"), version);
     upstream_request.insert_header(http::header::VIA, via)?;
     Ok(())
 }
