@@ -30,3 +30,4 @@ mod slow_peers;
 mod startup;
 mod tls;
 mod upstreams;
+mod wasi_http;

@@ -123,16 +123,16 @@ async fn the_wrong_world_and_garbage_are_refused() {
         };
         let err = refused(&component("wrong_world")).await;
         assert!(matches!(err, LoadError::WrongWorld(_)), "{start:?}: {err}");
-        // A standard `wasi:http/proxy` component is said to be one, not to lack an `init`.
-        let err = refused(&component("http_proxy")).await;
-        assert!(matches!(err, LoadError::WrongWorld(_)), "{start:?}: {err}");
-        assert!(
-            err.to_string().contains(
-                "it is a standard `wasi:http/proxy` component (WASI 0.2: it exports `wasi:http/incoming-handler`)"
-            ),
-            "{start:?}: {err}"
-        );
-        // So is a WASI 0.3 `wasi:http/service` one (built with the `wasip3` crate).
+        // A standard `wasi:http/proxy` component loads as the link kind it is, with no phase of
+        // the `sluice:middleware` world and its `handle`.
+        let loaded = runtime
+            .load("x", &component("http_proxy"), "{}", state(), 64 << 20, start)
+            .await
+            .expect("a wasi:http/proxy component loads");
+        assert_eq!(loaded.pre.http_world(), Some(sluice::runtime::HttpWorld::Proxy));
+        assert!(loaded.registration.handle && !loaded.registration.request_headers);
+        assert!(loaded.instance.is_none());
+        // A WASI 0.3 `wasi:http/service` one is said to be one, not to lack an `init` (built with the `wasip3` crate).
         let err = refused(&component("http_handler")).await;
         assert!(matches!(err, LoadError::WrongWorld(_)), "{start:?}: {err}");
         assert!(

@@ -1,0 +1,285 @@
+//! Standard `wasi:http/proxy` components (WASI 0.2) as chain links, end to end: a component built
+//! with the `wasip2` crate only (`middleware/test/http-link`: no sluice SDK, no sluice WIT) between
+//! `sluice:middleware` links, over real TCP, in front of a real upstream. Its requests to the
+//! authority it was given go through the rest of the chain, then the upstream.
+
+use crate::common;
+
+use common::*;
+use serde_json::Value;
+
+/// Route `mw` (`/mw`, through `chain`) and route `plain`, to `upstream`, with `middleware`.
+fn config(upstream: std::net::SocketAddr, chain: &[&str], middleware: &str) -> String {
+    let chain: Vec<String> = chain.iter().map(|m| format!("{m:?}")).collect();
+    format!(
+        "[upstreams.u]\ntargets = [\"{upstream}\"]\n\n{middleware}\n\n[[route]]\nname = \"mw\"\npath-prefix = \"/mw\"\nupstream = \"u\"\nmax-body = \"8MiB\"\nmiddleware = [{}]\n\n[[route]]\nname = \"plain\"\nupstream = \"u\"\n",
+        chain.join(", ")
+    )
+}
+
+/// `[middleware.NAME]` for the `http-link` component.
+fn link(name: &str, on_error: &str) -> String {
+    format!(
+        "[middleware.{name}]\ncomponent = {:?}\non-error = \"{on_error}\"\n",
+        component("http_link")
+    )
+}
+
+const HEADER_PHASES: &str = "\"request-headers\", \"response-headers\"";
+
+fn values(resp: &reqwest::Response, name: &str) -> Vec<String> {
+    resp.headers()
+        .get_all(name)
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wasi_http_link_runs_between_sluice_links_both_ways() {
+    let up = echo().await;
+    let mw = format!(
+        "{}{}{}",
+        stamp("a", HEADER_PHASES),
+        link("link", "deny"),
+        stamp("b", HEADER_PHASES)
+    );
+    let sluice = Sluice::start(&config(up.addr(), &["a", "link", "b"], &mw));
+    let client = client();
+
+    // Request side: `a`, then the link (its request goes on as its next hop), then `b`, then the
+    // upstream. Response side: `b`, the link, `a`.
+    let resp = client.get(sluice.url("/mw/x?q=1")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(values(&resp, "x-link"), ["out"]);
+    assert_eq!(values(&resp, "x-stamp-response"), ["b", "a"]);
+    assert_eq!(values(&resp, "x-link-saw-length"), ["yes"]);
+    let seen: Value = resp.json().await.unwrap();
+    assert_eq!(seen["path"], "/mw/x");
+    assert_eq!(seen["query"], "q=1");
+    assert_eq!(seen["headers"]["x-link"], "in");
+    assert_eq!(seen["headers"]["x-stamp-request"], "a, b");
+    assert!(seen["headers"]["x-forwarded-for"].is_string(), "{seen}");
+    assert_eq!(up.requests(), 1);
+
+    // A short-circuit: the link answers itself; `b` and the upstream never see the request,
+    // and `a`'s response phase runs over the link's answer.
+    let resp = client
+        .get(sluice.url("/mw/x"))
+        .header("x-link-short", "1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 403);
+    assert_eq!(values(&resp, "x-link"), ["answered"]);
+    assert_eq!(values(&resp, "x-stamp-response"), ["a"]);
+    assert_eq!(resp.text().await.unwrap(), "stopped by the link");
+    assert_eq!(up.requests(), 1);
+
+    // The plain route has no middleware at all.
+    let resp = client.get(sluice.url("/plain")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers().get("x-link").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_stream_through_a_wasi_http_link() {
+    let up = echo().await;
+    // Streaming a body through is work for the link (each chunk read and written again): a debug
+    // build of sluice takes longer than the default 100 ms over 6 MiB.
+    let mw = format!(
+        "{}{}timeout = \"10s\"\n",
+        stamp("a", HEADER_PHASES),
+        link("link", "deny")
+    );
+    let sluice = Sluice::start(&config(up.addr(), &["a", "link"], &mw));
+    let client = client();
+
+    // 6 MiB up, sent chunked (no length), echoed back byte for byte.
+    const MIB: usize = 1 << 20;
+    let pattern: Vec<u8> = (0..6 * MIB).map(|i| (i % 251) as u8).collect();
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = pattern.chunks(64 << 10).map(|c| Ok(c.to_vec())).collect();
+    let resp = client
+        .post(sluice.url("/mw/up"))
+        .header("x-echo-body", "raw")
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(chunks)))
+        .send()
+        .await
+        .unwrap();
+    if resp.status() != 200 {
+        panic!("{}: {}\n{}", resp.status(), resp.text().await.unwrap(), sluice.stderr());
+    }
+    assert_eq!(values(&resp, "x-link"), ["out"]);
+    let body = resp
+        .bytes()
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}\n{}", sluice.stderr()));
+    assert_eq!(body.len(), 6 * MIB);
+    assert!(body[..] == pattern[..], "the body came back as it went");
+
+    // 6 MiB down, with a length, and the same with a known length up.
+    let resp = client
+        .get(sluice.url("/mw/down"))
+        .header("x-echo-size", (6 * MIB).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-length"], (6 * MIB).to_string().as_str());
+    assert_eq!(resp.bytes().await.unwrap().len(), 6 * MIB);
+    let resp = client
+        .post(sluice.url("/mw/up"))
+        .body(pattern.clone())
+        .send()
+        .await
+        .unwrap();
+    let seen: Value = resp.json().await.unwrap();
+    assert_eq!(seen["body-bytes"], 6 * MIB);
+    assert_eq!(seen["headers"]["content-length"], (6 * MIB).to_string());
+
+    // A response dripped by the upstream arrives as it is sent, not at its end.
+    let started = std::time::Instant::now();
+    let mut resp = client
+        .get(sluice.url("/mw/drip"))
+        .header("x-echo-drip", "3x400ms")
+        .send()
+        .await
+        .unwrap();
+    let first = resp.chunk().await.unwrap().unwrap();
+    assert!(first.starts_with(b"chunk"), "{first:?}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_millis(700),
+        "the first chunk came after {:?}",
+        started.elapsed()
+    );
+    while resp.chunk().await.unwrap().is_some() {}
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trapping_wasi_http_link_fails_per_on_error() {
+    let up = echo().await;
+    let sluice = Sluice::start(&config(up.addr(), &["link"], &link("link", "deny")));
+    let resp = client().get(sluice.url("/mw/trap")).send().await.unwrap();
+    assert_eq!(resp.status(), 500);
+    assert_eq!(resp.headers()["content-type"], "application/problem+json");
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["detail"], "middleware `link` trapped");
+    assert_eq!(up.requests(), 0);
+    // The next request gets a new instance, and goes through.
+    let resp = client().get(sluice.url("/mw/fine")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(values(&resp, "x-link"), ["out"]);
+
+    // `allow`: the request goes on without the link, its body as it came.
+    let up = echo().await;
+    let mw = format!("{}{}", link("link", "allow"), stamp("b", HEADER_PHASES));
+    let sluice = Sluice::start(&config(up.addr(), &["link", "b"], &mw));
+    let resp = client()
+        .post(sluice.url("/mw/trap"))
+        .header("x-echo-body", "raw")
+        .body("the body, replayed")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers().get("x-link").is_none());
+    assert_eq!(values(&resp, "x-stamp-response"), ["b"], "the rest of the chain ran");
+    assert_eq!(resp.text().await.unwrap(), "the body, replayed");
+    assert_eq!(up.requests(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_wasi_http_link_is_hot_swapped_under_load_without_losing_a_request() {
+    const TOKEN: &str = "test-admin-token";
+    let up = echo().await;
+    let (addr, admin) = (free_addr(), free_addr());
+    let config = format!(
+        "[server]\nlisten = [\"{addr}\"]\nthreads = 2\ncache-dir = {:?}\nadmin = \"{admin}\"\nadmin-token-env = \"SLUICE_ADMIN_TOKEN\"\n\n{}",
+        shared_cache_dir().display().to_string(),
+        config(
+            up.addr(),
+            &["a", "link"],
+            &format!("{}{}", stamp("a", HEADER_PHASES), link("link", "deny"))
+        )
+    );
+    let sluice = Sluice::spawn(
+        &config,
+        addr,
+        tempfile::tempdir().unwrap(),
+        &[("SLUICE_ADMIN_TOKEN", TOKEN)],
+    );
+
+    // Eight clients back to back; each answer is the forwarding link's (the upstream's JSON,
+    // `x-link: out`) or the answering one's (`hello from wasi:http`), never a failure.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            let (stop, url) = (stop.clone(), sluice.url("/mw/load"));
+            tokio::spawn(async move {
+                let client = client();
+                let (mut forwarded, mut answered) = (0, 0);
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let resp = client
+                        .get(&url)
+                        .send()
+                        .await
+                        .expect("a request failed during the swaps");
+                    assert_eq!(resp.status(), 200);
+                    assert_eq!(values(&resp, "x-stamp-response"), ["a"]);
+                    let link = values(&resp, "x-link");
+                    let body = resp.text().await.unwrap();
+                    if link == ["out"] {
+                        let seen: Value = serde_json::from_str(&body).unwrap();
+                        assert_eq!(seen["headers"]["x-link"], "in", "{body}");
+                        forwarded += 1;
+                    } else {
+                        assert_eq!(body, "hello from wasi:http");
+                        answered += 1;
+                    }
+                }
+                (forwarded, answered)
+            })
+        })
+        .collect();
+    let upload = |name: &str| {
+        let wasm = std::fs::read(component(name)).unwrap();
+        client()
+            .put(format!("http://{admin}/admin/middleware/link/component"))
+            .bearer_auth(TOKEN)
+            .body(wasm)
+            .send()
+    };
+    for i in 0..20 {
+        let next = if i % 2 == 0 { "http_proxy" } else { "http_link" };
+        let resp = upload(next).await.unwrap();
+        assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut forwarded, mut answered) = (0, 0);
+    for client in clients {
+        let (f, a) = client.await.unwrap();
+        forwarded += f;
+        answered += a;
+    }
+    eprintln!("forwarded {forwarded}, answered {answered}");
+    assert!(
+        forwarded > 0 && answered > 0,
+        "forwarded {forwarded}, answered {answered}"
+    );
+
+    // A `wasi:http` link's calls are counted under `phase="handle"`.
+    let next = metric_sum(
+        admin,
+        "sluice_middleware_calls_total",
+        &["middleware=\"link\"", "phase=\"handle\"", "outcome=\"next\""],
+    )
+    .await;
+    let respond = metric_sum(
+        admin,
+        "sluice_middleware_calls_total",
+        &["middleware=\"link\"", "phase=\"handle\"", "outcome=\"respond\""],
+    )
+    .await;
+    assert!(next >= 1.0 && respond >= 1.0, "next {next}, respond {respond}");
+}
