@@ -283,3 +283,54 @@ async fn a_wasi_http_link_is_hot_swapped_under_load_without_losing_a_request() {
     .await;
     assert!(next >= 1.0 && respond >= 1.0, "next {next}, respond {respond}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_looping_or_hungry_wasi_http_link_is_stopped_at_its_limits() {
+    let up = echo().await;
+    let mw = format!("{}timeout = \"50ms\"\nmemory-limit = \"16MiB\"\n", link("link", "deny"));
+    let sluice = Sluice::start(&config(up.addr(), &["link"], &mw));
+    let started = std::time::Instant::now();
+    let resp = client().get(sluice.url("/mw/loop")).send().await.unwrap();
+    assert_eq!(resp.status(), 500);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["detail"], "middleware `link` timed out");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    let resp = client().get(sluice.url("/mw/hog")).send().await.unwrap();
+    assert_eq!(resp.status(), 500);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["detail"], "middleware `link` exceeded its memory limit");
+    assert_eq!(up.requests(), 0);
+    // Every other request is unaffected.
+    let resp = client().get(sluice.url("/mw/fine")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(values(&resp, "x-link"), ["out"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wasi_http_link_reaches_other_authorities_only_in_its_allow_hosts() {
+    let up = echo().await;
+    let allowed = Canned::start(Reply::Body(201, b"{}".to_vec())).await;
+    let denied = Canned::start(Reply::Body(200, b"{}".to_vec())).await;
+    let mw = format!("{}allow-hosts = [\"{}\"]\n", link("link", "deny"), allowed.addr);
+    let sluice = Sluice::start(&config(up.addr(), &["link"], &mw));
+    let fetch = async |url: String| {
+        client()
+            .get(sluice.url("/mw/fetch"))
+            .header("x-link-fetch", url)
+            .send()
+            .await
+            .unwrap()
+    };
+    let resp = fetch(allowed.url("/x")).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(values(&resp, "x-link-fetched"), ["201"]);
+    assert_eq!(allowed.hits(), 1);
+    let resp = fetch(denied.url("/x")).await;
+    assert_eq!(values(&resp, "x-link-fetch-error"), ["ErrorCode::HttpRequestDenied"]);
+    assert_eq!(denied.hits(), 0);
+    assert_eq!(up.requests(), 0, "the link answered both itself");
+}

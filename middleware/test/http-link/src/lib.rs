@@ -6,7 +6,10 @@
 //! - It answers with what came back, adding `x-link: out` (and `x-link-saw-length` when the
 //!   next hop's response had a `content-length`), streaming the response body through.
 //! - A request with `x-link-short` is answered here: 403, `stopped by the link`.
-//! - A request for a path with `/trap` in it traps before forwarding anything.
+//! - A request for a path with `/trap` in it traps before forwarding anything; `/loop` loops
+//!   forever; `/hog` allocates until it is refused memory.
+//! - A request with `x-link-fetch: URL` is answered here with what fetching `URL` (another
+//!   authority: outbound HTTP) gave: `x-link-fetched: STATUS`, or `x-link-fetch-error: CODE`.
 use std::io::Write as _;
 
 use wasip2::http::outgoing_handler;
@@ -25,9 +28,25 @@ impl wasip2::exports::http::incoming_handler::Guest for Link {
         if path.contains("/trap") {
             panic!("asked to trap");
         }
+        if path.contains("/loop") {
+            let mut n: u64 = 0;
+            loop {
+                n = std::hint::black_box(n.wrapping_add(1));
+            }
+        }
+        if path.contains("/hog") {
+            let mut held = Vec::new();
+            loop {
+                held.push(vec![1u8; 1 << 20]);
+                std::hint::black_box(&held);
+            }
+        }
         let headers = request.headers();
         if headers.has("x-link-short") {
             return answer(response_out, 403, b"stopped by the link");
+        }
+        if let Some(url) = headers.get("x-link-fetch").first() {
+            return fetch(response_out, &String::from_utf8_lossy(url));
         }
 
         let forwarded = Fields::new();
@@ -91,6 +110,37 @@ impl wasip2::exports::http::incoming_handler::Guest for Link {
 fn copy(mut from: InputStream, mut to: OutputStream) {
     std::io::copy(&mut from, &mut to).expect("copying a body");
     to.flush().expect("flushing a body");
+}
+
+/// Answers 200 with what a GET of `url` (`http://host:port/path`) gave.
+fn fetch(response_out: ResponseOutparam, url: &str) {
+    let rest = url.strip_prefix("http://").expect("an http:// URL");
+    let (authority, path) = rest
+        .split_once('/')
+        .map_or((rest, "/".to_owned()), |(a, p)| (a, format!("/{p}")));
+    let outgoing = OutgoingRequest::new(Fields::new());
+    outgoing
+        .set_scheme(Some(&wasip2::http::types::Scheme::Http))
+        .expect("a scheme");
+    outgoing.set_authority(Some(authority)).expect("an authority");
+    outgoing.set_path_with_query(Some(&path)).expect("a path");
+    let (name, value) = match outgoing_handler::handle(outgoing, None) {
+        Err(code) => ("x-link-fetch-error", format!("{code:?}")),
+        Ok(future) => {
+            future.subscribe().block();
+            match future.get() {
+                Some(Ok(Ok(response))) => ("x-link-fetched", response.status().to_string()),
+                Some(Ok(Err(code))) => ("x-link-fetch-error", format!("{code:?}")),
+                _ => ("x-link-fetch-error", "none".to_owned()),
+            }
+        }
+    };
+    let headers = Fields::new();
+    headers.append(name, value.as_bytes()).expect("allowed");
+    let response = OutgoingResponse::new(headers);
+    let body = response.body().expect("the response's body");
+    ResponseOutparam::set(response_out, Ok(response));
+    OutgoingBody::finish(body, None).expect("finishing the body");
 }
 
 /// Answers `status` with `body`, here.
