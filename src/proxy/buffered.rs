@@ -202,14 +202,7 @@ async fn read_request_body(session: &mut Session, max: u64) -> Result<Option<Vec
     if declared.is_some_and(|len| len > max) {
         return too_large(session, max).await.map(|()| None);
     }
-    let expects_continue = session
-        .req_header()
-        .headers
-        .get(http::header::EXPECT)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-    if expects_continue {
-        session.write_continue_response().await?;
-    }
+    continue_if_expected(session).await?;
     let mut body = Vec::with_capacity(declared.unwrap_or(0) as usize);
     while let Some(chunk) = session.read_request_body().await.map_err(|e| e.into_down())? {
         if (body.len() + chunk.len()) as u64 > max {
@@ -228,7 +221,7 @@ async fn too_large(session: &mut Session, max: u64) -> Result<()> {
 
 /// The context of the error a response head that took longer than `response-head-timeout` fails
 /// with.
-const RESPONSE_HEAD_TIMEOUT: &str = "response-head-timeout";
+pub(super) const RESPONSE_HEAD_TIMEOUT: &str = "response-head-timeout";
 
 /// Sends the request head and body upstream and reads the response head (past any 1xx), which
 /// must arrive within `head_timeout` of the request's last byte.
@@ -257,9 +250,17 @@ async fn send_request(
         }
     }
     upstream.finish_request_body().await.map_err(up)?;
+    read_response_head(upstream, head_timeout).await
+}
+
+/// Reads the response head (past any 1xx), which must arrive within `head_timeout`.
+pub(super) async fn read_response_head(
+    upstream: &mut UpstreamSession,
+    head_timeout: std::time::Duration,
+) -> Result<()> {
     let read_head = async {
         loop {
-            upstream.read_response_header().await.map_err(up)?;
+            upstream.read_response_header().await.map_err(|e| e.into_up())?;
             let informational = upstream
                 .response_header()
                 .is_some_and(|h| h.status.is_informational() && h.status != http::StatusCode::SWITCHING_PROTOCOLS);
@@ -272,6 +273,19 @@ async fn send_request(
         Ok(read) => read,
         Err(_) => Err(Error::explain(ErrorType::ReadTimedout, RESPONSE_HEAD_TIMEOUT).into_up()),
     }
+}
+
+/// Answers `100 Continue` to a client that waits for it before sending its body.
+pub(super) async fn continue_if_expected(session: &mut Session) -> Result<()> {
+    let expects_continue = session
+        .req_header()
+        .headers
+        .get(http::header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if expects_continue {
+        session.write_continue_response().await?;
+    }
+    Ok(())
 }
 
 /// Reads the whole response body, `None` when it is over the route's `max-body`.

@@ -133,14 +133,7 @@ pub(super) async fn proxy(
 /// Feeds the request body to `sender` as it arrives; true when it was read whole (false when
 /// nothing reads it any more).
 async fn read_body(session: &mut Session, mut sender: Sender<Bytes, wasmtime_wasi_http::Error>) -> Result<bool> {
-    let expects_continue = session
-        .req_header()
-        .headers
-        .get(http::header::EXPECT)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-    if expects_continue {
-        session.write_continue_response().await?;
-    }
+    super::buffered::continue_if_expected(session).await?;
     while let Some(chunk) = session.read_request_body().await.map_err(|e| e.into_down())? {
         if sender.send_data(chunk).await.is_err() {
             return Ok(false);
@@ -464,23 +457,14 @@ async fn send(
     }
     session.finish_request_body().await.map_err(up)?;
     let head_timeout = upstream_config.response_head_timeout;
-    let read_head = async {
-        loop {
-            session.read_response_header().await.map_err(up)?;
-            let informational = session
-                .response_header()
-                .is_some_and(|h| h.status.is_informational() && h.status != http::StatusCode::SWITCHING_PROTOCOLS);
-            if !informational {
-                return Ok::<(), Box<Error>>(());
-            }
-        }
-    };
-    match tokio::time::timeout(head_timeout, read_head).await {
-        Ok(read) => read?,
-        Err(_) => {
+    if let Err(e) = super::buffered::read_response_head(&mut session, head_timeout).await {
+        if e.context
+            .as_ref()
+            .is_some_and(|c| c.as_str() == super::buffered::RESPONSE_HEAD_TIMEOUT)
+        {
             exchange.head_timed_out = Some(head_timeout);
-            return Err(Error::explain(ErrorType::ReadTimedout, "response-head-timeout").into_up());
         }
+        return Err(e);
     }
     let head = session
         .response_header()
