@@ -237,6 +237,12 @@ async fn through(
     } else {
         body
     };
+    // The access log lists calls as they were made: this segment's request side before what the
+    // link (or the upstream) does, its response side after.
+    pass.calls
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .extend(run.take_calls());
     let responds = phases.declares(Phase::ResponseHeaders) || phases.declares(Phase::ResponseBody);
     let request_head = responds.then(|| head.clone());
     let response = match &segment.link {

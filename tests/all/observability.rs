@@ -54,7 +54,7 @@ upstream = "dead"
 
 /// The lines of `sluice`'s `access.log` once there are `n` (written by a background thread: it is
 /// given a second).
-async fn access_log_lines(sluice: &Sluice, n: usize) -> Vec<String> {
+pub(crate) async fn access_log_lines(sluice: &Sluice, n: usize) -> Vec<String> {
     let path = sluice.dir.path().join("access.log");
     let mut lines = Vec::new();
     for _ in 0..50 {

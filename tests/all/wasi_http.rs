@@ -44,7 +44,13 @@ async fn a_wasi_http_link_runs_between_sluice_links_both_ways() {
         link("link", "deny"),
         stamp("b", HEADER_PHASES)
     );
-    let sluice = Sluice::start(&config(up.addr(), &["a", "link", "b"], &mw));
+    let addr = free_addr();
+    let server = format!(
+        "[server]\nlisten = [\"{addr}\"]\nthreads = 2\ncache-dir = {:?}\naccess-log = \"access.log\"\n\n",
+        shared_cache_dir().display().to_string()
+    );
+    let config = server + &config(up.addr(), &["a", "link", "b"], &mw);
+    let sluice = Sluice::spawn(&config, addr, tempfile::tempdir().unwrap(), &[]);
     let client = client();
 
     // Request side: `a`, then the link (its request goes on as its next hop), then `b`, then the
@@ -75,6 +81,41 @@ async fn a_wasi_http_link_runs_between_sluice_links_both_ways() {
     assert_eq!(values(&resp, "x-stamp-response"), ["a"]);
     assert_eq!(resp.text().await.unwrap(), "stopped by the link");
     assert_eq!(up.requests(), 1);
+
+    // The access log lists every call as it was made, the link's `handle` once it answered.
+    let lines = crate::observability::access_log_lines(&sluice, 2).await;
+    let calls = |line: &str| -> Vec<String> {
+        let entry: Value = serde_json::from_str(line).unwrap();
+        let calls = entry["middleware"].as_array().unwrap().iter();
+        calls
+            .map(|c| {
+                format!(
+                    "{} {} {}",
+                    c["name"].as_str().unwrap(),
+                    c["phase"].as_str().unwrap(),
+                    c["outcome"].as_str().unwrap()
+                )
+            })
+            .collect()
+    };
+    assert_eq!(
+        calls(&lines[0]),
+        [
+            "a request-headers next",
+            "b request-headers next",
+            "b response-headers next",
+            "link handle next",
+            "a response-headers next"
+        ]
+    );
+    assert_eq!(
+        calls(&lines[1]),
+        [
+            "a request-headers next",
+            "link handle respond",
+            "a response-headers next"
+        ]
+    );
 
     // The plain route has no middleware at all.
     let resp = client.get(sluice.url("/plain")).send().await.unwrap();
