@@ -34,7 +34,7 @@ use crate::config::OnError;
 use crate::metrics::Outcome;
 use crate::runtime::budget::Meter;
 use crate::runtime::host::{HostCalls, HostState, NextHop};
-use crate::runtime::{LinkPre, Phase};
+use crate::runtime::{LinkPre, Phase, ProxyPre, ServicePre};
 
 /// What a `wasi:http` link did with a request.
 pub enum Handled {
@@ -131,9 +131,106 @@ async fn run(
     request: http::Request<WasiBody>,
     next: NextHop,
 ) -> Result<http::Response<WasiBody>, FailureKind> {
-    let LinkPre::Proxy(pre) = &link.artifact.pre else {
-        return Err(FailureKind::Instantiate);
+    match &link.artifact.pre {
+        LinkPre::Proxy(pre) => run_proxy(link, pre, scheme, request, next).await,
+        LinkPre::Middleware(pre) => run_middleware(link, pre, request, next).await,
+        LinkPre::Sluice(_) => Err(FailureKind::Instantiate),
+    }
+}
+
+/// [`run`] for a WASI 0.3 `wasi:http/middleware` link: its `handle` runs in the store's
+/// concurrent event loop, which goes on (driving the response body, and whatever else the
+/// component still does) until the component has nothing left to do.
+async fn run_middleware(
+    link: &Arc<LoadedMiddleware>,
+    pre: &ServicePre<HostState>,
+    request: http::Request<WasiBody>,
+    next: NextHop,
+) -> Result<http::Response<WasiBody>, FailureKind> {
+    let host = HostState::new(
+        link.name.clone(),
+        link.state.clone(),
+        link.policy.memory_limit as usize,
+        link.policy.outbound.clone(),
+    );
+    let mut store = link.runtime.p3_store(host);
+    store.data_mut().set_next_hop(next);
+    store.data_mut().deadline = Instant::now() + INSTANTIATE_DEADLINE.max(link.policy.timeout);
+    let (request, request_io) = wasmtime_wasi_http::p3::Request::from_http(store.data_mut().http().hooks, request);
+    let (sender, receiver) = tokio::sync::oneshot::channel();
+    let (pre, link) = (pre.clone(), link.clone());
+    let task = wasmtime_wasi::runtime::spawn(
+        async move {
+            let service = match pre.instantiate_async(&mut store).await {
+                Ok(service) => service,
+                Err(e) => {
+                    tracing::warn!(middleware = &*link.name, error = %format!("{e:#}"), "cannot instantiate");
+                    return Err(FailureKind::Instantiate);
+                }
+            };
+            let meter = store.data().meter.clone();
+            meter.arm(link.policy.timeout);
+            store.set_epoch_deadline(1);
+            let call = store.run_concurrent(async move |accessor| {
+                let answer = match service.handle(accessor, request).await? {
+                    Ok(response) => accessor
+                        .with(|mut store| response.into_http(&mut store, request_io))
+                        .map_err(|_| FailureKind::BadOutput),
+                    // It answered with an `error-code` rather than a response.
+                    Err(_) => Err(FailureKind::BadOutput),
+                };
+                let _ = sender.send(answer);
+                std::future::poll_fn(|cx| accessor.poll_no_interesting_tasks(cx)).await;
+                wasmtime::Result::<()>::Ok(())
+            });
+            let result = metered(&meter, call).await.and_then(|ran| ran);
+            settle(&link, store.data_mut(), result)
+        }
+        .in_current_span(),
+    );
+    answered(receiver.await, task).await
+}
+
+/// What the call's task ended with, from the flags the epoch callback and the memory limiter set.
+fn settle(link: &LoadedMiddleware, host: &mut HostState, result: wasmtime::Result<()>) -> Result<(), FailureKind> {
+    link.calls.count_host_calls(host.take_calls());
+    let kind = match result {
+        Ok(()) => return Ok(()),
+        Err(_) if host.timed_out => FailureKind::Timeout,
+        Err(_) if host.limits.refused => FailureKind::MemoryLimit,
+        Err(_) => FailureKind::Trap,
     };
+    // After its response head went out, the body ends early; before, `handle` says more.
+    tracing::debug!(middleware = &*link.name, failure = %kind, "a `wasi:http` link's call failed");
+    Err(kind)
+}
+
+/// The response head a link's task `received` (sent), its body kept streaming by `task`; or why
+/// there is none.
+async fn answered(
+    received: Result<Result<http::Response<WasiBody>, FailureKind>, tokio::sync::oneshot::error::RecvError>,
+    task: AbortOnDropJoinHandle<Result<(), FailureKind>>,
+) -> Result<http::Response<WasiBody>, FailureKind> {
+    match received {
+        Ok(Ok(response)) => Ok(response.map(|body| Running { body, _task: task }.boxed_unsync_body())),
+        Ok(Err(kind)) => Err(kind),
+        // It ended without answering: how, its task says.
+        Err(_) => match task.await {
+            Ok(()) => Err(FailureKind::BadOutput),
+            Err(kind) => Err(kind),
+        },
+    }
+}
+
+/// [`run`] for a WASI 0.2 `wasi:http/proxy` link: its `incoming-handler.handle` answers through a
+/// `response-outparam`, then may go on writing the body.
+async fn run_proxy(
+    link: &Arc<LoadedMiddleware>,
+    pre: &ProxyPre<HostState>,
+    scheme: &str,
+    request: http::Request<WasiBody>,
+    next: NextHop,
+) -> Result<http::Response<WasiBody>, FailureKind> {
     let host = HostState::new(
         link.name.clone(),
         link.state.clone(),
@@ -170,30 +267,13 @@ async fn run(
             store.set_epoch_deadline(1);
             let call = proxy.wasi_http_incoming_handler().call_handle(&mut store, request, out);
             let result = metered(&meter, call).await;
-            let host = store.data_mut();
-            link.calls.count_host_calls(host.take_calls());
-            let kind = match result {
-                Ok(()) => return Ok(()),
-                Err(_) if host.timed_out => FailureKind::Timeout,
-                Err(_) if host.limits.refused => FailureKind::MemoryLimit,
-                Err(_) => FailureKind::Trap,
-            };
-            // After its response head went out, the body ends early; before, `handle` says more.
-            tracing::debug!(middleware = &*link.name, failure = %kind, "a `wasi:http` link's call failed");
-            Err(kind)
+            settle(&link, store.data_mut(), result)
         }
         .in_current_span(),
     );
-    match receiver.await {
-        Ok(Ok(response)) => Ok(response.map(|body| Running { body, _task: task }.boxed_unsync_body())),
-        // It answered with an `error-code` rather than a response.
-        Ok(Err(_)) => Err(FailureKind::BadOutput),
-        // It ended without answering: how, its task says.
-        Err(_) => match task.await {
-            Ok(()) => Err(FailureKind::BadOutput),
-            Err(kind) => Err(kind),
-        },
-    }
+    // An `error-code` rather than a response is a bad answer.
+    let received = receiver.await.map(|answer| answer.map_err(|_| FailureKind::BadOutput));
+    answered(received, task).await
 }
 
 /// `call`, with the time each of its polls runs counted against its budget (the epoch callback

@@ -47,6 +47,8 @@ use functions::FunctionCache;
 use host::HostState;
 /// A `wasi:http/proxy` (WASI 0.2) component, pre-linked: a chain link of the standard kind.
 pub use wasmtime_wasi_http::p2::bindings::{Proxy, ProxyPre};
+/// A `wasi:http/middleware` (WASI 0.3) component, pre-linked (its export is a `service`'s).
+pub use wasmtime_wasi_http::p3::bindings::{Service, ServicePre};
 pub use world::{HttpWorld, interface};
 
 use crate::state::State;
@@ -280,6 +282,9 @@ pub enum LinkPre {
     /// A standard `wasi:http/proxy` component (WASI 0.2): one `handle` per request, whose outgoing
     /// requests to the request's own authority are the rest of the chain.
     Proxy(ProxyPre<HostState>),
+    /// A standard `wasi:http/middleware` component (WASI 0.3): one `handle` per request, whose
+    /// imported `handler` is the rest of the chain. Instantiated on the runtime's WASI 0.3 engine.
+    Middleware(ServicePre<HostState>),
 }
 
 impl LinkPre {
@@ -288,6 +293,7 @@ impl LinkPre {
         match self {
             LinkPre::Sluice(_) => None,
             LinkPre::Proxy(_) => Some(HttpWorld::Proxy),
+            LinkPre::Middleware(_) => Some(HttpWorld::Middleware),
         }
     }
 }
@@ -312,6 +318,9 @@ fn memory_refused(store: &Store<HostState>, limit: u64) -> LoadError {
 pub struct Runtime {
     engine: Engine,
     linker: Linker<HostState>,
+    /// The engine and linker of WASI 0.3 `wasi:http/middleware` links: with concurrency support,
+    /// which the main engine leaves off (it costs every `sluice:middleware` call).
+    p3: (Engine, Linker<HostState>),
     cache: ArtifactCache,
     /// Components compiled as built, by cache key, while some loaded middleware holds them: every
     /// middleware of one component shares one compiled image.
@@ -357,14 +366,24 @@ impl Runtime {
             .enable_incremental_compilation(Arc::new(FunctionCache::default()))
             .map_err(internal)?;
         let engine = Engine::new(&config).map_err(internal)?;
+        let mut p3_config = wasmtime::Config::new();
+        p3_config
+            .wasm_component_model(true)
+            .wasm_component_model_async(true)
+            .concurrency_support(true)
+            .epoch_interruption(true);
+        let p3_engine = Engine::new(&p3_config).map_err(internal)?;
 
-        let ticker = engine.weak();
+        let tickers = [engine.weak(), p3_engine.weak()];
         std::thread::Builder::new()
             .name("sluice-epoch".into())
             .spawn(move || {
-                while let Some(engine) = ticker.upgrade() {
+                while let Some(engine) = tickers[0].upgrade() {
                     engine.increment_epoch();
                     drop(engine);
+                    if let Some(engine) = tickers[1].upgrade() {
+                        engine.increment_epoch();
+                    }
                     std::thread::sleep(EPOCH_TICK);
                 }
             })
@@ -372,6 +391,8 @@ impl Runtime {
 
         let mut linker = Linker::new(&engine);
         host::add_to_linker(&mut linker).map_err(internal)?;
+        let mut p3_linker = Linker::new(&p3_engine);
+        host::add_p3_to_linker(&mut p3_linker).map_err(internal)?;
         let cache = ArtifactCache::new(cache_dir.clone())
             .map_err(|e| LoadError::Internal(format!("cannot use cache-dir `{}`: {e}", cache_dir.display())))?;
         let idle_slots = Arc::new(IdleSlots {
@@ -381,6 +402,7 @@ impl Runtime {
         Ok(Arc::new(Runtime {
             engine,
             linker,
+            p3: (p3_engine, p3_linker),
             cache,
             code: Mutex::default(),
             idle_slots,
@@ -396,7 +418,17 @@ impl Runtime {
     /// memory and time: a call by the time it runs ([`HostState::meter`], armed before each
     /// call), `init` and instantiation by [`HostState::deadline`].
     pub fn store(&self, host: HostState) -> Store<HostState> {
-        let mut store = Store::new(&self.engine, host);
+        Self::limited_store(&self.engine, host)
+    }
+
+    /// A store on the WASI 0.3 engine, limited as [`Runtime::store`]'s: for a `wasi:http/middleware`
+    /// link's instance.
+    pub fn p3_store(&self, host: HostState) -> Store<HostState> {
+        Self::limited_store(&self.p3.0, host)
+    }
+
+    fn limited_store(engine: &Engine, host: HostState) -> Store<HostState> {
+        let mut store = Store::new(engine, host);
         store.limiter(|host| &mut host.limits);
         store.epoch_deadline_callback(|mut ctx| {
             let host = ctx.data_mut();
@@ -437,10 +469,14 @@ impl Runtime {
         {
             None => {}
             Some(HttpWorld::Proxy) => return self.load_proxy(name, bytes, state, memory_limit, started).await,
+            Some(HttpWorld::Middleware) => {
+                return self.load_middleware(name, bytes, state, memory_limit, started).await;
+            }
             Some(world) => {
                 return Err(LoadError::WrongWorld(format!(
-                    "it is {}; sluice runs `sluice:middleware` and WASI 0.2 `wasi:http/proxy` \
-                     components as chain links, not WASI 0.3 ones yet (docs/middleware.md)",
+                    "it is {}; sluice runs `sluice:middleware`, WASI 0.2 `wasi:http/proxy` and WASI \
+                     0.3 `wasi:http/middleware` components as chain links, not a service that has \
+                     no next hop (docs/middleware.md)",
                     world.describe()
                 )));
             }
@@ -513,6 +549,46 @@ impl Runtime {
             instance: None,
             initial_memory: store.data().limits.memory_high_water as u64,
             cached,
+            took: started.elapsed(),
+        })
+    }
+
+    /// Loads a `wasi:http/middleware` component on the WASI 0.3 engine: compiled, pre-linked (its
+    /// imported `handler` bound to the next hop), and instantiated once under `memory_limit` to
+    /// check that it can be.
+    async fn load_middleware(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        state: Arc<State>,
+        memory_limit: u64,
+        started: Instant,
+    ) -> Result<Loaded, LoadError> {
+        let digest = hex::encode(Sha256::digest(bytes));
+        let limit = memory_limit.min(MAX_MEMORY);
+        let (engine, linker) = &self.p3;
+        let code = Component::new(engine, bytes).map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
+        let instance_pre = linker
+            .instantiate_pre(&code)
+            .map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?;
+        let pre = ServicePre::new(instance_pre).map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?;
+        let mut store = self.p3_store(HostState::new(name.into(), state, limit as usize, None));
+        store.data_mut().deadline = Instant::now() + INIT_TIMEOUT;
+        if let Err(e) = pre.instantiate_async(&mut store).await {
+            return Err(match store.data().limits.refused {
+                true => memory_refused(&store, limit),
+                false => LoadError::Internal(format!("cannot instantiate: {e:#}")),
+            });
+        }
+        Ok(Loaded {
+            digest,
+            registration: Registration::http(),
+            pre: LinkPre::Middleware(pre),
+            start: Start::Snapshot,
+            code: Arc::new(code),
+            instance: None,
+            initial_memory: store.data().limits.memory_high_water as u64,
+            cached: false,
             took: started.elapsed(),
         })
     }

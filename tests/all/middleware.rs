@@ -203,9 +203,9 @@ fn the_wrong_world_and_a_rejected_config_are_refused_at_load() {
         "{err}"
     );
 
-    // A WASI 0.3 `wasi:http` component (built with the `wasip3` crate, no sluice SDK) is named
-    // for what it is, with where to read on. (A WASI 0.2 `wasi:http/proxy` one is a chain link:
-    // tests/all/wasi_http.rs.)
+    // A WASI 0.3 `wasi:http/service` component (built with the `wasip3` crate, no sluice SDK) is
+    // named for what it is, with where to read on. (A `wasi:http/proxy` or `wasi:http/middleware`
+    // one is a chain link: tests/all/wasi_http.rs.)
     let err = check_config(&format!(
         "{upstream}[middleware.web3]\ncomponent = {:?}\n",
         component("http_handler")
@@ -218,7 +218,10 @@ fn the_wrong_world_and_a_rejected_config_are_refused_at_load() {
         err.contains("it is a standard `wasi:http/service` component (WASI 0.3"),
         "{err}"
     );
-    assert!(err.contains("not WASI 0.3 ones yet (docs/middleware.md)"), "{err}");
+    assert!(
+        err.contains("not a service that has no next hop (docs/middleware.md)"),
+        "{err}"
+    );
 
     let err = check_config(&format!(
         "{upstream}[middleware.s]\ncomponent = {:?}\nconfig = {{ nom = \"typo\" }}\n",

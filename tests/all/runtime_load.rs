@@ -132,6 +132,12 @@ async fn the_wrong_world_and_garbage_are_refused() {
         assert_eq!(loaded.pre.http_world(), Some(sluice::runtime::HttpWorld::Proxy));
         assert!(loaded.registration.handle && !loaded.registration.request_headers);
         assert!(loaded.instance.is_none());
+        // So does a WASI 0.3 `wasi:http/middleware` one (it imports the handler it exports).
+        let loaded = runtime
+            .load("x", &component("http_middleware"), "{}", state(), 64 << 20, start)
+            .await
+            .expect("a wasi:http/middleware component loads");
+        assert_eq!(loaded.pre.http_world(), Some(sluice::runtime::HttpWorld::Middleware));
         // A WASI 0.3 `wasi:http/service` one is said to be one, not to lack an `init` (built with the `wasip3` crate).
         let err = refused(&component("http_handler")).await;
         assert!(matches!(err, LoadError::WrongWorld(_)), "{start:?}: {err}");

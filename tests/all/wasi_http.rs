@@ -17,11 +17,16 @@ fn config(upstream: std::net::SocketAddr, chain: &[&str], middleware: &str) -> S
     )
 }
 
-/// `[middleware.NAME]` for the `http-link` component.
+/// `[middleware.NAME]` for the `http-link` component (WASI 0.2 `wasi:http/proxy`).
 fn link(name: &str, on_error: &str) -> String {
+    link_of("http_link", name, on_error)
+}
+
+/// `[middleware.NAME]` for test component `component`.
+fn link_of(component_name: &str, name: &str, on_error: &str) -> String {
     format!(
         "[middleware.{name}]\ncomponent = {:?}\non-error = \"{on_error}\"\n",
-        component("http_link")
+        component(component_name)
     )
 }
 
@@ -290,8 +295,9 @@ async fn a_wasi_http_link_is_hot_swapped_under_load_without_losing_a_request() {
             .body(wasm)
             .send()
     };
-    for i in 0..20 {
-        let next = if i % 2 == 0 { "http_proxy" } else { "http_link" };
+    // Answering (0.2), forwarding (0.3 `wasi:http/middleware`), forwarding (0.2), ...
+    for i in 0..21 {
+        let next = ["http_proxy", "http_middleware", "http_link"][i % 3];
         let resp = upload(next).await.unwrap();
         assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -374,4 +380,101 @@ async fn a_wasi_http_link_reaches_other_authorities_only_in_its_allow_hosts() {
     assert_eq!(values(&resp, "x-link-fetch-error"), ["ErrorCode::HttpRequestDenied"]);
     assert_eq!(denied.hits(), 0);
     assert_eq!(up.requests(), 0, "the link answered both itself");
+}
+
+/// The same for a WASI 0.3 `wasi:http/middleware` component (`middleware/test/http-middleware`:
+/// wit-bindgen against the WASI 0.3.0 WIT, the `wasip3` crate's types): its imported `handler`
+/// is the rest of the chain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wasi_http_middleware_link_runs_between_sluice_links_and_streams() {
+    let up = echo().await;
+    let mw = format!(
+        "{}{}timeout = \"10s\"\n{}",
+        stamp("a", HEADER_PHASES),
+        link_of("http_middleware", "mw3", "deny"),
+        stamp("b", HEADER_PHASES)
+    );
+    let sluice = Sluice::start(&config(up.addr(), &["a", "mw3", "b"], &mw));
+    let client = client();
+
+    let resp = client.get(sluice.url("/mw/x?q=1")).send().await.unwrap();
+    if resp.status() != 200 {
+        panic!("{}: {}\n{}", resp.status(), resp.text().await.unwrap(), sluice.stderr());
+    }
+    assert_eq!(values(&resp, "x-link"), ["out"]);
+    assert_eq!(values(&resp, "x-stamp-response"), ["b", "a"]);
+    let seen: Value = resp.json().await.unwrap();
+    assert_eq!(seen["path"], "/mw/x");
+    assert_eq!(seen["headers"]["x-link"], "in");
+    assert_eq!(seen["headers"]["x-stamp-request"], "a, b");
+
+    let resp = client
+        .get(sluice.url("/mw/x"))
+        .header("x-link-short", "1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 403);
+    assert_eq!(values(&resp, "x-stamp-response"), ["a"]);
+    assert_eq!(resp.text().await.unwrap(), "stopped by the link");
+    assert_eq!(up.requests(), 1);
+
+    // 6 MiB up, chunked, echoed back byte for byte; 6 MiB down.
+    const MIB: usize = 1 << 20;
+    let pattern: Vec<u8> = (0..6 * MIB).map(|i| (i % 251) as u8).collect();
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = pattern.chunks(64 << 10).map(|c| Ok(c.to_vec())).collect();
+    let resp = client
+        .post(sluice.url("/mw/up"))
+        .header("x-echo-body", "raw")
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(chunks)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body = resp
+        .bytes()
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}\n{}", sluice.stderr()));
+    assert!(body[..] == pattern[..], "the body came back as it went");
+    let resp = client
+        .get(sluice.url("/mw/down"))
+        .header("x-echo-size", (6 * MIB).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.bytes().await.unwrap().len(), 6 * MIB);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trapping_wasi_http_middleware_link_fails_per_on_error() {
+    let up = echo().await;
+    let sluice = Sluice::start(&config(up.addr(), &["mw3"], &link_of("http_middleware", "mw3", "deny")));
+    let resp = client().get(sluice.url("/mw/trap")).send().await.unwrap();
+    assert_eq!(resp.status(), 500);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["detail"], "middleware `mw3` trapped");
+    assert_eq!(up.requests(), 0);
+    let resp = client().get(sluice.url("/mw/fine")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(values(&resp, "x-link"), ["out"]);
+
+    let up = echo().await;
+    let mw = format!(
+        "{}{}",
+        link_of("http_middleware", "mw3", "allow"),
+        stamp("b", HEADER_PHASES)
+    );
+    let sluice = Sluice::start(&config(up.addr(), &["mw3", "b"], &mw));
+    let resp = client()
+        .post(sluice.url("/mw/trap"))
+        .header("x-echo-body", "raw")
+        .body("the body, replayed")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers().get("x-link").is_none());
+    assert_eq!(values(&resp, "x-stamp-response"), ["b"]);
+    assert_eq!(resp.text().await.unwrap(), "the body, replayed");
 }

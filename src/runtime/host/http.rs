@@ -69,8 +69,11 @@ impl NextHop {
 #[derive(Default)]
 pub struct OutboundHooks {
     pub policy: Option<Arc<Outbound>>,
-    /// A `wasi:http/proxy` link's next hop, while it handles a request.
+    /// A `wasi:http` link's next hop, while it handles a request.
     pub next: Option<NextHop>,
+    /// The request being sent came through a `wasi:http/middleware` link's imported `handler`:
+    /// it is for the next hop, whatever its authority.
+    pub next_forced: bool,
     /// Requests the guest sent (allowed or not) since [`HostState::take_calls`] last read them.
     ///
     /// [`HostState::take_calls`]: super::HostState::take_calls
@@ -97,7 +100,8 @@ impl WasiHttpHooks for OutboundHooks {
         _fut: Box<dyn Future<Output = Result<(), Error>> + Send>,
     ) -> SendFuture {
         let uri = request.uri();
-        if let Some(next) = self.next.as_ref().filter(|next| next.is(uri.authority())) {
+        let forced = std::mem::take(&mut self.next_forced);
+        if let Some(next) = self.next.as_ref().filter(|next| forced || next.is(uri.authority())) {
             let response = (next.send)(request);
             return Box::new(async move {
                 let done = Box::new(async { Ok(()) }) as Box<dyn Future<Output = Result<(), Error>> + Send>;

@@ -27,7 +27,7 @@ pub struct HostState {
     wasi: WasiCtx,
     table: ResourceTable,
     http: WasiHttpCtx,
-    outbound: http::OutboundHooks,
+    pub(crate) outbound: http::OutboundHooks,
     /// Memory and instance limits, enforced by the store's limiter.
     pub limits: Limits,
     /// The middleware's name, for logs and state namespacing.
@@ -72,6 +72,7 @@ impl HostState {
             outbound: http::OutboundHooks {
                 policy: outbound,
                 next: None,
+                next_forced: false,
                 sent: 0,
             },
             limits: Limits {
@@ -188,6 +189,40 @@ impl WasiHttpView for HostState {
 }
 
 impl bindings::types::Host for HostState {}
+
+/// Adds WASI 0.2 and 0.3, `wasi:http` 0.3's `types` and `client`, and its `handler` import bound
+/// to the next hop, to `linker` (the WASI 0.3 engine's): what a `wasi:http/middleware` component
+/// imports.
+pub fn add_p3_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    use wasmtime::component::{Accessor, Resource};
+    use wasmtime_wasi_http::WasiHttp;
+    use wasmtime_wasi_http::p3::bindings::http::client::HostWithStore;
+    use wasmtime_wasi_http::p3::bindings::http::types::ErrorCode;
+    use wasmtime_wasi_http::p3::{Request, Response};
+
+    wasmtime_wasi::p2::add_to_linker_async(linker)?;
+    wasmtime_wasi::p3::add_to_linker(linker)?;
+    wasmtime_wasi_http::p3::add_to_linker(linker)?;
+    // The next hop: a request through the imported `handler` goes on through the rest of the
+    // chain, whatever its authority (sent as `wasi:http/client` sends, with the hooks told so).
+    linker.instance("wasi:http/handler@0.3.0")?.func_wrap_concurrent(
+        "handle",
+        |accessor: &Accessor<HostState>, (request,): (Resource<Request>,)| {
+            Box::pin(async move {
+                accessor.with(|mut store| store.get().outbound.next_forced = true);
+                let http = accessor.with_getter::<WasiHttp>(<HostState as WasiHttpView>::http);
+                let sent = <WasiHttp as HostWithStore<HostState>>::send(&http, request).await;
+                accessor.with(|mut store| store.get().outbound.next_forced = false);
+                let answer: Result<Resource<Response>, ErrorCode> = match sent {
+                    Ok(response) => Ok(response),
+                    Err(e) => Err(e.downcast()?),
+                };
+                Ok((answer,))
+            })
+        },
+    )?;
+    Ok(())
+}
 
 /// Adds WASI, `wasi:http` and sluice's interfaces to `linker`.
 pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {

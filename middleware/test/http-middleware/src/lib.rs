@@ -1,0 +1,65 @@
+//! A standard WASI 0.3 `wasi:http/middleware` component: it exports `wasi:http/handler` and
+//! imports one, its next hop. Built with wit-bindgen against the WASI 0.3.0 WIT and the `wasip3`
+//! crate's types and `http_compat` helpers, as any 0.3 middleware is: no sluice SDK, no sluice WIT.
+//!
+//! - It forwards every request to its next hop, adding `x-link: in`; both bodies stream through.
+//! - It answers with what came back, adding `x-link: out`.
+//! - A request with `x-link-short` is answered here: 403, `stopped by the link`.
+//! - A request for a path with `/trap` in it traps before forwarding anything.
+
+use wasip3::http::types::{ErrorCode, Request, Response};
+use wasip3::http_compat::{
+    http_from_wasi_request, http_from_wasi_response, http_into_wasi_request, http_into_wasi_response,
+};
+
+wit_bindgen::generate!({
+    path: "wit",
+    world: "sluice-test:http-middleware/middleware",
+    with: {
+        "wasi:http/handler@0.3.0": generate,
+        "wasi:http/types@0.3.0": wasip3::http::types,
+        "wasi:http/client@0.3.0": wasip3::http::client,
+        "wasi:cli/types@0.3.0": wasip3::cli::types,
+        "wasi:cli/stdin@0.3.0": wasip3::cli::stdin,
+        "wasi:cli/stdout@0.3.0": wasip3::cli::stdout,
+        "wasi:cli/stderr@0.3.0": wasip3::cli::stderr,
+        "wasi:clocks/types@0.3.0": wasip3::clocks::types,
+        "wasi:clocks/monotonic-clock@0.3.0": wasip3::clocks::monotonic_clock,
+        "wasi:clocks/system-clock@0.3.0": wasip3::clocks::system_clock,
+        "wasi:random/random@0.3.0": wasip3::random::random,
+        "wasi:random/insecure@0.3.0": wasip3::random::insecure,
+        "wasi:random/insecure-seed@0.3.0": wasip3::random::insecure_seed,
+    },
+});
+
+struct Middleware;
+
+export!(Middleware);
+
+impl exports::wasi::http::handler::Guest for Middleware {
+    async fn handle(request: Request) -> Result<Response, ErrorCode> {
+        let path = request.get_path_with_query().unwrap_or_default();
+        if path.contains("/trap") {
+            panic!("asked to trap");
+        }
+        if request.get_headers().has("x-link-short") {
+            let answer = http::Response::builder()
+                .status(403)
+                .header("content-type", "text/plain")
+                .header("x-link", "answered")
+                .body("stopped by the link".to_owned())
+                .expect("a response");
+            return http_into_wasi_response(answer);
+        }
+        let mut forwarded = http_from_wasi_request(request)?;
+        forwarded
+            .headers_mut()
+            .append("x-link", http::HeaderValue::from_static("in"));
+        let response = wasi::http::handler::handle(http_into_wasi_request(forwarded)?).await?;
+        let mut returned = http_from_wasi_response(response)?;
+        returned
+            .headers_mut()
+            .append("x-link", http::HeaderValue::from_static("out"));
+        http_into_wasi_response(returned)
+    }
+}
