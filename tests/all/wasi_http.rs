@@ -333,8 +333,18 @@ async fn a_wasi_http_link_is_hot_swapped_under_load_without_losing_a_request() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_looping_or_hungry_wasi_http_link_is_stopped_at_its_limits() {
+    for component_name in ["http_link", "http_middleware"] {
+        stopped_at_its_limits(component_name).await;
+    }
+}
+
+/// A `wasi:http` link of test component `component_name` (both answer `/loop` and `/hog`).
+async fn stopped_at_its_limits(component_name: &str) {
     let up = echo().await;
-    let mw = format!("{}timeout = \"50ms\"\nmemory-limit = \"16MiB\"\n", link("link", "deny"));
+    let mw = format!(
+        "{}timeout = \"50ms\"\nmemory-limit = \"16MiB\"\n",
+        link_of(component_name, "link", "deny")
+    );
     let sluice = Sluice::start(&config(up.addr(), &["link"], &mw));
     let started = std::time::Instant::now();
     let resp = client().get(sluice.url("/mw/loop")).send().await.unwrap();

@@ -5,7 +5,8 @@
 //! - It forwards every request to its next hop, adding `x-link: in`; both bodies stream through.
 //! - It answers with what came back, adding `x-link: out`.
 //! - A request with `x-link-short` is answered here: 403, `stopped by the link`.
-//! - A request for a path with `/trap` in it traps before forwarding anything.
+//! - A request for a path with `/trap` in it traps before forwarding anything; `/loop` loops
+//!   forever; `/hog` allocates until it is refused memory.
 
 use wasip3::http::types::{ErrorCode, Request, Response};
 use wasip3::http_compat::{
@@ -41,6 +42,19 @@ impl exports::wasi::http::handler::Guest for Middleware {
         let path = request.get_path_with_query().unwrap_or_default();
         if path.contains("/trap") {
             panic!("asked to trap");
+        }
+        if path.contains("/loop") {
+            let mut n: u64 = 0;
+            loop {
+                n = std::hint::black_box(n.wrapping_add(1));
+            }
+        }
+        if path.contains("/hog") {
+            let mut held = Vec::new();
+            loop {
+                held.push(vec![1u8; 1 << 20]);
+                std::hint::black_box(&held);
+            }
         }
         if request.get_headers().has("x-link-short") {
             let answer = http::Response::builder()
