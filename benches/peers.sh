@@ -9,8 +9,9 @@
 #     Rust proxy-wasm SDK); native jwt_authn (HS256) + local_ratelimit
 #   sluice empty chain; + 1 and + 4 `stamp` middleware (middleware/test/stamp, header phases),
 #     with the default instances and with `instances = "fresh"`; auth-jwt (HS256) + rate-limit,
-#     default and fresh; + 1 standard wasi:http/proxy link (middleware/test/http-link, forwarding
-#     to its next hop, both bodies streamed through it)
+#     default and fresh; + 1 standard wasi:http/proxy link (WASI 0.2, middleware/test/http-link)
+#     and + 1 wasi:http/middleware link (WASI 0.3, middleware/test/http-middleware), each forwarding
+#     to its next hop with both bodies streamed through it
 # "added" is a row's CPU per request minus its proxy's own baseline (router only / empty chain):
 # what the filters or middleware cost. The JWT rows send the same HS256 token (signed here with
 # python's hmac) to both proxies, and both rate limiters answer with RateLimit headers (sluice's
@@ -51,6 +52,7 @@ echo "building the proxy-wasm filter..." >&2
 # The stamp component of the newest build, whatever its profile.
 stamp=$(ls -t "$target"/*/build/sluice-*/out/middleware-target/wasm32-wasip2/release/stamp.wasm | head -1)
 http_link=$(dirname "$stamp")/http_link.wasm
+http_middleware=$(dirname "$stamp")/http_middleware.wasm
 filter="$root/benches/proxy-wasm-stamp/target/wasm32-wasip1/release/proxy_wasm_stamp.wasm"
 
 secret="a 32-byte secret for HS256 tokens"
@@ -170,6 +172,17 @@ name = "http-link"
 path-prefix = "/http-link"
 upstream = "up"
 middleware = ["link"]
+
+# The same as a WASI 0.3 wasi:http/middleware component (middleware/test/http-middleware): its
+# imported handler is the next hop.
+[middleware.link3]
+component = "$http_middleware"
+
+[[route]]
+name = "http-middleware"
+path-prefix = "/http-middleware"
+upstream = "up"
+middleware = ["link3"]
 CONF
 for mode in default fresh; do
   instances=""
@@ -246,6 +259,7 @@ for mode in default fresh; do
   expect "$SLUICE_PORT/jwt-$mode/" "ratelimit-remaining"
 done
 expect "$SLUICE_PORT/http-link/" "x-link: out"
+expect "$SLUICE_PORT/http-middleware/" "x-link: out"
 for url in "$((ENVOY_PORT + 3))/" "$SLUICE_PORT/jwt-default/" "$SLUICE_PORT/jwt-fresh/"; do
   status=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$url")
   [[ $status == 401 ]] || { echo "peers.sh: $url without a token answered $status, not 401" >&2; exit 1; }
@@ -269,18 +283,18 @@ measure() { # pid port/path [wrk script] -> "req/s cpu-µs-per-request"
 labels=("nginx proxy_pass" "Envoy, router only" "Envoy + 1 proxy-wasm stamp" "Envoy + 4 proxy-wasm stamp"
   "Envoy jwt_authn + local_ratelimit" "sluice, empty chain" "sluice + 1 stamp" "sluice + 4 stamp"
   "sluice + 4 stamp, fresh" "sluice auth-jwt + rate-limit" "sluice auth-jwt + rate-limit, fresh"
-  "sluice + 1 wasi:http/proxy link")
+  "sluice + 1 wasi:http/proxy link" "sluice + 1 wasi:http/middleware link")
 targets=("$nginx_pid $NGINX_PORT/" "$envoy_pid $ENVOY_PORT/" "$envoy_pid $((ENVOY_PORT + 1))/" "$envoy_pid $((ENVOY_PORT + 2))/"
   "$envoy_pid $((ENVOY_PORT + 3))/ $work/token.lua" "$sluice_pid $SLUICE_PORT/empty/" "$sluice_pid $SLUICE_PORT/one-default/"
   "$sluice_pid $SLUICE_PORT/four-default/" "$sluice_pid $SLUICE_PORT/four-fresh/"
   "$sluice_pid $SLUICE_PORT/jwt-default/ $work/token.lua" "$sluice_pid $SLUICE_PORT/jwt-fresh/ $work/token.lua"
-  "$sluice_pid $SLUICE_PORT/http-link/")
-baseline=(- - 1 1 1 - 5 5 5 5 5 5) # the row whose CPU a row's "added" is over
+  "$sluice_pid $SLUICE_PORT/http-link/" "$sluice_pid $SLUICE_PORT/http-middleware/")
+baseline=(- - 1 1 1 - 5 5 5 5 5 5 5) # the row whose CPU a row's "added" is over
 if [[ -n ${BEFORE:-} ]]; then
   labels+=("before: sluice, empty chain" "before: + 1 stamp" "before: + 4 stamp" "before: auth-jwt + rate-limit")
   targets+=("$before_pid $BEFORE_PORT/empty/" "$before_pid $BEFORE_PORT/one-default/" "$before_pid $BEFORE_PORT/four-default/"
     "$before_pid $BEFORE_PORT/jwt-default/ $work/token.lua")
-  baseline+=(- 12 12 12)
+  baseline+=(- 13 13 13)
 fi
 declare -A results
 for round in $(seq "$ROUNDS"); do

@@ -488,3 +488,41 @@ async fn a_trapping_wasi_http_middleware_link_fails_per_on_error() {
     assert_eq!(values(&resp, "x-stamp-response"), ["b"]);
     assert_eq!(resp.text().await.unwrap(), "the body, replayed");
 }
+
+/// A middleware written with the Spin SDK (`middleware/test/spin-middleware`: `spin-sdk` 7 from
+/// crates.io, `#[http_service]` and `spin_sdk::http::next`, as Spin 4 middleware are) runs as a
+/// link unchanged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spin_sdk_middleware_runs_as_a_link() {
+    let up = echo().await;
+    let mw = format!(
+        "{}{}{}",
+        stamp("a", HEADER_PHASES),
+        link_of("spin_middleware", "spin", "deny"),
+        stamp("b", HEADER_PHASES)
+    );
+    let sluice = Sluice::start(&config(up.addr(), &["a", "spin", "b"], &mw));
+    let resp = client()
+        .post(sluice.url("/mw/spin"))
+        .header("x-echo-body", "raw")
+        .body("through spin")
+        .send()
+        .await
+        .unwrap();
+    if resp.status() != 200 {
+        panic!("{}: {}\n{}", resp.status(), resp.text().await.unwrap(), sluice.stderr());
+    }
+    assert_eq!(values(&resp, "x-spin"), ["out"]);
+    assert_eq!(values(&resp, "x-stamp-response"), ["b", "a"]);
+    assert_eq!(resp.text().await.unwrap(), "through spin");
+    let seen: Value = client()
+        .get(sluice.url("/mw/spin"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(seen["headers"]["x-spin"], "in");
+    assert_eq!(seen["headers"]["x-stamp-request"], "a, b");
+}
