@@ -13,8 +13,6 @@ async fn mark(request: Request) -> anyhow::Result<impl IntoResponse> {
     parts.headers.remove("connection");
     parts.headers.append("x-spin", HeaderValue::from_static("in"));
     let mut response = spin_sdk::http::next(Request::from_parts(parts, body)).await?;
-    response
-        .headers_mut()
-        .append("x-spin", HeaderValue::from_static("out"));
+    response.headers_mut().append("x-spin", HeaderValue::from_static("out"));
     Ok(response)
 }
