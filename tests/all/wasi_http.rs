@@ -526,3 +526,90 @@ async fn a_spin_sdk_middleware_runs_as_a_link() {
     assert_eq!(seen["headers"]["x-spin"], "in");
     assert_eq!(seen["headers"]["x-stamp-request"], "a, b");
 }
+
+/// Standard links beside a built-in: `builtin:rate-limit` before a `wasi:http/middleware` link and
+/// a `wasi:http/proxy` one. Its RateLimit headers come back through both links, and its 429
+/// answers before either sees the request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standard_links_run_beside_a_built_in() {
+    let up = echo().await;
+    let mw = format!(
+        "[middleware.limit]\ncomponent = \"builtin:rate-limit\"\nconfig = {{ key = \"header:x-api-key\", rate = 1, per = \"1m\", burst = 2 }}\n{}{}",
+        link_of("http_middleware", "mw3", "deny"),
+        link("link", "deny")
+    );
+    let sluice = Sluice::start(&config(up.addr(), &["limit", "mw3", "link"], &mw));
+    let send = async || {
+        client()
+            .get(sluice.url("/mw/limited"))
+            .header("x-api-key", "k")
+            .send()
+            .await
+            .unwrap()
+    };
+    for remaining in ["1", "0"] {
+        let resp = send().await;
+        assert_eq!(resp.status(), 200);
+        // Both links forwarded (each adds its `x-link: out` on the way back), and the built-in's
+        // response phase ran over what came back through them.
+        assert_eq!(values(&resp, "x-link"), ["out", "out"]);
+        assert_eq!(resp.headers()["ratelimit-remaining"], remaining);
+        let seen: Value = resp.json().await.unwrap();
+        assert_eq!(seen["headers"]["x-link"], "in, in");
+    }
+    let resp = send().await;
+    assert_eq!(resp.status(), 429);
+    assert!(resp.headers().get("x-link").is_none());
+    assert_eq!(up.requests(), 2);
+}
+
+/// A canary of a `wasi:http` link takes its share of requests; one of another kind of link is
+/// refused at load, where it is configured.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wasi_http_link_has_a_canary_of_its_own_kind_only() {
+    let up = echo().await;
+    let mw = format!(
+        "{}[middleware.link.canary]\ncomponent = {:?}\nweight = 50\n",
+        link("link", "deny"),
+        component("http_proxy")
+    );
+    let sluice = Sluice::start(&config(up.addr(), &["link"], &mw));
+    let (mut forwarded, mut answered) = (0, 0);
+    for _ in 0..60 {
+        let resp = client().get(sluice.url("/mw/c")).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        match values(&resp, "x-link").as_slice() {
+            [out] if out == "out" => forwarded += 1,
+            _ => {
+                assert_eq!(resp.text().await.unwrap(), "hello from wasi:http");
+                answered += 1;
+            }
+        }
+    }
+    assert!(
+        forwarded > 5 && answered > 5,
+        "forwarded {forwarded}, answered {answered}"
+    );
+
+    let config = format!(
+        "[server]\ncache-dir = {:?}\n{}",
+        shared_cache_dir().display().to_string(),
+        config(
+            up.addr(),
+            &["link"],
+            &format!(
+                "{}[middleware.link.canary]\ncomponent = {:?}\nweight = 10\n",
+                link("link", "deny"),
+                component("version_one")
+            )
+        )
+    );
+    let (_dir, _path, out) = run_on_config("check", &config);
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("`middleware.link.canary.component`"), "{err}");
+    assert!(
+        err.contains("middleware `link`: the canary is a `sluice:middleware` component and the primary a standard `wasi:http/proxy` component"),
+        "{err}"
+    );
+}
