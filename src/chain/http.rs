@@ -4,7 +4,8 @@
 //! HTTP, to its `allow-hosts` only.
 //!
 //! Its instance is its own for the request (a `wasi:http/proxy` component is written for one
-//! instance per request) and runs as a task of its own on the worker, so that it can go on
+//! instance per request; a `wasi:http/middleware` one is reused, within `reuse`'s bounds, when its
+//! `instances` are, the default) and runs as a task of its own on the worker, so that it can go on
 //! writing the response body after it has given the head. Its `timeout` bounds the time it runs
 //! (every poll, metered as for any link: [`crate::runtime::budget`]), not the time it waits for
 //! its next hop, which the upstream's own timeouts bound. `memory-limit` holds as for any link.
@@ -29,7 +30,7 @@ use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::{Error, WasiBody, WasiHttpView};
 
 use super::LoadedMiddleware;
-use super::run::{CallRecord, Failure, FailureKind, INSTANTIATE_DEADLINE, failed};
+use super::run::{Bindings, CallRecord, Failure, FailureKind, INSTANTIATE_DEADLINE, Live, failed};
 use crate::config::OnError;
 use crate::metrics::Outcome;
 use crate::runtime::budget::Meter;
@@ -140,20 +141,33 @@ async fn run(
 
 /// [`run`] for a WASI 0.3 `wasi:http/middleware` link: its `handle` runs in the store's
 /// concurrent event loop, which goes on (driving the response body, and whatever else the
-/// component still does) until the component has nothing left to do.
+/// component still does) until the component has nothing left to do. With `reuse` (the default),
+/// an instance that served a request without failing goes back to the link's idle ones after it,
+/// as `wasmtime serve` and Spin reuse `wasi:http` 0.3 instances.
 async fn run_middleware(
     link: &Arc<LoadedMiddleware>,
     pre: &ServicePre<HostState>,
     request: http::Request<WasiBody>,
     next: NextHop,
 ) -> Result<http::Response<WasiBody>, FailureKind> {
-    let host = HostState::new(
-        link.name.clone(),
-        link.state.clone(),
-        link.policy.memory_limit as usize,
-        link.policy.outbound.clone(),
-    );
-    let mut store = link.runtime.p3_store(host);
+    let idle = link.policy.reuse.and_then(|_| link.idle.take());
+    let (mut store, service, served) = match idle {
+        Some(Live {
+            store,
+            bindings: Bindings::Service(service),
+            served,
+            ..
+        }) => (store, Some(service), served),
+        _ => {
+            let host = HostState::new(
+                link.name.clone(),
+                link.state.clone(),
+                link.policy.memory_limit as usize,
+                link.policy.outbound.clone(),
+            );
+            (link.runtime.p3_store(host), None, 0)
+        }
+    };
     store.data_mut().set_next_hop(next);
     store.data_mut().deadline = Instant::now() + INSTANTIATE_DEADLINE.max(link.policy.timeout);
     let (request, request_io) = wasmtime_wasi_http::p3::Request::from_http(store.data_mut().http().hooks, request);
@@ -161,17 +175,23 @@ async fn run_middleware(
     let (pre, link) = (pre.clone(), link.clone());
     let task = wasmtime_wasi::runtime::spawn(
         async move {
-            let service = match pre.instantiate_async(&mut store).await {
-                Ok(service) => service,
-                Err(e) => {
-                    tracing::warn!(middleware = &*link.name, error = %format!("{e:#}"), "cannot instantiate");
-                    return Err(FailureKind::Instantiate);
-                }
+            let service = match service {
+                Some(service) => service,
+                None => match pre.instantiate_async(&mut store).await {
+                    Ok(service) => service,
+                    Err(e) => {
+                        tracing::warn!(middleware = &*link.name, error = %format!("{e:#}"), "cannot instantiate");
+                        return Err(FailureKind::Instantiate);
+                    }
+                },
             };
             let meter = store.data().meter.clone();
             meter.arm(link.policy.timeout);
             store.set_epoch_deadline(1);
-            let call = store.run_concurrent(async move |accessor| {
+            let host = store.data_mut();
+            host.timed_out = false;
+            host.limits.refused = false;
+            let call = store.run_concurrent(async |accessor| {
                 let answer = match service.handle(accessor, request).await? {
                     Ok(response) => accessor
                         .with(|mut store| response.into_http(&mut store, request_io))
@@ -184,7 +204,13 @@ async fn run_middleware(
                 wasmtime::Result::<()>::Ok(())
             });
             let result = metered(&meter, call).await.and_then(|ran| ran);
-            settle(&link, store.data_mut(), result)
+            let settled = settle(&link, store.data_mut(), result);
+            if let (Ok(()), Some(reuse)) = (&settled, link.policy.reuse) {
+                let mut live = Live::of(store, Bindings::Service(service));
+                live.served = served;
+                link.idle.give_back(live, reuse, true);
+            }
+            settled
         }
         .in_current_span(),
     );

@@ -24,7 +24,7 @@ use crate::runtime::Registration;
 use crate::runtime::budget::Meter;
 use crate::runtime::host::{HostCalls, HostState, Outbound};
 use crate::runtime::types::{BodyDecision, HeaderEdits, Request, RequestDecision, Response, ResponseDecision};
-use crate::runtime::{IdleSlots, LinkPre, Middleware, Phase, Start, Started};
+use crate::runtime::{IdleSlots, LinkPre, Middleware, Phase, Service, Start, Started};
 use crate::telemetry::OncePerSecond;
 
 /// How long creating an instance may take (at least the middleware's `timeout`): the host's work,
@@ -211,9 +211,11 @@ impl From<BodyDecision> for Decision {
 }
 
 /// How a phase call reaches one kind of link.
-enum Bindings {
+pub(super) enum Bindings {
     /// A `sluice:middleware/middleware` component: one export per phase.
     Sluice(Middleware),
+    /// A WASI 0.3 `wasi:http/middleware` component: its `handle` (`chain::http`), no phase.
+    Service(Service),
 }
 
 impl Bindings {
@@ -247,6 +249,7 @@ impl Bindings {
             context: &context,
         };
         match self {
+            Bindings::Service(_) => Err(wasmtime::format_err!("a `wasi:http` link declares no phase")),
             Bindings::Sluice(bindings) => Ok(match message {
                 Message::RequestHeaders(_) => bindings.call_on_request_headers(store, request).await?.into(),
                 Message::RequestBody(_, body) => bindings.call_on_request_body(store, request, body).await?.into(),
@@ -306,13 +309,13 @@ impl HeaderView {
 }
 
 /// A link's instance serving a request.
-struct Live {
-    store: Store<HostState>,
-    bindings: Bindings,
+pub(super) struct Live {
+    pub(super) store: Store<HostState>,
+    pub(super) bindings: Bindings,
     /// The running budget of its calls (also in the store's `HostState`).
     meter: Arc<Meter>,
     /// Requests that began on it (reused instances).
-    served: u32,
+    pub(super) served: u32,
     /// False while a call runs and after one failed: such an instance is never reused.
     reusable: bool,
 }
@@ -320,10 +323,15 @@ struct Live {
 impl Live {
     /// A new instance, not yet serving.
     fn new(store: Store<HostState>, bindings: Middleware) -> Self {
+        Live::of(store, Bindings::Sluice(bindings))
+    }
+
+    /// A new instance of a link of any kind, not yet serving.
+    pub(super) fn of(store: Store<HostState>, bindings: Bindings) -> Self {
         Live {
             meter: store.data().meter.clone(),
             store,
-            bindings: Bindings::Sluice(bindings),
+            bindings,
             served: 0,
             reusable: true,
         }
@@ -364,7 +372,7 @@ impl IdleInstances {
         self.give_back(Live::new(store, bindings), reuse, false);
     }
 
-    fn take(&self) -> Option<Live> {
+    pub(super) fn take(&self) -> Option<Live> {
         let live = self.idle.lock().ok()?.pop()?;
         self.slots.release(1);
         Some(live)
@@ -373,7 +381,7 @@ impl IdleInstances {
     /// Keeps `live` for another call, unless it failed, served its `max-requests` or grew past
     /// `max-memory`, or the idle instances already fill their share of the pool. `began` counts a
     /// request that began on it.
-    fn give_back(&self, mut live: Live, reuse: Reuse, began: bool) {
+    pub(super) fn give_back(&self, mut live: Live, reuse: Reuse, began: bool) {
         live.served += u32::from(began);
         let grown = live.store.data().limits.memory_high_water as u64 > reuse.max_memory;
         if !live.reusable || live.served >= reuse.max_requests || grown {

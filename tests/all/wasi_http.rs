@@ -613,3 +613,32 @@ async fn a_wasi_http_link_has_a_canary_of_its_own_kind_only() {
         "{err}"
     );
 }
+
+/// A `wasi:http/middleware` link's instances are reused, as a `sluice:middleware` link's are, within
+/// `reuse`'s bounds; `instances = "fresh"` gives every request a new one. (`http-middleware` counts
+/// the requests its instance handled in `x-served`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wasi_http_middleware_link_reuses_instances_within_bounds() {
+    let up = echo().await;
+    let served = async |sluice: &Sluice| -> Vec<String> {
+        let mut served = Vec::new();
+        for _ in 0..5 {
+            let resp = client().get(sluice.url("/mw/n")).send().await.unwrap();
+            assert_eq!(resp.status(), 200);
+            served.push(values(&resp, "x-served").concat());
+            // An instance goes back to the idle ones once it has nothing left to do, just after
+            // the client has the whole response.
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        served
+    };
+    let reused = format!(
+        "{}reuse = {{ max-requests = 3 }}\n",
+        link_of("http_middleware", "mw3", "deny")
+    );
+    let sluice = Sluice::start(&config(up.addr(), &["mw3"], &reused));
+    assert_eq!(served(&sluice).await, ["1", "2", "3", "1", "2"]);
+    let fresh = format!("{}instances = \"fresh\"\n", link_of("http_middleware", "mw3", "deny"));
+    let sluice = Sluice::start(&config(up.addr(), &["mw3"], &fresh));
+    assert_eq!(served(&sluice).await, ["1", "1", "1", "1", "1"]);
+}

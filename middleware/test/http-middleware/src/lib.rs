@@ -3,7 +3,8 @@
 //! crate's types and `http_compat` helpers, as any 0.3 middleware is: no sluice SDK, no sluice WIT.
 //!
 //! - It forwards every request to its next hop, adding `x-link: in`; both bodies stream through.
-//! - It answers with what came back, adding `x-link: out`.
+//! - It answers with what came back, adding `x-link: out` and `x-served: N`, the requests this
+//!   instance has handled (1 on a fresh instance).
 //! - A request with `x-link-short` is answered here: 403, `stopped by the link`.
 //! - A request for a path with `/trap` in it traps before forwarding anything; `/loop` loops
 //!   forever; `/hog` allocates until it is refused memory.
@@ -35,10 +36,14 @@ wit_bindgen::generate!({
 
 struct Middleware;
 
+/// Requests this instance has handled.
+static SERVED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 export!(Middleware);
 
 impl exports::wasi::http::handler::Guest for Middleware {
     async fn handle(request: Request) -> Result<Response, ErrorCode> {
+        let served = SERVED.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
         let path = request.get_path_with_query().unwrap_or_default();
         if path.contains("/trap") {
             panic!("asked to trap");
@@ -71,9 +76,9 @@ impl exports::wasi::http::handler::Guest for Middleware {
             .append("x-link", http::HeaderValue::from_static("in"));
         let response = wasi::http::handler::handle(http_into_wasi_request(forwarded)?).await?;
         let mut returned = http_from_wasi_response(response)?;
-        returned
-            .headers_mut()
-            .append("x-link", http::HeaderValue::from_static("out"));
+        let headers = returned.headers_mut();
+        headers.append("x-link", http::HeaderValue::from_static("out"));
+        headers.append("x-served", http::HeaderValue::from(served));
         http_into_wasi_response(returned)
     }
 }
