@@ -1,14 +1,17 @@
-//! A standard `wasi:http/proxy` link (WASI 0.2): its `incoming-handler.handle` gets the request
-//! once, and the requests it sends to that request's own authority go to its next hop (the rest
-//! of the chain, then the upstream: [`NextHop`]). Requests to any other authority are outbound
-//! HTTP, to its `allow-hosts` only.
+//! A standard `wasi:http` link's call: its `handle` gets the request once, and its next hop is
+//! the rest of the chain, then the upstream ([`NextHop`]):
 //!
-//! Its instance is its own for the request (a `wasi:http/proxy` component is written for one
-//! instance per request; a `wasi:http/middleware` one is reused, within `reuse`'s bounds, when its
-//! `instances` are, the default) and runs as a task of its own on the worker, so that it can go on
-//! writing the response body after it has given the head. Its `timeout` bounds the time it runs
-//! (every poll, metered as for any link: [`crate::runtime::budget`]), not the time it waits for
-//! its next hop, which the upstream's own timeouts bound. `memory-limit` holds as for any link.
+//! - a WASI 0.3 `wasi:http/middleware` component's next hop is its imported `handler`; it runs in
+//!   its store's concurrent event loop, on the runtime's WASI 0.3 engine, and its instances are
+//!   reused within `reuse`'s bounds unless `instances = "fresh"`;
+//! - a WASI 0.2 `wasi:http/proxy` component's next hop is a request it sends to the authority of
+//!   the request it is handling; it gets an instance per request (the model it is written for).
+//!
+//! Anything else either sends is outbound HTTP, to its `allow-hosts` only. The instance runs as a
+//! task of its own on the worker, so that it can go on writing the response body after it has
+//! given the head. Its `timeout` bounds the time it runs (every poll, metered as for any link:
+//! [`crate::runtime::budget`]), not the time it waits for its next hop, which the upstream's own
+//! timeouts bound. `memory-limit` holds as for any link.
 //!
 //! A failure before it answers follows `on-error`: `deny` fails the request; `allow` sends the
 //! request on without it, as it came (its body replayed from what the link had read, up to the
