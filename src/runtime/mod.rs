@@ -550,23 +550,16 @@ impl Runtime {
         let pre = ProxyPre::new(instance_pre).map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?;
         let mut store = self.store(HostState::new(name.into(), state, limit as usize, None));
         store.data_mut().deadline = Instant::now() + INIT_TIMEOUT;
-        if let Err(e) = pre.instantiate_async(&mut store).await {
-            return Err(match store.data().limits.refused {
-                true => memory_refused(&store, limit),
-                false => LoadError::Internal(format!("cannot instantiate: {e:#}")),
-            });
-        }
-        Ok(Loaded {
+        let instantiated = pre.instantiate_async(&mut store).await;
+        let initial_memory = http_instantiated(&store, limit, instantiated)?;
+        Ok(http_loaded(
             digest,
-            registration: Registration::http(),
-            pre: LinkPre::Proxy(pre),
-            start: Start::Snapshot,
+            LinkPre::Proxy(pre),
             code,
-            instance: None,
-            initial_memory: store.data().limits.memory_high_water as u64,
+            initial_memory,
             cached,
-            took: started.elapsed(),
-        })
+            started,
+        ))
     }
 
     /// Loads a `wasi:http/middleware` component on the WASI 0.3 engine: compiled, pre-linked (its
@@ -590,23 +583,10 @@ impl Runtime {
         let pre = ServicePre::new(instance_pre).map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?;
         let mut store = self.p3_store(HostState::new(name.into(), state, limit as usize, None));
         store.data_mut().deadline = Instant::now() + INIT_TIMEOUT;
-        if let Err(e) = pre.instantiate_async(&mut store).await {
-            return Err(match store.data().limits.refused {
-                true => memory_refused(&store, limit),
-                false => LoadError::Internal(format!("cannot instantiate: {e:#}")),
-            });
-        }
-        Ok(Loaded {
-            digest,
-            registration: Registration::http(),
-            pre: LinkPre::Middleware(pre),
-            start: Start::Snapshot,
-            code: Arc::new(code),
-            instance: None,
-            initial_memory: store.data().limits.memory_high_water as u64,
-            cached: false,
-            took: started.elapsed(),
-        })
+        let instantiated = pre.instantiate_async(&mut store).await;
+        let initial_memory = http_instantiated(&store, limit, instantiated)?;
+        let pre = LinkPre::Middleware(pre);
+        Ok(http_loaded(digest, pre, Arc::new(code), initial_memory, false, started))
     }
 
     /// `bytes` initialized with `config_json` by wizer and compiled, from the artifact cache or
@@ -743,6 +723,43 @@ impl Runtime {
             key.update([0]);
         }
         hex::encode(key.finalize())
+    }
+}
+
+/// The load-time instantiation of a `wasi:http` link's component in `store`, checked: the memory
+/// an instance starts with, or why it cannot start (within `limit`, or at all).
+fn http_instantiated<T>(
+    store: &Store<HostState>,
+    limit: u64,
+    instantiated: wasmtime::Result<T>,
+) -> Result<u64, LoadError> {
+    match instantiated {
+        Ok(_) => Ok(store.data().limits.memory_high_water as u64),
+        Err(_) if store.data().limits.refused => Err(memory_refused(store, limit)),
+        Err(e) => Err(LoadError::Internal(format!("cannot instantiate: {e:#}"))),
+    }
+}
+
+/// A `wasi:http` link's component as loaded: no `init`, no `sluice:middleware` phase, an instance
+/// per request (or from its idle ones).
+fn http_loaded(
+    digest: String,
+    pre: LinkPre,
+    code: Arc<Component>,
+    initial_memory: u64,
+    cached: bool,
+    started: Instant,
+) -> Loaded {
+    Loaded {
+        digest,
+        registration: Registration::http(),
+        pre,
+        start: Start::Snapshot,
+        code,
+        instance: None,
+        initial_memory,
+        cached,
+        took: started.elapsed(),
     }
 }
 
