@@ -162,12 +162,7 @@ async fn run_middleware(
             ..
         }) => (store, Some(service), served),
         _ => {
-            let host = HostState::new(
-                link.name.clone(),
-                link.state.clone(),
-                link.policy.memory_limit as usize,
-                link.policy.outbound.clone(),
-            );
+            let host = link.host();
             (link.runtime.p3_store(host), None, 0)
         }
     };
@@ -260,12 +255,7 @@ async fn run_proxy(
     request: http::Request<WasiBody>,
     next: NextHop,
 ) -> Result<http::Response<WasiBody>, FailureKind> {
-    let host = HostState::new(
-        link.name.clone(),
-        link.state.clone(),
-        link.policy.memory_limit as usize,
-        link.policy.outbound.clone(),
-    );
+    let host = link.host();
     let mut store = link.runtime.store(host);
     store.data_mut().set_next_hop(next);
     // Instantiating is the host's work, not the middleware's: bounded, but not by its budget.

@@ -17,7 +17,7 @@ pub use http::{Handled, handle};
 pub use run::{CallRecord, ChainRun, Failure, FailureKind, IdleInstances, Message, Quarantine, RequestFacts, Verdict};
 
 use crate::config::OnError;
-use crate::runtime::host::Outbound;
+use crate::runtime::host::{HostState, Outbound};
 use crate::runtime::{HttpWorld, LinkPre, Phase, Registration, Runtime, Start};
 use crate::state::State;
 
@@ -156,6 +156,16 @@ impl LoadedMiddleware {
     /// The version label metrics and logs use: `version` from config, else the digest's start.
     pub fn version_label(&self) -> String {
         version_label(self.provenance.version.as_deref(), &self.artifact.digest)
+    }
+
+    /// The state of a new instance's store: its state backend, memory limit and outbound HTTP.
+    pub(crate) fn host(&self) -> HostState {
+        HostState::new(
+            self.name.clone(),
+            self.state.clone(),
+            self.policy.memory_limit as usize,
+            self.policy.outbound.clone(),
+        )
     }
 
     /// What `init` declared.

@@ -688,12 +688,7 @@ async fn instance<'a>(slot: &'a mut Option<Live>, link: &LoadedMiddleware) -> Re
         *slot = Some(live);
     }
     if slot.is_none() {
-        let host = HostState::new(
-            link.name.clone(),
-            link.state.clone(),
-            link.policy.memory_limit as usize,
-            link.policy.outbound.clone(),
-        );
+        let host = link.host();
         let LinkPre::Sluice(pre) = &link.artifact.pre else {
             // A `wasi:http` link declares no phase: the chain never calls it here.
             return Err(FailureKind::Instantiate);
