@@ -28,7 +28,6 @@ use std::time::Instant;
 use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
 use tracing::Instrument;
-use wasmtime_wasi::runtime::AbortOnDropJoinHandle;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::{Error, WasiBody, WasiHttpView};
 
@@ -171,7 +170,7 @@ async fn run_middleware(
     let (request, request_io) = wasmtime_wasi_http::p3::Request::from_http(store.data_mut().http().hooks, request);
     let (sender, receiver) = tokio::sync::oneshot::channel();
     let (pre, link) = (pre.clone(), link.clone());
-    let task = wasmtime_wasi::runtime::spawn(
+    let task = Task::spawn(
         async move {
             let service = match service {
                 Some(service) => service,
@@ -233,16 +232,49 @@ fn settle(link: &LoadedMiddleware, host: &mut HostState, result: wasmtime::Resul
 /// there is none.
 async fn answered(
     received: Result<Result<http::Response<WasiBody>, FailureKind>, tokio::sync::oneshot::error::RecvError>,
-    task: AbortOnDropJoinHandle<Result<(), FailureKind>>,
+    task: Task,
 ) -> Result<http::Response<WasiBody>, FailureKind> {
     match received {
-        Ok(Ok(response)) => Ok(response.map(|body| Running { body, _task: task }.boxed_unsync_body())),
+        Ok(Ok(response)) => Ok(response.map(|body| Running { body, task: Some(task) }.boxed_unsync_body())),
         Ok(Err(kind)) => Err(kind),
         // It ended without answering: how, its task says.
-        Err(_) => match task.await {
+        Err(_) => match task.finished().await {
             Ok(()) => Err(FailureKind::BadOutput),
             Err(kind) => Err(kind),
         },
+    }
+}
+
+/// A link's call running as a task of its own: stopped when dropped, unless [`Task::detach`]ed.
+struct Task(Option<tokio::task::JoinHandle<Result<(), FailureKind>>>);
+
+impl Task {
+    fn spawn(call: impl Future<Output = Result<(), FailureKind>> + Send + 'static) -> Task {
+        Task(Some(tokio::spawn(call)))
+    }
+
+    /// What the call ended with.
+    async fn finished(mut self) -> Result<(), FailureKind> {
+        let handle = self.0.as_mut().expect("a task is only taken by detach or drop");
+        match handle.await {
+            Ok(ended) => ended,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => Err(FailureKind::Trap),
+        }
+    }
+
+    /// Lets the call finish on its own (still within its `timeout`): whatever the instance does
+    /// after its response body's end, and then putting the instance back with the idle ones.
+    fn detach(mut self) {
+        self.0.take();
+    }
+}
+
+impl Drop for Task {
+    fn drop(&mut self) {
+        if let Some(handle) = self.0.take() {
+            handle.abort();
+        }
     }
 }
 
@@ -272,7 +304,7 @@ async fn run_proxy(
         return Err(FailureKind::Instantiate);
     };
     let (pre, link) = (pre.clone(), link.clone());
-    let task = wasmtime_wasi::runtime::spawn(
+    let task = Task::spawn(
         async move {
             let proxy = match pre.instantiate_async(&mut store).await {
                 Ok(proxy) => proxy,
@@ -308,11 +340,12 @@ async fn metered<T>(meter: &Meter, call: impl Future<Output = T>) -> T {
     .await
 }
 
-/// A response body a link's instance is still writing: its task lives as long as the body (and
-/// is stopped if the body is dropped unread, e.g. when the client goes away).
+/// A response body a link's instance is still writing: its task lives as long as the body, is
+/// stopped if the body is dropped before its end (e.g. when the client goes away), and is let
+/// finish once the body has ended.
 struct Running {
     body: WasiBody,
-    _task: AbortOnDropJoinHandle<Result<(), FailureKind>>,
+    task: Option<Task>,
 }
 
 impl Running {
@@ -326,7 +359,13 @@ impl Body for Running {
     type Error = Error;
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        if (matches!(polled, Poll::Ready(None)) || self.body.is_end_stream())
+            && let Some(task) = self.task.take()
+        {
+            task.detach();
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {

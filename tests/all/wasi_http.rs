@@ -627,8 +627,9 @@ async fn a_wasi_http_middleware_link_reuses_instances_within_bounds() {
             assert_eq!(resp.status(), 200);
             served.push(values(&resp, "x-served").concat());
             // An instance goes back to the idle ones once it has nothing left to do, just after
-            // the client has the whole response.
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            // the client has the whole response (on a loaded machine, its task may wait for a
+            // core a while).
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
         }
         served
     };
