@@ -227,7 +227,7 @@ async fn a_trap_storm_on_one_route_leaves_another_routes_latency_unchanged() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_sharing_a_worker_are_not_failed_by_each_others_time() {
     let _serial = SERIAL.lock().await;
-    // Each call computes a few milliseconds (`x-spin`), yielding at every epoch tick; twelve at
+    // Each call computes about 5 ms (`x-spin`), yielding at every epoch tick; twelve at
     // once on each worker take turns, so each one's wall-clock time is many times its own. A
     // budget counted from the call's start failed them at 30 ms; the time their own polls take
     // is what counts, and it is well within it.
@@ -246,7 +246,7 @@ async fn calls_sharing_a_worker_are_not_failed_by_each_others_time() {
                     let started = Instant::now();
                     let status = client
                         .get(&url)
-                        .header("x-spin", "5000000")
+                        .header("x-spin", "10000000")
                         .send()
                         .await
                         .unwrap()
