@@ -165,7 +165,7 @@ async fn run_middleware(
             (link.runtime.p3_store(host), None, 0)
         }
     };
-    store.data_mut().set_next_hop(next);
+    store.data_mut().set_next_hop(Some(next));
     store.data_mut().deadline = Instant::now() + INSTANTIATE_DEADLINE.max(link.policy.timeout);
     let (request, request_io) = wasmtime_wasi_http::p3::Request::from_http(store.data_mut().http().hooks, request);
     let (sender, receiver) = tokio::sync::oneshot::channel();
@@ -203,6 +203,7 @@ async fn run_middleware(
             let result = metered(&meter, call).await.and_then(|ran| ran);
             let settled = settle(&link, store.data_mut(), result);
             if let (Ok(()), Some(reuse)) = (&settled, link.policy.reuse) {
+                store.data_mut().set_next_hop(None);
                 let mut live = Live::of(store, Bindings::Service(service));
                 live.served = served;
                 link.idle.give_back(live, reuse, true);
@@ -289,7 +290,7 @@ async fn run_proxy(
 ) -> Result<http::Response<WasiBody>, FailureKind> {
     let host = link.host();
     let mut store = link.runtime.store(host);
-    store.data_mut().set_next_hop(next);
+    store.data_mut().set_next_hop(Some(next));
     // Instantiating is the host's work, not the middleware's: bounded, but not by its budget.
     store.data_mut().deadline = Instant::now() + INSTANTIATE_DEADLINE.max(link.policy.timeout);
     let scheme = match scheme {

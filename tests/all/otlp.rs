@@ -226,6 +226,87 @@ async fn request_and_middleware_spans_are_exported_in_the_clients_trace() {
     );
 }
 
+/// A route with standard `wasi:http` links is proxied by sluice itself (`proxy::nested`): its
+/// links' calls are spans under the request's as well, `phase="handle"`, and the upstream's
+/// parent is still the request's span.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wasi_http_links_calls_are_spans_in_the_request_trace() {
+    let (collector, received) = receiver().await;
+    let up = echo().await;
+    let listen = free_addr();
+    let link = |name: &str, component_name: &str| {
+        format!("[middleware.{name}]\ncomponent = {:?}\n", component(component_name))
+    };
+    let sluice = Sluice::start_raw(
+        &format!(
+            "[server]\nlisten = [\"{listen}\"]\nthreads = 2\ncache-dir = {cache:?}\n\
+             otlp = {{ endpoint = \"http://{collector}/v1/traces\", service-name = \"sluice-test\" }}\n\n\
+             {stamp}\n{p2}\n{p3}\n[upstreams.u]\ntargets = [\"{up}\"]\n\n\
+             [[route]]\nname = \"api\"\npath-prefix = \"/api\"\nupstream = \"u\"\n\
+             middleware = [\"tag\", \"p2\", \"p3\"]\n",
+            cache = shared_cache_dir().display().to_string(),
+            stamp = stamp("tag", "\"request-headers\", \"response-headers\""),
+            p2 = link("p2", "http_link"),
+            p3 = link("p3", "http_middleware"),
+            up = up.addr(),
+        ),
+        listen,
+    );
+
+    let trace = "5bf92f3577b34da6a3ce929d0e0e4736";
+    let upstream_saw = traced(&sluice, "/api/x", Some(&format!("00-{trace}-00f067aa0ba902b7-01"))).await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while spans_of(&received, trace).len() < 5 {
+        assert!(
+            Instant::now() < deadline,
+            "spans not exported: {:?}",
+            received.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let spans = spans_of(&received, trace);
+    let (_, request) = spans
+        .iter()
+        .find(|(_, s)| s.name == "GET api")
+        .expect("the request span");
+    assert_eq!(attribute(request, "status").as_deref(), Some("200"));
+    assert_eq!(
+        upstream_saw,
+        format!("00-{trace}-{}-01", hex::encode(&request.span_id)),
+        "the upstream's parent is the request's span"
+    );
+    let mut calls: Vec<(u64, String, String, String)> = spans
+        .iter()
+        .filter(|(_, s)| s.name == "middleware")
+        .map(|(_, s)| {
+            assert_eq!(
+                s.parent_span_id, request.span_id,
+                "a middleware span is under its request's"
+            );
+            (
+                s.start_time_unix_nano,
+                attribute(s, "name").unwrap(),
+                attribute(s, "phase").unwrap(),
+                attribute(s, "outcome").unwrap(),
+            )
+        })
+        .collect();
+    calls.sort();
+    let calls: Vec<(&str, &str, &str)> = calls
+        .iter()
+        .map(|(_, name, phase, outcome)| (name.as_str(), phase.as_str(), outcome.as_str()))
+        .collect();
+    assert_eq!(
+        calls,
+        [
+            ("tag", "request-headers", "next"),
+            ("p2", "handle", "next"),
+            ("p3", "handle", "next"),
+            ("tag", "response-headers", "next"),
+        ]
+    );
+}
+
 #[test]
 fn a_bad_otlp_endpoint_is_a_located_config_error() {
     let (_dir, path, out) = run_on_config(

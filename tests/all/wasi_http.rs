@@ -331,6 +331,91 @@ async fn a_wasi_http_link_is_hot_swapped_under_load_without_losing_a_request() {
     assert!(next >= 1.0 && respond >= 1.0, "next {next}, respond {respond}");
 }
 
+/// A `wasi:http` link's previous version stays loaded: a rollback puts it back, whatever kind
+/// either is, and a second rollback undoes the first. The admin listing says which is live.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wasi_http_link_is_rolled_back_across_kinds() {
+    const TOKEN: &str = "test-admin-token";
+    let up = echo().await;
+    let (addr, admin) = (free_addr(), free_addr());
+    let config = format!(
+        "[server]\nlisten = [\"{addr}\"]\nthreads = 2\ncache-dir = {:?}\nadmin = \"{admin}\"\nadmin-token-env = \"SLUICE_ADMIN_TOKEN\"\n\n{}",
+        shared_cache_dir().display().to_string(),
+        config(up.addr(), &["link"], &link("link", "deny"))
+    );
+    let sluice = Sluice::spawn(
+        &config,
+        addr,
+        tempfile::tempdir().unwrap(),
+        &[("SLUICE_ADMIN_TOKEN", TOKEN)],
+    );
+    let client = client();
+    let admin_call = |method: reqwest::Method, path: &str, body: Vec<u8>| {
+        client
+            .request(method, format!("http://{admin}{path}"))
+            .bearer_auth(TOKEN)
+            .body(body)
+            .send()
+    };
+    // Which component answered: the 0.2 forwarding link (`x-link: out`), the 0.3 middleware (it
+    // forwards too, and counts in `x-served`) or the 0.2 answering one (its own body).
+    let serving = async || -> &'static str {
+        let resp = client.get(sluice.url("/mw/r")).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let kind = match (values(&resp, "x-served").is_empty(), values(&resp, "x-link") == ["out"]) {
+            (false, _) => "http_middleware",
+            (true, true) => "http_link",
+            (true, false) => "http_proxy",
+        };
+        if kind == "http_proxy" {
+            assert_eq!(resp.text().await.unwrap(), "hello from wasi:http");
+        }
+        kind
+    };
+    let digest = |name: &str| {
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
+            std::fs::read(component(name)).unwrap(),
+        ))
+    };
+    let live = async || -> (String, String) {
+        let listed: Value = admin_call(reqwest::Method::GET, "/admin/middleware", Vec::new())
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let link = &listed["middleware"][0];
+        (
+            link["digest"].as_str().unwrap_or_default().to_owned(),
+            link["previous"]["digest"].as_str().unwrap_or_default().to_owned(),
+        )
+    };
+    assert_eq!(serving().await, "http_link");
+
+    for (upload, previous) in [("http_middleware", "http_link"), ("http_proxy", "http_middleware")] {
+        let resp = admin_call(
+            reqwest::Method::PUT,
+            "/admin/middleware/link/component",
+            std::fs::read(component(upload)).unwrap(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+        assert_eq!(serving().await, upload);
+        assert_eq!(live().await, (digest(upload), digest(previous)));
+    }
+    // Back to the 0.3 middleware, then forward again to the 0.2 answering link.
+    for (back_to, previous) in [("http_middleware", "http_proxy"), ("http_proxy", "http_middleware")] {
+        let resp = admin_call(reqwest::Method::POST, "/admin/middleware/link/rollback", Vec::new())
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+        assert_eq!(serving().await, back_to);
+        assert_eq!(live().await, (digest(back_to), digest(previous)));
+    }
+    assert!(up.requests() > 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_looping_or_hungry_wasi_http_link_is_stopped_at_its_limits() {
     for component_name in ["http_link", "http_middleware"] {

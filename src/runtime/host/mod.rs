@@ -98,10 +98,12 @@ impl HostState {
         std::mem::replace(&mut self.outbound.policy, policy)
     }
 
-    /// Where the `wasi:http/proxy` link this store runs sends requests to its own request's
-    /// authority: the rest of the chain.
-    pub fn set_next_hop(&mut self, next: NextHop) {
-        self.outbound.next = Some(next);
+    /// Where the `wasi:http` link this store runs sends requests to its own request's
+    /// authority (WASI 0.2) or through its imported `handler` (WASI 0.3): the rest of the chain,
+    /// for one request; `None` once that request is done, so that an idle instance holds nothing
+    /// of it (its span, its chain, its context).
+    pub fn set_next_hop(&mut self, next: Option<NextHop>) {
+        self.outbound.next = next;
     }
 
     /// The host calls made since the last time this was called (so: during the call just made).
