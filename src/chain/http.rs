@@ -13,6 +13,9 @@
 //! [`crate::runtime::budget`]), not the time it waits for its next hop, which the upstream's own
 //! timeouts bound. `memory-limit` holds as for any link.
 //!
+//! A link that keeps failing is quarantined as any link is: its calls take turns until one
+//! answers.
+//!
 //! A failure before it answers follows `on-error`: `deny` fails the request; `allow` sends the
 //! request on without it, as it came (its body replayed from what the link had read, up to the
 //! route's `max-body`), if the link had not yet sent anything to its next hop. A failure after
@@ -91,7 +94,13 @@ pub async fn handle(
         }
         OnError::Deny => (request, None),
     };
-    let result = run(&link, scheme, request, next).instrument(span.clone()).await;
+    // A link that keeps failing takes turns, as a `sluice:middleware` link does, until it has
+    // answered (its instance's task stays on the worker: its next hop is the rest of the chain).
+    let result = match link.quarantine.turn(link.policy.timeout).await {
+        Ok(_turn) => run(&link, scheme, request, next).instrument(span.clone()).await,
+        Err(kind) => Err(kind),
+    };
+    link.quarantine.settle(&link.name, &result);
     let (outcome, label, status) = match &result {
         Ok(response) if forwarded.load(Ordering::Relaxed) => (Outcome::Next, "next", Some(response.status().as_u16())),
         Ok(response) => (Outcome::Respond, "respond", Some(response.status().as_u16())),

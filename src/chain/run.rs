@@ -930,7 +930,10 @@ impl Quarantine {
     }
 
     /// Waits for this call's turn when quarantined (`None` when not).
-    async fn turn(&self, timeout: Duration) -> Result<Option<tokio::sync::SemaphorePermit<'_>>, FailureKind> {
+    pub(super) async fn turn(
+        &self,
+        timeout: Duration,
+    ) -> Result<Option<tokio::sync::SemaphorePermit<'_>>, FailureKind> {
         if !self.active() {
             return Ok(None);
         }
@@ -942,7 +945,7 @@ impl Quarantine {
 
     /// Counts a call's result: a success lifts the quarantine, a failure of the middleware's own
     /// making (not a bad answer, not a wait for its turn) adds to the run.
-    fn settle(&self, name: &str, result: &Result<Decision, FailureKind>) {
+    pub(super) fn settle<T>(&self, name: &str, result: &Result<T, FailureKind>) {
         use std::sync::atomic::Ordering::Relaxed;
         match result {
             Ok(_) => {

@@ -508,7 +508,7 @@ impl Runtime {
                 (Arc::new(component), pre, instance, registration, cached)
             }
             Start::Init => {
-                let (code, cached) = self.code(&digest, bytes)?;
+                let (code, cached) = self.code(&self.engine, &digest, bytes)?;
                 let pre = self.pre(&code)?;
                 let mut instance = self.first_instance(name, &pre, state, limit).await?;
                 let registration = self.init(&mut instance, config_json, limit).await?;
@@ -542,7 +542,7 @@ impl Runtime {
     ) -> Result<Loaded, LoadError> {
         let digest = hex::encode(Sha256::digest(bytes));
         let limit = memory_limit.min(MAX_MEMORY);
-        let (code, cached) = self.code(&digest, bytes)?;
+        let (code, cached) = self.code(&self.engine, &digest, bytes)?;
         let instance_pre = self
             .linker
             .instantiate_pre(&code)
@@ -562,9 +562,9 @@ impl Runtime {
         ))
     }
 
-    /// Loads a `wasi:http/middleware` component on the WASI 0.3 engine: compiled, pre-linked (its
-    /// imported `handler` bound to the next hop), and instantiated once under `memory_limit` to
-    /// check that it can be.
+    /// Loads a `wasi:http/middleware` component on the WASI 0.3 engine: compiled (or from the
+    /// artifact cache, under a key of that engine's), pre-linked (its imported `handler` bound to
+    /// the next hop), and instantiated once under `memory_limit` to check that it can be.
     async fn load_middleware(
         &self,
         name: &str,
@@ -576,7 +576,7 @@ impl Runtime {
         let digest = hex::encode(Sha256::digest(bytes));
         let limit = memory_limit.min(MAX_MEMORY);
         let (engine, linker) = &self.p3;
-        let code = Component::new(engine, bytes).map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
+        let (code, cached) = self.code(engine, &digest, bytes)?;
         let instance_pre = linker
             .instantiate_pre(&code)
             .map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?;
@@ -586,7 +586,7 @@ impl Runtime {
         let instantiated = pre.instantiate_async(&mut store).await;
         let initial_memory = http_instantiated(&store, limit, instantiated)?;
         let pre = LinkPre::Middleware(pre);
-        Ok(http_loaded(digest, pre, Arc::new(code), initial_memory, false, started))
+        Ok(http_loaded(digest, pre, code, initial_memory, cached, started))
     }
 
     /// `bytes` initialized with `config_json` by wizer and compiled, from the artifact cache or
@@ -600,7 +600,7 @@ impl Runtime {
         state: &Arc<State>,
         limit: u64,
     ) -> Result<(Component, Registration, bool), LoadError> {
-        let key = self.cache_key(SNAPSHOT_FORMAT, digest, config_json);
+        let key = cache_key(&self.engine, SNAPSHOT_FORMAT, digest, config_json);
         if let Some((component, registration)) = self.cache.get(&self.engine, &key) {
             return Ok((component, registration, true));
         }
@@ -631,10 +631,10 @@ impl Runtime {
         Ok((component, registration, false))
     }
 
-    /// `bytes` compiled as built: the image a loaded middleware already holds, else from the
-    /// artifact cache, else compiled (and cached); and whether it was not compiled now.
-    fn code(&self, digest: &str, bytes: &[u8]) -> Result<(Arc<Component>, bool), LoadError> {
-        let key = self.cache_key(CODE_FORMAT, digest, "");
+    /// `bytes` compiled as built for `engine`: the image a loaded middleware already holds, else
+    /// from the artifact cache, else compiled (and cached); and whether it was not compiled now.
+    fn code(&self, engine: &Engine, digest: &str, bytes: &[u8]) -> Result<(Arc<Component>, bool), LoadError> {
+        let key = cache_key(engine, CODE_FORMAT, digest, "");
         let held = self
             .code
             .lock()
@@ -644,15 +644,14 @@ impl Runtime {
         if let Some(code) = held {
             return Ok((code, true));
         }
-        let (component, cached) = match self.cache.get_code(&self.engine, &key) {
+        let (component, cached) = match self.cache.get_code(engine, &key) {
             Some(component) => (component, true),
             None => {
-                let component =
-                    Component::new(&self.engine, bytes).map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
+                let component = Component::new(engine, bytes).map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
                 let compiled = component.serialize().map_err(internal)?;
                 match self.cache.put(&key, &compiled, None) {
                     // Served from the file, as after a start from the cache (see `snapshot`).
-                    Ok(()) => (self.cache.get_code(&self.engine, &key).unwrap_or(component), false),
+                    Ok(()) => (self.cache.get_code(engine, &key).unwrap_or(component), false),
                     Err(e) => {
                         tracing::warn!(error = %e, "cannot write the artifact cache; the next start compiles again");
                         (component, false)
@@ -712,18 +711,21 @@ impl Runtime {
         let component = Component::new(&self.engine, bytes).map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
         self.pre(&component)
     }
+}
 
-    fn cache_key(&self, format: &str, digest: &str, config_json: &str) -> String {
-        use std::hash::{Hash, Hasher};
-        let mut engine_hasher = std::collections::hash_map::DefaultHasher::new();
-        self.engine.precompile_compatibility_hash().hash(&mut engine_hasher);
-        let mut key = Sha256::new();
-        for part in [format, digest, config_json, &engine_hasher.finish().to_string()] {
-            key.update(part.as_bytes());
-            key.update([0]);
-        }
-        hex::encode(key.finalize())
+/// An artifact's cache key: what kind it is, the component's digest, `init`'s config for a
+/// snapshot, and the settings `engine` compiles with (the WASI 0.3 engine's differ from the main
+/// one's).
+fn cache_key(engine: &Engine, format: &str, digest: &str, config_json: &str) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut engine_hasher = std::collections::hash_map::DefaultHasher::new();
+    engine.precompile_compatibility_hash().hash(&mut engine_hasher);
+    let mut key = Sha256::new();
+    for part in [format, digest, config_json, &engine_hasher.finish().to_string()] {
+        key.update(part.as_bytes());
+        key.update([0]);
     }
+    hex::encode(key.finalize())
 }
 
 /// The load-time instantiation of a `wasi:http` link's component in `store`, checked: the memory

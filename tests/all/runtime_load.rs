@@ -153,3 +153,27 @@ async fn the_wrong_world_and_garbage_are_refused() {
         );
     }
 }
+
+/// A standard `wasi:http` component's compiled code is cached as a `sluice:middleware`
+/// component's is, for the engine it runs on (WASI 0.3 components have one of their own): a
+/// restart loads it from the cache rather than compiling it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wasi_http_component_is_compiled_once_and_cached() {
+    let cache = tempfile::tempdir().unwrap();
+    for name in ["http_link", "http_middleware"] {
+        let bytes = component(name);
+        let runtime = Runtime::new(cache.path().to_owned()).unwrap();
+        let first = runtime
+            .load("l", &bytes, "{}", state(), 64 << 20, Start::Snapshot)
+            .await
+            .unwrap();
+        assert!(!first.cached, "{name}");
+        let restarted = Runtime::new(cache.path().to_owned()).unwrap();
+        let again = restarted
+            .load("l", &bytes, "{}", state(), 64 << 20, Start::Snapshot)
+            .await
+            .unwrap();
+        assert!(again.cached, "{name} was compiled again");
+        eprintln!("{name}: first load {:?}, cached load {:?}", first.took, again.took);
+    }
+}

@@ -452,6 +452,78 @@ async fn stopped_at_its_limits(component_name: &str) {
     assert_eq!(values(&resp, "x-link"), ["out"]);
 }
 
+/// A `wasi:http` link that keeps failing is quarantined as a `sluice:middleware` link is: after
+/// five failures in a row its calls take turns (one waiting past its `timeout` fails as
+/// `quarantined`), and its first success lifts that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wasi_http_link_that_keeps_failing_takes_turns_until_it_answers() {
+    for component_name in ["http_link", "http_middleware"] {
+        quarantined(component_name).await;
+    }
+}
+
+async fn quarantined(component_name: &str) {
+    let up = echo().await;
+    let (addr, admin) = (free_addr(), free_addr());
+    let mw = format!("{}timeout = \"50ms\"\n", link_of(component_name, "link", "deny"));
+    let config = format!(
+        "[server]\nlisten = [\"{addr}\"]\nthreads = 2\ncache-dir = {:?}\nadmin = \"{admin}\"\n\n{}",
+        shared_cache_dir().display().to_string(),
+        config(up.addr(), &["link"], &mw)
+    );
+    let sluice = Sluice::spawn(&config, addr, tempfile::tempdir().unwrap(), &[]);
+    let client = client();
+    let failures = async |kind: &str| {
+        let kind = format!("kind=\"{kind}\"");
+        metric_sum(
+            admin,
+            "sluice_middleware_failures_total",
+            &["middleware=\"link\"", &kind],
+        )
+        .await
+    };
+    let at_once = async |path: &str, n: usize| -> Vec<u16> {
+        let requests: Vec<_> = (0..n)
+            .map(|_| {
+                let (client, url) = (client.clone(), sluice.url(path));
+                tokio::spawn(async move { client.get(url).send().await.unwrap().status().as_u16() })
+            })
+            .collect();
+        let mut statuses = Vec::new();
+        for request in requests {
+            statuses.push(request.await.unwrap());
+        }
+        statuses
+    };
+
+    // Concurrent calls of a healthy link do not take turns: loops, each stopped at its 50 ms.
+    assert_eq!(at_once("/mw/loop", 6).await, [500; 6]);
+    assert_eq!(failures("quarantined").await, 0.0, "{component_name}");
+    assert_eq!(client.get(sluice.url("/mw/fine")).send().await.unwrap().status(), 200);
+
+    for _ in 0..5 {
+        assert_eq!(client.get(sluice.url("/mw/trap")).send().await.unwrap().status(), 500);
+    }
+    assert!(
+        sluice
+            .stderr()
+            .contains("middleware keeps failing: its calls now run one at a time until one succeeds"),
+        "{component_name}: {}",
+        sluice.stderr()
+    );
+    // Now they take turns: a loop holds its turn for its 50 ms, and one that waited that long
+    // for its turn fails without running.
+    assert_eq!(at_once("/mw/loop", 6).await, [500; 6]);
+    assert!(failures("quarantined").await >= 1.0, "{component_name}");
+
+    // One answer lifts it: calls run side by side again.
+    assert_eq!(client.get(sluice.url("/mw/fine")).send().await.unwrap().status(), 200);
+    assert_eq!(at_once("/mw/fine", 6).await, [200; 6]);
+    let quarantined = failures("quarantined").await;
+    assert_eq!(at_once("/mw/loop", 6).await, [500; 6]);
+    assert_eq!(failures("quarantined").await, quarantined, "{component_name}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wasi_http_link_reaches_other_authorities_only_in_its_allow_hosts() {
     let up = echo().await;
