@@ -111,6 +111,19 @@ fn spans_of(received: &Received, trace_id: &str) -> Vec<(String, Span)> {
         .collect()
 }
 
+/// Waits (15 s at most) until each `(trace, n)` of `traces` has at least `n` spans received.
+async fn exported(received: &Received, traces: &[(&str, usize)]) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while traces.iter().any(|(trace, n)| spans_of(received, trace).len() < *n) {
+        assert!(
+            Instant::now() < deadline,
+            "spans not exported: {:?}",
+            received.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// GETs `path` with `traceparent` if given; returns the `traceparent` the upstream received.
 async fn traced(sluice: &Sluice, path: &str, traceparent: Option<&str>) -> String {
     let mut req = client().get(sluice.url(path));
@@ -159,15 +172,7 @@ async fn request_and_middleware_spans_are_exported_in_the_clients_trace() {
     let started = traced(&sluice, "/api/y", None).await;
     let started_trace = &started[3..35];
 
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while spans_of(&received, client_trace).len() < 3 || spans_of(&received, started_trace).len() < 3 {
-        assert!(
-            Instant::now() < deadline,
-            "spans not exported: {:?}",
-            received.lock().unwrap()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    exported(&received, &[(client_trace, 3), (started_trace, 3)]).await;
 
     let spans = spans_of(&received, client_trace);
     let (service, request) = spans
@@ -255,15 +260,7 @@ async fn wasi_http_links_calls_are_spans_in_the_request_trace() {
 
     let trace = "5bf92f3577b34da6a3ce929d0e0e4736";
     let upstream_saw = traced(&sluice, "/api/x", Some(&format!("00-{trace}-00f067aa0ba902b7-01"))).await;
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while spans_of(&received, trace).len() < 5 {
-        assert!(
-            Instant::now() < deadline,
-            "spans not exported: {:?}",
-            received.lock().unwrap()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    exported(&received, &[(trace, 5)]).await;
     let spans = spans_of(&received, trace);
     let (_, request) = spans
         .iter()
