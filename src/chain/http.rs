@@ -26,7 +26,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
@@ -180,6 +180,7 @@ async fn run_middleware(
     let (sender, receiver) = tokio::sync::oneshot::channel();
     let (pre, link) = (pre.clone(), link.clone());
     let task = Task::spawn(
+        link.clone(),
         async move {
             let service = match service {
                 Some(service) => service,
@@ -256,16 +257,25 @@ async fn answered(
 }
 
 /// A link's call running as a task of its own: stopped when dropped, unless [`Task::detach`]ed.
-struct Task(Option<tokio::task::JoinHandle<Result<(), FailureKind>>>);
+struct Task {
+    handle: Option<tokio::task::JoinHandle<Result<(), FailureKind>>>,
+    link: Arc<LoadedMiddleware>,
+}
 
 impl Task {
-    fn spawn(call: impl Future<Output = Result<(), FailureKind>> + Send + 'static) -> Task {
-        Task(Some(tokio::spawn(call)))
+    fn spawn(
+        link: Arc<LoadedMiddleware>,
+        call: impl Future<Output = Result<(), FailureKind>> + Send + 'static,
+    ) -> Task {
+        Task {
+            handle: Some(tokio::spawn(call)),
+            link,
+        }
     }
 
     /// What the call ended with.
     async fn finished(mut self) -> Result<(), FailureKind> {
-        let handle = self.0.as_mut().expect("a task is only taken by detach or drop");
+        let handle = self.handle.as_mut().expect("a task is only taken by detach or drop");
         match handle.await {
             Ok(ended) => ended,
             Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
@@ -273,16 +283,40 @@ impl Task {
         }
     }
 
-    /// Lets the call finish on its own (still within its `timeout`): whatever the instance does
-    /// after its response body's end, and then putting the instance back with the idle ones.
+    /// Lets the call finish on its own once its response body has ended: whatever the instance
+    /// still does (its running time within its `timeout`), then putting the instance back with
+    /// the idle ones. An instance still at it [`LINGER`] after (waiting on something that does
+    /// not come) is stopped, so that it does not hold its pool slot for ever.
     fn detach(mut self) {
-        self.0.take();
+        let Some(handle) = self.handle.take() else { return };
+        if handle.is_finished() {
+            return;
+        }
+        let link = self.link.clone();
+        tokio::spawn(async move {
+            let stop = handle.abort_handle();
+            if tokio::time::timeout(LINGER.max(link.policy.timeout), handle)
+                .await
+                .is_err()
+            {
+                stop.abort();
+                tracing::warn!(
+                    middleware = &*link.name,
+                    "a `wasi:http` link was still running {}s after its response ended: stopped",
+                    LINGER.max(link.policy.timeout).as_secs_f64()
+                );
+            }
+        });
     }
 }
 
+/// How long a `wasi:http` link's instance may go on after its response has ended (at least its
+/// `timeout`).
+const LINGER: Duration = Duration::from_secs(5);
+
 impl Drop for Task {
     fn drop(&mut self) {
-        if let Some(handle) = self.0.take() {
+        if let Some(handle) = self.handle.take() {
             handle.abort();
         }
     }
@@ -315,6 +349,7 @@ async fn run_proxy(
     };
     let (pre, link) = (pre.clone(), link.clone());
     let task = Task::spawn(
+        link.clone(),
         async move {
             let proxy = match pre.instantiate_async(&mut store).await {
                 Ok(proxy) => proxy,

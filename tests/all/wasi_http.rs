@@ -452,6 +452,38 @@ async fn stopped_at_its_limits(component_name: &str) {
     assert_eq!(values(&resp, "x-link"), ["out"]);
 }
 
+/// A WASI 0.3 link may go on after its response has ended (`wit_bindgen::spawn_local`), but not
+/// for ever: one still waiting 5 s after its response ended is stopped (and said to be), so that
+/// it gives back its pool slot. The client had its whole response at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wasi_http_link_that_lingers_after_its_response_is_stopped() {
+    let up = echo().await;
+    let mw = link_of("http_middleware", "link", "deny");
+    let sluice = Sluice::start(&config(up.addr(), &["link"], &mw));
+    let started = std::time::Instant::now();
+    let resp = client().get(sluice.url("/mw/linger")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.text().await.unwrap(), "lingering");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    let said = "a `wasi:http` link was still running 5s after its response ended: stopped";
+    while !sluice.stderr().contains(said) {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(15),
+            "{}",
+            sluice.stderr()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(started.elapsed() >= std::time::Duration::from_secs(5));
+    let resp = client().get(sluice.url("/mw/fine")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(values(&resp, "x-link"), ["out"]);
+}
+
 /// A `wasi:http` link that keeps failing is quarantined as a `sluice:middleware` link is: after
 /// five failures in a row its calls take turns (one waiting past its `timeout` fails as
 /// `quarantined`), and its first success lifts that.

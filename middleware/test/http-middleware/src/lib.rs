@@ -8,6 +8,8 @@
 //! - A request with `x-link-short` is answered here: 403, `stopped by the link`.
 //! - A request for a path with `/trap` in it traps before forwarding anything; `/loop` loops
 //!   forever; `/hog` allocates until it is refused memory.
+//! - `/linger` answers `lingering` at once, and its task then waits an hour (for nothing) before
+//!   it ends.
 
 use wasip3::http::types::{ErrorCode, Request, Response};
 use wasip3::http_compat::{
@@ -60,6 +62,17 @@ impl exports::wasi::http::handler::Guest for Middleware {
                 held.push(vec![1u8; 1 << 20]);
                 std::hint::black_box(&held);
             }
+        }
+        if path.contains("/linger") {
+            wit_bindgen::spawn_local(async {
+                wasip3::clocks::monotonic_clock::wait_for(3_600_000_000_000).await;
+            });
+            let answer = http::Response::builder()
+                .status(200)
+                .header("content-type", "text/plain")
+                .body("lingering".to_owned())
+                .expect("a response");
+            return http_into_wasi_response(answer);
         }
         if request.get_headers().has("x-link-short") {
             let answer = http::Response::builder()
