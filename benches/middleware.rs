@@ -14,7 +14,8 @@
 //!   `init` on every request (what fresh instances would cost without pre-initialization);
 //! - `boundary/response-headers/{empty,full}`: one call straight through the bindings, with
 //!   nothing to lower and with a full request and response head: a call's floor, and what the
-//!   values lowered add (docs/benchmarks.md);
+//!   values lowered add (docs/benchmarks.md); `boundary/request-body/empty-head-384-bytes`: about
+//!   the full head's bytes as one `list<u8>` instead;
 //! - `load/*`: loading a middleware, compiled or from the artifact cache.
 
 mod common;
@@ -239,6 +240,16 @@ fn boundary(c: &mut Criterion) {
     group.bench_function("response-headers/full", |b| {
         b.iter(|| {
             rt.block_on(bindings.call_on_response_headers(&mut store, full.clone(), 200, &response))
+                .unwrap()
+        })
+    });
+    // What the full case's values would cost as one blob: about their HTTP/1 serialization's
+    // size (384 bytes) as a body, with every string empty (and `stamp` hands it back, one byte
+    // more: a blob both ways).
+    let blob = vec![b'x'; 384];
+    group.bench_function("request-body/empty-head-384-bytes", |b| {
+        b.iter(|| {
+            rt.block_on(bindings.call_on_request_body(&mut store, empty.clone(), &blob))
                 .unwrap()
         })
     });
