@@ -124,6 +124,20 @@ async fn exported(received: &Received, traces: &[(&str, usize)]) {
     }
 }
 
+/// The middleware call spans among `spans`, each checked to be under `request`'s span.
+fn calls_under<'a>(spans: &'a [(String, Span)], request: &'a Span) -> impl Iterator<Item = &'a Span> {
+    spans
+        .iter()
+        .map(|(_, s)| s)
+        .filter(|s| s.name == "middleware")
+        .inspect(|s| {
+            assert_eq!(
+                s.parent_span_id, request.span_id,
+                "a middleware span is under its request's"
+            );
+        })
+}
+
 /// GETs `path` with `traceparent` if given; returns the `traceparent` the upstream received.
 async fn traced(sluice: &Sluice, path: &str, traceparent: Option<&str>) -> String {
     let mut req = client().get(sluice.url(path));
@@ -194,14 +208,8 @@ async fn request_and_middleware_spans_are_exported_in_the_clients_trace() {
         format!("00-{client_trace}-{}-01", hex::encode(&request.span_id)),
         "the upstream's parent is sluice's exported span"
     );
-    let mut calls: Vec<(String, String)> = spans
-        .iter()
-        .filter(|(_, s)| s.name == "middleware")
-        .map(|(_, s)| {
-            assert_eq!(
-                s.parent_span_id, request.span_id,
-                "a middleware span is under its request's"
-            );
+    let mut calls: Vec<(String, String)> = calls_under(&spans, request)
+        .map(|s| {
             assert_eq!(attribute(s, "name").as_deref(), Some("tag"));
             assert_eq!(attribute(s, "outcome").as_deref(), Some("next"));
             (attribute(s, "phase").unwrap(), attribute(s, "version").unwrap())
@@ -272,14 +280,8 @@ async fn wasi_http_links_calls_are_spans_in_the_request_trace() {
         format!("00-{trace}-{}-01", hex::encode(&request.span_id)),
         "the upstream's parent is the request's span"
     );
-    let mut calls: Vec<(u64, String, String, String)> = spans
-        .iter()
-        .filter(|(_, s)| s.name == "middleware")
-        .map(|(_, s)| {
-            assert_eq!(
-                s.parent_span_id, request.span_id,
-                "a middleware span is under its request's"
-            );
+    let mut calls: Vec<(u64, String, String, String)> = calls_under(&spans, request)
+        .map(|s| {
             (
                 s.start_time_unix_nano,
                 attribute(s, "name").unwrap(),
