@@ -292,18 +292,15 @@ impl Task {
         if handle.is_finished() {
             return;
         }
-        let link = self.link.clone();
+        let (link, linger) = (self.link.clone(), LINGER.max(self.link.policy.timeout));
         tokio::spawn(async move {
             let stop = handle.abort_handle();
-            if tokio::time::timeout(LINGER.max(link.policy.timeout), handle)
-                .await
-                .is_err()
-            {
+            if tokio::time::timeout(linger, handle).await.is_err() {
                 stop.abort();
                 tracing::warn!(
                     middleware = &*link.name,
                     "a `wasi:http` link was still running {}s after its response ended: stopped",
-                    LINGER.max(link.policy.timeout).as_secs_f64()
+                    linger.as_secs_f64()
                 );
             }
         });
