@@ -127,7 +127,7 @@ fn per_request(c: &mut Criterion) {
                     route: "bench",
                     context: &[],
                 };
-                instance.call_on_request_headers(&mut store, view).await.unwrap();
+                instance.on_request_headers(&mut store, view).await.unwrap();
             })
         })
     });
@@ -233,13 +233,13 @@ fn boundary(c: &mut Criterion) {
     let mut group = c.benchmark_group("boundary");
     group.bench_function("response-headers/empty", |b| {
         b.iter(|| {
-            rt.block_on(bindings.call_on_response_headers(&mut store, empty.clone(), 200, &[]))
+            rt.block_on(bindings.on_response_headers(&mut store, empty.clone(), 200, &[]))
                 .unwrap()
         })
     });
     group.bench_function("response-headers/full", |b| {
         b.iter(|| {
-            rt.block_on(bindings.call_on_response_headers(&mut store, full.clone(), 200, &response))
+            rt.block_on(bindings.on_response_headers(&mut store, full.clone(), 200, &response))
                 .unwrap()
         })
     });
@@ -249,7 +249,7 @@ fn boundary(c: &mut Criterion) {
     let blob = vec![b'x'; 384];
     group.bench_function("request-body/empty-head-384-bytes", |b| {
         b.iter(|| {
-            rt.block_on(bindings.call_on_request_body(&mut store, empty.clone(), &blob))
+            rt.block_on(bindings.on_request_body(&mut store, empty.clone(), &blob))
                 .unwrap()
         })
     });

@@ -21,6 +21,8 @@
 #   ROUNDS=3 DURATION=5s benches/peers.sh
 #   BEFORE=/tmp/sluice-old benches/peers.sh   # adds the default-instance rows of another sluice
 #                                             # binary (a build of an earlier commit), same run
+#   BEFORE_STAMP=/tmp/old/stamp.wasm          # with BEFORE: the `stamp` that commit built, for a
+#                                             # binary that cannot load this build's
 #   SLUICE=target/profiling/sluice benches/peers.sh   # that binary instead of building a release
 #                                             # one (`cargo build --profile profiling` is quicker)
 set -euo pipefail
@@ -226,7 +228,8 @@ RUST_LOG=warn "$SLUICE" run --config "$work/sluice.toml" 2>"$work/sluice.log" &
 sluice_pid=$!
 pids+=("$sluice_pid")
 if [[ -n ${BEFORE:-} ]]; then
-  sed "s/127.0.0.1:$SLUICE_PORT/127.0.0.1:$BEFORE_PORT/" "$work/sluice.toml" >"$work/before.toml"
+  sed -e "s/127.0.0.1:$SLUICE_PORT/127.0.0.1:$BEFORE_PORT/" -e "s|$stamp|${BEFORE_STAMP:-$stamp}|" \
+    "$work/sluice.toml" >"$work/before.toml"
   RUST_LOG=warn "$BEFORE" run --config "$work/before.toml" 2>"$work/before.log" &
   before_pid=$!
   pids+=("$before_pid")

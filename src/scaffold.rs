@@ -49,6 +49,7 @@ const RUST_TOOLCHAIN: &str = include_str!("../rust-toolchain.toml");
 const RUST_APP: &str = include_str!("../middleware/examples/hello/src/lib.rs");
 const RUST_SDK_LIB: &str = include_str!("../middleware/sdk/src/lib.rs");
 const RUST_SDK_HTTP: &str = include_str!("../middleware/sdk/src/http.rs");
+const RUST_SDK_HEAD: &str = include_str!("../middleware/sdk/src/head.rs");
 const JS_APP: &str = include_str!("../middleware/sdk-js/example/app.js");
 const JS_SDK: &str = include_str!("../middleware/sdk-js/sluice.js");
 const JS_PACKAGE: &str = include_str!("../middleware/sdk-js/package.json");
@@ -75,6 +76,7 @@ pub fn files(name: &str, lang: Lang) -> Vec<(PathBuf, String)> {
             let lib = RUST_SDK_LIB.replace("path: \"../../wit\"", "path: \"../wit\"");
             files.push((PathBuf::from("sdk/src/lib.rs"), lib));
             files.push((PathBuf::from("sdk/src/http.rs"), RUST_SDK_HTTP.to_owned()));
+            files.push((PathBuf::from("sdk/src/head.rs"), RUST_SDK_HEAD.to_owned()));
         }
         Lang::Js => {
             files.push((PathBuf::from("app.js"), JS_APP.to_owned()));

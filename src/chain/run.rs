@@ -24,7 +24,7 @@ use crate::runtime::Registration;
 use crate::runtime::budget::Meter;
 use crate::runtime::host::{HostCalls, HostState, Outbound};
 use crate::runtime::types::{BodyDecision, HeaderEdits, Request, RequestDecision, Response, ResponseDecision};
-use crate::runtime::{IdleSlots, LinkPre, Middleware, Phase, Service, Start, Started};
+use crate::runtime::{Exports, IdleSlots, LinkPre, Phase, Service, Start, Started};
 use crate::telemetry::OncePerSecond;
 
 /// How long creating an instance may take (at least the middleware's `timeout`): the host's work,
@@ -212,8 +212,8 @@ impl From<BodyDecision> for Decision {
 
 /// How a phase call reaches one kind of link.
 pub(super) enum Bindings {
-    /// A `sluice:middleware/middleware` component: one export per phase.
-    Sluice(Middleware),
+    /// A `sluice:middleware` component (either world): one export per phase.
+    Sluice(Exports),
     /// A WASI 0.3 `wasi:http/middleware` component: its `handle` (`chain::http`), no phase.
     Service(Service),
 }
@@ -251,10 +251,10 @@ impl Bindings {
         match self {
             Bindings::Service(_) => Err(wasmtime::format_err!("a `wasi:http` link declares no phase")),
             Bindings::Sluice(bindings) => Ok(match message {
-                Message::RequestHeaders(_) => bindings.call_on_request_headers(store, request).await?.into(),
-                Message::RequestBody(_, body) => bindings.call_on_request_body(store, request, body).await?.into(),
+                Message::RequestHeaders(_) => bindings.on_request_headers(store, request).await?.into(),
+                Message::RequestBody(_, body) => bindings.on_request_body(store, request, body).await?.into(),
                 Message::ResponseHeaders(_, head) => bindings
-                    .call_on_response_headers(
+                    .on_response_headers(
                         store,
                         request,
                         head.status.as_u16(),
@@ -263,7 +263,7 @@ impl Bindings {
                     .await?
                     .into(),
                 Message::ResponseBody(_, head, body) => bindings
-                    .call_on_response_body(
+                    .on_response_body(
                         store,
                         request,
                         head.status.as_u16(),
@@ -322,7 +322,7 @@ pub(super) struct Live {
 
 impl Live {
     /// A new instance, not yet serving.
-    fn new(store: Store<HostState>, bindings: Middleware) -> Self {
+    fn new(store: Store<HostState>, bindings: Exports) -> Self {
         Live::of(store, Bindings::Sluice(bindings))
     }
 
@@ -794,7 +794,7 @@ fn quarantine_thread() -> &'static tokio::runtime::Handle {
 
 /// Runs `init` in a new instance, as at load (where it succeeded with the same config), under the
 /// instantiation deadline and without outbound HTTP.
-async fn init(store: &mut Store<HostState>, bindings: &Middleware, link: &LoadedMiddleware) -> Result<(), FailureKind> {
+async fn init(store: &mut Store<HostState>, bindings: &Exports, link: &LoadedMiddleware) -> Result<(), FailureKind> {
     let outbound = store.data_mut().set_outbound(None);
     let result = bindings.call_init(&mut *store, &link.artifact.config_json).await;
     store.data_mut().set_outbound(outbound);

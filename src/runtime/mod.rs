@@ -26,6 +26,7 @@ mod bindings;
 pub mod budget;
 mod cache;
 mod functions;
+pub mod head;
 pub mod host;
 mod world;
 
@@ -41,7 +42,7 @@ use wasmtime::component::{Component, Linker, Val};
 use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline};
 
 pub use bindings::types;
-pub use bindings::{Middleware, MiddlewarePre};
+pub use bindings::{Exports, Fields, SluicePre};
 pub use cache::ArtifactCache;
 use functions::FunctionCache;
 use host::HostState;
@@ -220,8 +221,8 @@ pub enum LoadError {
     /// The bytes are not a valid WebAssembly component.
     #[error("not a valid WebAssembly component: {0}")]
     Invalid(String),
-    /// The component does not implement the `sluice:middleware/middleware` world.
-    #[error("does not implement the `sluice:middleware/middleware@0.1.0` world: {0}")]
+    /// The component implements neither `sluice:middleware` world (nor a standard `wasi:http` one).
+    #[error("does not implement the `sluice:middleware/middleware@0.1.0` or `compact-middleware` world: {0}")]
     WrongWorld(String),
     /// `init` returned an error: the config is rejected.
     #[error("rejected its config: {0}")]
@@ -277,8 +278,8 @@ pub struct Loaded {
 /// A component pre-linked as the kind of chain link it is.
 #[derive(Clone)]
 pub enum LinkPre {
-    /// A `sluice:middleware` component: one export per phase.
-    Sluice(MiddlewarePre<HostState>),
+    /// A `sluice:middleware` component (either world): one export per phase.
+    Sluice(SluicePre),
     /// A standard `wasi:http/proxy` component (WASI 0.2): one `handle` per request, whose outgoing
     /// requests to the request's own authority are the rest of the chain.
     Proxy(ProxyPre<HostState>),
@@ -303,7 +304,7 @@ pub struct Started {
     /// Its store.
     pub store: Store<HostState>,
     /// Its exports.
-    pub bindings: Middleware,
+    pub bindings: Exports,
 }
 
 /// The instantiation or `init` of `store`'s instance was refused memory past `limit`.
@@ -666,12 +667,19 @@ impl Runtime {
         Ok((code, cached))
     }
 
-    fn pre(&self, component: &Component) -> Result<MiddlewarePre<HostState>, LoadError> {
+    /// `component` pre-linked as the `sluice:middleware` world its exports take: heads encoded
+    /// (`compact-middleware`, what the Rust SDK builds), else typed (`middleware`).
+    fn pre(&self, component: &Component) -> Result<SluicePre, LoadError> {
         let instance_pre = self
             .linker
             .instantiate_pre(component)
             .map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?;
-        MiddlewarePre::new(instance_pre).map_err(|e| LoadError::WrongWorld(format!("{e:#}")))
+        if let Ok(pre) = bindings::CompactMiddlewarePre::new(instance_pre.clone()) {
+            return Ok(SluicePre::Compact(pre));
+        }
+        bindings::MiddlewarePre::new(instance_pre)
+            .map(SluicePre::Typed)
+            .map_err(|e| LoadError::WrongWorld(format!("{e:#}")))
     }
 
     /// Starts one instance of `pre` under `limit`, as a request would: what it needs is known at
@@ -679,7 +687,7 @@ impl Runtime {
     async fn first_instance(
         &self,
         name: &str,
-        pre: &MiddlewarePre<HostState>,
+        pre: &SluicePre,
         state: Arc<State>,
         limit: u64,
     ) -> Result<Started, LoadError> {
@@ -707,7 +715,7 @@ impl Runtime {
 
     /// Compiles `bytes` without running `init` or snapshotting: every instance then needs its
     /// own `init` call. Not used to serve; benches use it to measure what pre-initialization saves.
-    pub fn prepare(&self, bytes: &[u8]) -> Result<MiddlewarePre<HostState>, LoadError> {
+    pub fn prepare(&self, bytes: &[u8]) -> Result<SluicePre, LoadError> {
         let component = Component::new(&self.engine, bytes).map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
         self.pre(&component)
     }

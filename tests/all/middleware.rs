@@ -199,7 +199,7 @@ fn the_wrong_world_and_a_rejected_config_are_refused_at_load() {
         "{err}"
     );
     assert!(
-        err.contains("does not implement the `sluice:middleware/middleware@0.1.0` world"),
+        err.contains("does not implement the `sluice:middleware/middleware@0.1.0` or `compact-middleware` world"),
         "{err}"
     );
 

@@ -24,6 +24,8 @@
 //! Build with `cargo build --release --target wasm32-wasip2`; the `.wasm` in
 //! `target/wasm32-wasip2/release/` is the component to name in sluice's config.
 
+#[doc(hidden)]
+pub mod head;
 pub mod http;
 
 #[doc(hidden)]
@@ -31,7 +33,8 @@ pub mod http;
 pub mod bindings {
     wit_bindgen::generate!({
         path: "../../wit",
-        world: "middleware",
+        // Heads cross as one encoded byte string each (`head`), not a string or list per field.
+        world: "compact-middleware",
         pub_export_macro: true,
         export_macro_name: "__export_world",
         default_bindings_module: "sluice_sdk::bindings",
@@ -209,21 +212,19 @@ macro_rules! export_middleware {
                 __SLUICE_MIDDLEWARE.set(middleware).map_err(|_| "`init` was called twice".to_string())?;
                 Ok(registration)
             }
-            fn on_request_headers(req: $crate::Request) -> $crate::RequestDecision {
-                $crate::Middleware::on_request_headers(__sluice_middleware(), req)
+            fn on_request_headers(req: Vec<u8>) -> $crate::RequestDecision {
+                $crate::Middleware::on_request_headers(__sluice_middleware(), $crate::head::request(&req))
             }
-            fn on_request_body(req: $crate::Request, body: Vec<u8>) -> $crate::BodyDecision {
-                $crate::Middleware::on_request_body(__sluice_middleware(), req, body)
+            fn on_request_body(req: Vec<u8>, body: Vec<u8>) -> $crate::BodyDecision {
+                $crate::Middleware::on_request_body(__sluice_middleware(), $crate::head::request(&req), body)
             }
-            fn on_response_headers(req: $crate::Request, status: u16, headers: $crate::Headers) -> $crate::ResponseDecision {
-                $crate::Middleware::on_response_headers(__sluice_middleware(), req, status, headers)
+            fn on_response_headers(req: Vec<u8>, response: Vec<u8>) -> $crate::ResponseDecision {
+                let (status, headers) = $crate::head::response(&response);
+                $crate::Middleware::on_response_headers(__sluice_middleware(), $crate::head::request(&req), status, headers)
             }
-            fn on_response_body(
-                req: $crate::Request,
-                status: u16,
-                headers: $crate::Headers,
-                body: Vec<u8>,
-            ) -> $crate::BodyDecision {
+            fn on_response_body(req: Vec<u8>, response: Vec<u8>, body: Vec<u8>) -> $crate::BodyDecision {
+                let (status, headers) = $crate::head::response(&response);
+                let req = $crate::head::request(&req);
                 $crate::Middleware::on_response_body(__sluice_middleware(), req, status, headers, body)
             }
         }
