@@ -177,3 +177,34 @@ async fn a_wasi_http_component_is_compiled_once_and_cached() {
         eprintln!("{name}: first load {:?}, cached load {:?}", first.took, again.took);
     }
 }
+
+/// The Rust SDK builds `compact-middleware` components (heads cross as one byte string each); a
+/// component of the typed `middleware` world (the JavaScript SDK's) still loads, as that world.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_sluice_world_loads_as_itself() {
+    use sluice::runtime::{LinkPre, SluicePre};
+    let cache = tempfile::tempdir().unwrap();
+    let runtime = Runtime::new(cache.path().to_owned()).unwrap();
+    let js = std::fs::read(env!("CARGO_MANIFEST_DIR").to_owned() + "/target/polyglot/probe_js.wasm")
+        .expect("scripts/build-polyglot.sh builds the JavaScript probe");
+    for (bytes, config, compact) in [
+        (component("stamp"), r#"{"name":"a"}"#, true),
+        (
+            component("auth_jwt"),
+            r#"{"secret":"s3cr3t-s3cr3t-s3cr3t-s3cr3t","algorithms":["HS256"]}"#,
+            true,
+        ),
+        (js, r#"{"name":"js"}"#, false),
+    ] {
+        for start in [Start::Snapshot, Start::Init] {
+            let loaded = runtime
+                .load("x", &bytes, config, state(), 64 << 20, start)
+                .await
+                .unwrap();
+            let LinkPre::Sluice(pre) = &loaded.pre else {
+                panic!("a sluice:middleware component")
+            };
+            assert_eq!(matches!(pre, SluicePre::Compact(_)), compact, "{config} {start:?}");
+        }
+    }
+}
