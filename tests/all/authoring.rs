@@ -86,10 +86,14 @@ async fn authoring_loop(lang: &str, source: &str, default: &str, make_vars: &[&s
             let client = common::client();
             while !stop.load(Ordering::Relaxed) {
                 let resp = client.get(&url).send().await.expect("a request failed during the swap");
-                assert_eq!(resp.status(), 200, "a request failed during the swap");
-                resp.bytes().await.unwrap();
+                let status = resp.status();
+                let body = resp.text().await.unwrap();
+                if status != 200 {
+                    return Err(format!("a request failed during the swap: {status} {body}"));
+                }
                 served.fetch_add(1, Ordering::Relaxed);
             }
+            Ok(())
         })
     };
     let path = project.join(source);
@@ -111,7 +115,9 @@ async fn authoring_loop(lang: &str, source: &str, default: &str, make_vars: &[&s
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     stop.store(true, Ordering::Relaxed);
-    load.await.unwrap();
+    if let Err(failed) = load.await.unwrap() {
+        panic!("{failed}\n{}", sluice.stderr());
+    }
     assert!(served.load(Ordering::Relaxed) > 0);
 }
 
