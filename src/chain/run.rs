@@ -221,8 +221,9 @@ pub(super) enum Bindings {
 impl Bindings {
     /// Calls `message`'s phase with what `link` asked to see of it: the request (its headers
     /// narrowed to what `init` registered), the chain's context and, in a response phase, the
-    /// response head (narrowed the same way). Nothing is copied: the arguments borrow from the
-    /// heads and are lowered straight into the guest.
+    /// response head (narrowed the same way). The arguments borrow from the heads: a typed-world
+    /// component gets them lowered straight into its memory, a compact one gets each head encoded
+    /// once (`runtime::head`).
     async fn call(
         &self,
         store: &mut Store<HostState>,
