@@ -12,10 +12,11 @@
 //!   engine's lazy caches are in the snapshot too;
 //! - `regex-init/init-per-request`: the same component instantiated without the snapshot, running
 //!   `init` on every request (what fresh instances would cost without pre-initialization);
-//! - `boundary/response-headers/{empty,full}`: one call straight through the bindings, with
-//!   nothing to lower and with a full request and response head: a call's floor, and what the
-//!   values lowered add (docs/benchmarks.md); `boundary/request-body/empty-head-384-bytes`: about
-//!   the full head's bytes as one `list<u8>` instead;
+//! - `boundary/response-headers/{empty,full}`: one call straight through the instance's exports
+//!   (`stamp` is a `compact-middleware` component: each head is encoded into one byte string),
+//!   with empty heads and with a full request and response head: a call's floor, and what the
+//!   heads add (docs/benchmarks.md); `boundary/request-body/empty-head-384-bytes`: empty heads
+//!   and a 384-byte body, handed back;
 //! - `load/*`: loading a middleware, compiled or from the artifact cache.
 
 mod common;
@@ -181,7 +182,8 @@ fn load(c: &mut Criterion) {
 }
 
 /// The floor of one phase call: `stamp`'s `on-response-headers` called straight through its
-/// bindings on one instance (no chain, no budget, no metrics), with a request of empty strings and
+/// exports on one instance (no chain, no budget, no metrics; its heads encoded, as the chain does
+/// for a `compact-middleware` component), with a request of empty strings and
 /// no headers, and with the bench request's four headers and 8-header response: what crossing
 /// the boundary costs before sluice does anything around it.
 fn boundary(c: &mut Criterion) {
@@ -243,9 +245,8 @@ fn boundary(c: &mut Criterion) {
                 .unwrap()
         })
     });
-    // What the full case's values would cost as one blob: about their HTTP/1 serialization's
-    // size (384 bytes) as a body, with every string empty (and `stamp` hands it back, one byte
-    // more: a blob both ways).
+    // Empty heads and a 384-byte body (about the full head's HTTP/1 size), which `stamp` hands
+    // back one byte longer: a byte string crossing both ways.
     let blob = vec![b'x'; 384];
     group.bench_function("request-body/empty-head-384-bytes", |b| {
         b.iter(|| {
