@@ -9,9 +9,32 @@ use std::time::{Duration, Instant};
 
 pub use sluice::echo::EchoServer;
 
-/// A free loopback port (bound, then released).
+/// A loopback address no other caller in this process gets, free when handed out.
+///
+/// The ports come from below the kernel's ephemeral range (32768-60999 on Linux), one after the
+/// other from a per-process start, never from `bind(0)`: a port `bind(0)` returned and released
+/// is free for the kernel to hand out again, to another test's `free_addr` or to a client's
+/// connection, before the sluice meant to listen on it has bound it. sluice binds with
+/// SO_REUSEPORT, so two sluices given one port would both listen on it and the kernel would
+/// spread one test's connections over both (CI saw a reset from another test's sluice).
 pub fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+    use std::sync::atomic::{AtomicU16, Ordering};
+    const FIRST: u16 = 20_000;
+    const SPAN: u16 = 12_000; // up to 31999
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let start = (std::process::id() % u32::from(SPAN)) as u16;
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        assert!(
+            n < SPAN,
+            "free_addr: every port in {FIRST}..{} was handed out",
+            FIRST + SPAN
+        );
+        let addr = SocketAddr::from(([127, 0, 0, 1], FIRST + (start + n) % SPAN));
+        if TcpListener::bind(addr).is_ok() {
+            return addr;
+        }
+    }
 }
 
 /// An echo upstream on a free port of the current runtime.
@@ -90,12 +113,34 @@ impl Sluice {
             if let Some(status) = self.child.try_wait().unwrap() {
                 panic!("sluice exited with {status} before serving:\n{}", self.stderr());
             }
-            if TcpStream::connect(self.addr).is_ok() {
+            if self.listening().iter().all(|addr| TcpStream::connect(addr).is_ok()) {
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
         panic!("sluice did not listen on {} within 300s:\n{}", self.addr, self.stderr());
+    }
+
+    /// Every address the config has sluice listen on (`[server] listen` and `tls`), with
+    /// `addr`: each worker binds its own socket on each, so one accepting says nothing of the
+    /// others.
+    fn listening(&self) -> Vec<SocketAddr> {
+        let config = std::fs::read_to_string(self.config_path()).unwrap_or_default();
+        let server = toml::from_str::<toml::Table>(&config)
+            .ok()
+            .and_then(|c| c.get("server").and_then(|s| s.as_table()).cloned())
+            .unwrap_or_default();
+        let listen = server.get("listen").and_then(|l| l.as_array()).into_iter().flatten();
+        let tls = server.get("tls").and_then(|l| l.as_array()).into_iter().flatten();
+        let mut addrs: Vec<SocketAddr> = listen
+            .filter_map(|a| a.as_str())
+            .chain(tls.filter_map(|t| t.get("addr").and_then(|a| a.as_str())))
+            .filter_map(|a| a.parse().ok())
+            .collect();
+        addrs.push(self.addr);
+        addrs.sort();
+        addrs.dedup();
+        addrs
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -144,7 +189,27 @@ impl Sluice {
 }
 
 impl Drop for Sluice {
+    /// Kills the process. When a test fails while this sluice runs, its state and the end of its
+    /// log are printed first: a failure seen once in CI then says what sluice did.
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            let state = match self.child.try_wait() {
+                Ok(Some(status)) => format!("had exited ({status})"),
+                _ => "was running".to_owned(),
+            };
+            let log = self.stderr();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!(
+                "--- sluice on {} (pid {}) {state}; the last {} lines of its log:",
+                self.addr,
+                self.child.id(),
+                tail.len()
+            );
+            for line in tail.iter().rev() {
+                eprintln!("{line}");
+            }
+            eprintln!("---");
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
