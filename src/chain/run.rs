@@ -680,33 +680,36 @@ fn record(
     });
 }
 
-/// The request's instance of `link` in `slot`: created (or taken from the idle ones) on first use.
-async fn instance<'a>(slot: &'a mut Option<Live>, link: &LoadedMiddleware) -> Result<&'a mut Live, FailureKind> {
+/// Whether `slot` holds the request's instance of `link`, after taking an idle one into it if
+/// it held none and the link reuses instances.
+fn claim(slot: &mut Option<Live>, link: &LoadedMiddleware) -> bool {
     if slot.is_none()
         && link.policy.reuse.is_some()
         && let Some(live) = link.idle.take()
     {
         *slot = Some(live);
     }
-    if slot.is_none() {
-        let host = link.host();
-        let LinkPre::Sluice(pre) = &link.artifact.pre else {
-            // A `wasi:http` link declares no phase: the chain never calls it here.
-            return Err(FailureKind::Instantiate);
-        };
-        let mut store = link.runtime.store(host);
-        // Instantiating is the host's work, not the middleware's: bounded, but not by its budget.
-        store.data_mut().deadline = Instant::now() + INSTANTIATE_DEADLINE.max(link.policy.timeout);
-        let bindings = pre.instantiate_async(&mut store).await.map_err(|e| {
-            tracing::warn!(middleware = &*link.name, error = %format!("{e:#}"), "cannot instantiate");
-            FailureKind::Instantiate
-        })?;
-        if link.artifact.start == Start::Init {
-            init(&mut store, &bindings, link).await?;
-        }
-        *slot = Some(Live::new(store, bindings));
+    slot.is_some()
+}
+
+/// A new instance of `link` for the request, in `slot`.
+async fn create<'a>(slot: &'a mut Option<Live>, link: &LoadedMiddleware) -> Result<&'a mut Live, FailureKind> {
+    let host = link.host();
+    let LinkPre::Sluice(pre) = &link.artifact.pre else {
+        // A `wasi:http` link declares no phase: the chain never calls it here.
+        return Err(FailureKind::Instantiate);
+    };
+    let mut store = link.runtime.store(host);
+    // Instantiating is the host's work, not the middleware's: bounded, but not by its budget.
+    store.data_mut().deadline = Instant::now() + INSTANTIATE_DEADLINE.max(link.policy.timeout);
+    let bindings = pre.instantiate_async(&mut store).await.map_err(|e| {
+        tracing::warn!(middleware = &*link.name, error = %format!("{e:#}"), "cannot instantiate");
+        FailureKind::Instantiate
+    })?;
+    if link.artifact.start == Start::Init {
+        init(&mut store, &bindings, link).await?;
     }
-    Ok(slot.as_mut().expect("just created"))
+    Ok(slot.insert(Live::new(store, bindings)))
 }
 
 /// One call of `link` on its instance in `slot` (created first if there is none), bounded by its
@@ -721,7 +724,13 @@ async fn run_call(
 ) -> (Result<Decision, FailureKind>, HostCalls) {
     // The futures of creating an instance and of the call itself are boxed: held inline, their
     // kilobytes of state would be copied at every level of this call's futures, on every call.
-    match Box::pin(instance(slot, link)).await {
+    // An instance already there (the request's own, or an idle one) needs no future at all.
+    let live = if claim(slot, link) {
+        Ok(slot.as_mut().expect("claimed"))
+    } else {
+        Box::pin(create(slot, link)).await
+    };
+    match live {
         Ok(live) => {
             arm(live, link);
             let call = Box::pin(live.bindings.call(&mut live.store, link, facts, context, message));

@@ -337,6 +337,15 @@ impl std::fmt::Debug for Runtime {
     }
 }
 
+/// With `SLUICE_PERF_MAP` set, wasmtime writes `/tmp/perf-<pid>.map`, naming each compiled guest
+/// function for `perf report` (docs/benchmarks.md, "Profiling"). Off by default: it writes a line
+/// per function at every load.
+fn profile_guests(config: &mut wasmtime::Config) {
+    if std::env::var_os("SLUICE_PERF_MAP").is_some() {
+        config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+    }
+}
+
 impl Runtime {
     /// Creates the engine (and its epoch ticker thread) with artifacts cached in `cache_dir`.
     pub fn new(cache_dir: PathBuf) -> Result<Arc<Runtime>, LoadError> {
@@ -366,6 +375,7 @@ impl Runtime {
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
             .enable_incremental_compilation(Arc::new(FunctionCache::default()))
             .map_err(internal)?;
+        profile_guests(&mut config);
         let engine = Engine::new(&config).map_err(internal)?;
         // A pool of its own (an instance per request: creating one from the pool is microseconds,
         // mapping and unmapping its memory is not), a quarter of the main one.
@@ -389,6 +399,7 @@ impl Runtime {
             .epoch_interruption(true)
             .memory_reservation(MAX_MEMORY)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(p3_pool));
+        profile_guests(&mut p3_config);
         let p3_engine = Engine::new(&p3_config).map_err(internal)?;
 
         let tickers = [engine.weak(), p3_engine.weak()];
