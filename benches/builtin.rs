@@ -12,6 +12,10 @@
 //! one request: the route `benches/load.sh` measures over the network. Every iteration checks the
 //! request passed, so a misconfigured case cannot measure a cheap rejection.
 //!
+//! Every request carries the same token, which auth-jwt verifies once and then remembers
+//! (`token-cache`); `auth-jwt/reused-verifying-every-token` turns that off, for the cost of a token
+//! seen for the first time, which is what `auth-jwt/native` does on every request.
+//!
 //! The request: `POST /orders` with an HS256 bearer token and a 1 KiB JSON order
 //! (`benches/data/order.json`, valid against `order.schema.json`); the response: an 842-byte JSON
 //! page of customer records full of PII (`customers.json`).
@@ -221,6 +225,22 @@ fn per_middleware(c: &mut Criterion) {
             group.bench_function(format!("{name}/{mode}"), |b| b.iter(|| one_request(&rt, &chain, &req)));
         }
     }
+    // auth-jwt remembers the tokens it verified (`token-cache`): the rows above send one token
+    // again and again. This one verifies it every time, as for a token seen for the first time:
+    // the work `auth-jwt/native` does.
+    let mut every_time: Value = serde_json::from_str(&config("auth-jwt")).unwrap();
+    every_time["token-cache"] = 0.into();
+    let chain = Chain::new(vec![link(
+        &rt,
+        &runtime,
+        "auth-jwt",
+        &builtin("auth-jwt"),
+        &every_time.to_string(),
+        REUSE,
+    )]);
+    group.bench_function("auth-jwt/reused-verifying-every-token", |b| {
+        b.iter(|| one_request(&rt, &chain, &req))
+    });
     for (mode, reuse) in [("fresh", None), ("reused", REUSE)] {
         let chain = Chain::new(names.iter().map(|name| load(name, reuse)).collect());
         group.bench_function(format!("all-four/{mode}"), |b| {

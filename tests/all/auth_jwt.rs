@@ -306,3 +306,66 @@ async fn with_no_key_set_and_the_provider_down_on_error_decides() {
     assert_eq!(other.hits(), 0);
     assert!(sluice.stderr().contains("outbound HTTP denied"), "{}", sluice.stderr());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remembered_token_expires_on_time_and_is_forgotten_when_the_key_set_changes() {
+    let up = echo().await;
+    // Remembered tokens are checked against the clock at each use: one that expires 5 s after
+    // PyJWT made it passes, many times, and is refused once it has expired (no leeway).
+    let hs = "config = { algorithms = [\"HS256\"], secret-env = \"JWT_SECRET\", leeway = \"0s\" }";
+    let sluice = Sluice::start_in(
+        &config(up.addr(), hs),
+        tempfile::tempdir().unwrap(),
+        &[("JWT_SECRET", SECRET)],
+    );
+    let minted = tempfile::tempdir().unwrap();
+    let made = std::time::SystemTime::now();
+    let tokens = mint(minted.path());
+    for _ in 0..20 {
+        assert_eq!(status_of(&sluice, &tokens["short_lived"]).await, 200);
+    }
+    let expired_at = made + Duration::from_secs(5 + 1);
+    if let Ok(wait) = expired_at.duration_since(std::time::SystemTime::now()) {
+        tokio::time::sleep(wait + Duration::from_millis(500)).await;
+    }
+    let resp = call(&sluice, Some(&format!("Bearer {}", tokens["short_lived"]))).await;
+    assert_eq!(resp.status(), 401);
+    assert!(
+        resp.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .contains("token expired"),
+        "{:?}",
+        resp.headers()
+    );
+    drop(sluice);
+
+    // A token verified with a key from `jwks-url` is forgotten when the provider's set changes:
+    // once the set without that key is fetched, the token is refused.
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = mint(dir.path());
+    let jwks = std::fs::read(dir.path().join("jwks.json")).unwrap();
+    let jwks_all = std::fs::read(dir.path().join("jwks-all.json")).unwrap();
+    let idp = Canned::start(Reply::Body(200, jwks_all)).await;
+    let sluice = Sluice::start(&jwks_url_config(up.addr(), &idp, "jwks-cache-ttl = \"1s\"", "deny"));
+    for _ in 0..10 {
+        assert_eq!(status_of(&sluice, &tokens["every/ES384"]).await, 200);
+    }
+    idp.set(Reply::Body(200, jwks));
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let resp = call(&sluice, Some(&format!("Bearer {}", tokens["every/ES384"]))).await;
+    assert_eq!(resp.status(), 401, "the key left the set");
+    assert!(
+        resp.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .contains("unknown key id"),
+        "{:?}",
+        resp.headers()
+    );
+    assert_eq!(
+        status_of(&sluice, &tokens["rs256"]).await,
+        200,
+        "a key still in the set"
+    );
+}

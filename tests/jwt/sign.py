@@ -6,7 +6,8 @@ does not use, so the tests check sluice against tokens it did not mint itself.
 
 Writes OUTDIR/jwks.json (RSA `rsa-1`, EC P-256 `ec-1`), OUTDIR/jwks-all.json (those, EC P-384
 `ec-384` and Ed25519 `ed-1`), OUTDIR/rsa.pem and OUTDIR/ed25519.pem (public keys, PEM), and
-OUTDIR/tokens.json: {name: token}, with `every/<ALG>` a valid token for each algorithm.
+OUTDIR/tokens.json: {name: token}, with `every/<ALG>` a valid token for each algorithm and
+`short_lived` one that expires 5 s after it was made.
 """
 import base64
 import hashlib
@@ -79,6 +80,7 @@ def hs256_with(key_bytes, payload):
 tokens = {
     "hs256": jwt.encode(claims(), SECRET, algorithm="HS256"),
     "hs512": jwt.encode(claims(), SECRET, algorithm="HS512"),
+    "short_lived": jwt.encode(claims(exp=now + 5), SECRET, algorithm="HS256"),
     "rs256": jwt.encode(claims(), rsa_key, algorithm="RS256", headers={"kid": "rsa-1"}),
     "ps256": jwt.encode(claims(), rsa_key, algorithm="PS256", headers={"kid": "rsa-1"}),
     "es256": jwt.encode(claims(), ec_key, algorithm="ES256", headers={"kid": "ec-1"}),

@@ -14,8 +14,13 @@
 //! know at most once per `jwks-refetch-interval`, and served stale while the identity provider is
 //! down. With no key set at all and the provider down, the call traps and `on-error` decides.
 //!
+//! A token that verified is remembered by the instance (`token-cache` of them, by their text): a
+//! client sends one token on many requests, and nothing about it but the time can change. Each use
+//! of a remembered token checks `exp` and `nbf` against the clock again, and a change of the
+//! `jwks-url` key set forgets every remembered token.
+//!
 //! Docs: docs/middleware/auth-jwt.md.
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -49,6 +54,8 @@ struct Config {
     header: Option<String>,
     #[serde(default)]
     forward_claims: BTreeMap<String, String>,
+    /// How many verified tokens an instance remembers (0: none).
+    token_cache: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -74,6 +81,85 @@ struct AuthJwt {
     remote: Option<Remote>,
     header: String,
     forward: Vec<(String, String)>,
+    /// Clock skew allowed on `exp` and `nbf`, in seconds.
+    leeway: u64,
+    verified: Mutex<Verified>,
+}
+
+/// A token's claims, as verified.
+type Claims = Arc<serde_json::Map<String, Value>>;
+
+/// The tokens this instance verified, by their text, with their claims.
+struct Verified {
+    capacity: usize,
+    /// The `jwks-url` key set they were verified with (kept, so that its address is not reused).
+    keys: Option<Arc<Vec<Key>>>,
+    tokens: HashMap<String, Remembered>,
+}
+
+/// A verified token: its claims, and the times checked again at each use.
+struct Remembered {
+    claims: Claims,
+    exp: Option<u64>,
+    nbf: Option<u64>,
+}
+
+/// Tokens longer than this are verified every time: with `token-cache`, this bounds what the
+/// cache holds.
+const LONGEST_REMEMBERED: usize = 8 << 10;
+
+impl Verified {
+    /// Forgets every token if `fetched` is not the key set they were verified with.
+    fn keyed_by(&mut self, fetched: Option<&Arc<Vec<Key>>>) {
+        let same = match (&self.keys, fetched) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        };
+        if !same {
+            self.tokens.clear();
+            self.keys = fetched.cloned();
+        }
+    }
+
+    /// A remembered `token`'s claims if they are still within their time (`leeway` seconds of
+    /// skew allowed), or why they are not; `None` if it is not remembered.
+    fn check(&mut self, token: &str, leeway: u64) -> Option<Result<Claims, String>> {
+        let entry = self.tokens.get(token)?;
+        let now = now_ms() / 1000;
+        // As `jsonwebtoken` checks them (`validation.rs`).
+        let verdict = if entry.exp.is_some_and(|exp| exp < now.saturating_sub(leeway)) {
+            Err("token expired".to_owned())
+        } else if entry.nbf.is_some_and(|nbf| nbf > now + leeway) {
+            Err("token not yet valid".to_owned())
+        } else {
+            return Some(Ok(entry.claims.clone()));
+        };
+        self.tokens.remove(token);
+        Some(verdict)
+    }
+
+    /// Remembers `token`; when full, the expired ones go, and if none has, all of them.
+    fn remember(&mut self, token: &str, claims: &Claims, leeway: u64) {
+        if self.capacity == 0 || token.len() > LONGEST_REMEMBERED {
+            return;
+        }
+        if self.tokens.len() >= self.capacity {
+            let now = (now_ms() / 1000).saturating_sub(leeway);
+            self.tokens.retain(|_, t| t.exp.is_none_or(|exp| exp >= now));
+            if self.tokens.len() >= self.capacity {
+                self.tokens.clear();
+            }
+        }
+        // `jsonwebtoken` reads them as whole seconds; a fraction is dropped.
+        let time = |claim: &str| claims.get(claim).and_then(Value::as_f64).map(|t| t as u64);
+        let entry = Remembered {
+            claims: claims.clone(),
+            exp: time("exp"),
+            nbf: time("nbf"),
+        };
+        self.tokens.insert(token.to_owned(), entry);
+    }
 }
 
 impl Middleware for AuthJwt {
@@ -176,6 +262,11 @@ impl Middleware for AuthJwt {
             })
             .collect();
         let registration = Registration::phases(Phases::REQUEST_HEADERS).with_request_headers(&[&header]);
+        let verified = Verified {
+            capacity: config.token_cache.unwrap_or(1000),
+            keys: None,
+            tokens: HashMap::new(),
+        };
         Ok((
             AuthJwt {
                 algorithms,
@@ -184,27 +275,25 @@ impl Middleware for AuthJwt {
                 remote,
                 header,
                 forward,
+                leeway,
+                verified: Mutex::new(verified),
             },
             registration,
         ))
     }
 
     fn on_request_headers(&self, req: Request) -> RequestDecision {
-        let fetched = match &self.remote {
-            Some(remote) => remote.keys().unwrap_or_else(|e| {
+        let fetched = self.remote.as_ref().map(|remote| {
+            remote.keys().unwrap_or_else(|e| {
                 log(Level::Error, &format!("no key set: {e}"));
                 // No keys at all: trapping hands the request to the middleware's `on-error`.
                 panic!("jwks-url: no key set: {e}")
-            }),
-            None => Arc::default(),
+            })
+        });
+        let verdict = match self.token(&req) {
+            Ok(token) => self.verified(token, fetched),
+            Err(reason) => Err(reason),
         };
-        let mut verdict = self.verify(&req, &fetched);
-        if let (Err(reason), Some(remote)) = (&verdict, &self.remote)
-            && reason == UNKNOWN_KID
-            && let Some(fresh) = remote.refetch_for_unknown_kid()
-        {
-            verdict = self.verify(&req, &fresh);
-        }
         match verdict {
             Ok(claims) => {
                 let mut edits = HeaderEdits::none();
@@ -227,15 +316,41 @@ impl Middleware for AuthJwt {
 }
 
 impl AuthJwt {
-    /// The token's claims, or why it is rejected (plain words, no quotes: it goes in a header).
-    fn verify(&self, req: &Request, fetched: &[Key]) -> Result<serde_json::Map<String, Value>, String> {
+    /// The token in the request, or why there is none.
+    fn token<'a>(&self, req: &'a Request) -> Result<&'a str, String> {
         let value = req.header(&self.header).ok_or("no token")?;
         let value = std::str::from_utf8(value).map_err(|_| "malformed token")?.trim();
-        let token = match value.split_once(' ') {
-            Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token.trim(),
-            _ if self.header != "authorization" && !value.contains(' ') => value,
-            _ => return Err("the authorization scheme is not Bearer".into()),
-        };
+        match value.split_once(' ') {
+            Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => Ok(token.trim()),
+            _ if self.header != "authorization" && !value.contains(' ') => Ok(value),
+            _ => Err("the authorization scheme is not Bearer".into()),
+        }
+    }
+
+    /// `token`'s claims, remembered or verified with the configured keys and `fetched` (the
+    /// `jwks-url` set, fetched again once for a `kid` it lacks); or why it is rejected.
+    fn verified(&self, token: &str, fetched: Option<Arc<Vec<Key>>>) -> Result<Claims, String> {
+        let mut verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+        verified.keyed_by(fetched.as_ref());
+        if let Some(verdict) = verified.check(token, self.leeway) {
+            return verdict;
+        }
+        let keys = fetched.as_deref().map_or(&[][..], |keys| &keys[..]);
+        let mut verdict = self.verify(token, keys);
+        if let (Err(reason), Some(remote)) = (&verdict, &self.remote)
+            && reason == UNKNOWN_KID
+            && let Some(fresh) = remote.refetch_for_unknown_kid()
+        {
+            verdict = self.verify(token, &fresh);
+            verified.keyed_by(Some(&fresh));
+        }
+        let claims = Arc::new(verdict?);
+        verified.remember(token, &claims, self.leeway);
+        Ok(claims)
+    }
+
+    /// The token's claims, or why it is rejected (plain words, no quotes: it goes in a header).
+    fn verify(&self, token: &str, fetched: &[Key]) -> Result<serde_json::Map<String, Value>, String> {
         let header = decode_header(token).map_err(|e| match e.kind() {
             ErrorKind::Json(_) | ErrorKind::InvalidAlgorithmName => {
                 "malformed token or unsupported algorithm (alg none is never accepted)".to_owned()
