@@ -8,9 +8,12 @@
 //!
 //! - **running**: the time of the call's own polls, measured around each poll; the epoch callback
 //!   stops the call (a trap, `timeout`) once it is spent. A poll is the call running on its
-//!   worker; the thread's CPU clock would also leave out the rare preemption inside a poll, but
-//!   reading it is a system call (0.7 µs here, against 30 ns for the monotonic clock), twice per
-//!   call, on every request;
+//!   worker, by the monotonic clock for its first [`CPU_CLOCK_AFTER`] of running and by the
+//!   thread's CPU clock after that: a call that runs that long is preempted inside its polls on a
+//!   busy machine, and the time the thread was not running is not the middleware's. (The CPU clock
+//!   is a system call, 0.7 µs here against 30 ns for the monotonic clock: read twice per poll, it
+//!   would cost every short call on every request; past 1 ms of running, polls are a tick long
+//!   and the two reads per tick are noise.)
 //! - **waiting in the host** (outbound HTTP, the state backend, a WASI clock): the time between a
 //!   poll that left the call waiting and the next one, bounded by a timer (`chain::run`).
 //!
@@ -27,6 +30,18 @@ fn now() -> Duration {
     START.elapsed() + Duration::from_nanos(1)
 }
 
+/// Running time after which a call's polls are timed by the thread's CPU clock.
+pub const CPU_CLOCK_AFTER: Duration = Duration::from_millis(1);
+
+/// The CPU time this thread has run, in nanoseconds, never zero (0 marks "not timed by it");
+/// `None` where the clock cannot be read, and the monotonic clock times the poll.
+fn thread_cpu() -> Option<u64> {
+    use nix::time::{ClockId, clock_gettime};
+    let time = clock_gettime(ClockId::CLOCK_THREAD_CPUTIME_ID).ok()?;
+    let nanos = (time.tv_sec() as u64).saturating_mul(1_000_000_000);
+    Some(nanos.saturating_add(time.tv_nsec() as u64).saturating_add(1))
+}
+
 /// One call's running budget, shared by the store's epoch callback (inside the call) and the
 /// poll wrapper (around it). Every poll of a call happens on one worker thread.
 #[derive(Debug, Default)]
@@ -37,6 +52,9 @@ pub struct Meter {
     used: AtomicU64,
     /// When the current poll started ([`now`]); 0 between polls and outside calls.
     poll_started: AtomicU64,
+    /// The thread's CPU clock when the current poll started ([`thread_cpu`]), once the call has
+    /// run for [`CPU_CLOCK_AFTER`]; 0 otherwise.
+    poll_cpu_started: AtomicU64,
     /// Set by the epoch callback when it yields: the poll ends with the call ready again.
     yielded: AtomicBool,
 }
@@ -56,17 +74,32 @@ impl Meter {
     /// A poll of the call starts on this thread.
     pub fn enter(&self) {
         self.poll_started.store(nanos(now()), Ordering::Relaxed);
+        if self.used.load(Ordering::Relaxed) >= nanos(CPU_CLOCK_AFTER)
+            && let Some(cpu) = thread_cpu()
+        {
+            self.poll_cpu_started.store(cpu, Ordering::Relaxed);
+        }
     }
 
     /// The poll ends: its time is added. True when it ended because the epoch callback
     /// yielded (not because the call waits in the host).
     pub fn leave(&self) -> bool {
         let started = self.poll_started.swap(0, Ordering::Relaxed);
+        let cpu_started = self.poll_cpu_started.swap(0, Ordering::Relaxed);
         if started > 0 {
-            let ended = nanos(now());
-            self.used.fetch_add(ended.saturating_sub(started), Ordering::Relaxed);
+            self.used.fetch_add(self.ran(started, cpu_started), Ordering::Relaxed);
         }
         self.yielded.swap(false, Ordering::Relaxed)
+    }
+
+    /// What the poll that started at `started` (and at `cpu_started` on the thread's CPU clock,
+    /// if it is timed by it) has run so far. Called on the poll's thread.
+    fn ran(&self, started: u64, cpu_started: u64) -> u64 {
+        // The CPU clock is read only for a poll that started by it.
+        match (cpu_started > 0).then(thread_cpu).flatten() {
+            Some(cpu) => cpu.saturating_sub(cpu_started),
+            None => nanos(now()).saturating_sub(started),
+        }
     }
 
     /// Whether a call is being polled: only then does the running budget apply.
@@ -77,7 +110,7 @@ impl Meter {
     /// Whether the polled call has spent its running budget (checked on each epoch tick).
     pub fn spent(&self) -> bool {
         let started = self.poll_started.load(Ordering::Relaxed);
-        let current = nanos(now()).saturating_sub(started);
+        let current = self.ran(started, self.poll_cpu_started.load(Ordering::Relaxed));
         self.used.load(Ordering::Relaxed) + current >= self.limit.load(Ordering::Relaxed)
     }
 
@@ -113,5 +146,29 @@ mod tests {
         meter.yielded();
         assert!(meter.leave());
         assert!(meter.used() < Duration::from_millis(15), "{:?}", meter.used());
+    }
+
+    #[test]
+    fn past_its_first_millisecond_a_poll_counts_only_the_time_its_thread_ran() {
+        let meter = Meter::default();
+        meter.arm(Duration::from_millis(20));
+        meter.enter();
+        let started = std::time::Instant::now();
+        while started.elapsed() < CPU_CLOCK_AFTER + Duration::from_millis(1) {}
+        meter.leave();
+        let before = meter.used();
+        // A poll in which the thread does not run (a sleep here; a preemption on a busy machine)
+        // for longer than the whole budget: by the wall clock the call would have spent it.
+        meter.enter();
+        std::thread::sleep(Duration::from_millis(30));
+        assert!(!meter.spent(), "the sleep counted");
+        let started = std::time::Instant::now();
+        while started.elapsed() < Duration::from_millis(2) {}
+        meter.leave();
+        let added = meter.used() - before;
+        assert!(
+            added >= Duration::from_millis(1) && added < Duration::from_millis(10),
+            "{added:?}"
+        );
     }
 }

@@ -2,7 +2,7 @@
 //! hosts it was not granted; one that loops forever is cut once it has run its timeout; a storm of
 //! traps on one route leaves another route's latency where it was, and so does a storm of memory
 //! bombs (the middleware is quarantined: its calls take turns); calls sharing a worker are not
-//! failed by each other's time. (Memory limits and per-request instances:
+//! failed by each other's time, nor by the time other processes held their CPU. (Memory limits and per-request instances:
 //! `middleware`; waiting in the host past the deadline: `outbound`.) `make test` runs this module
 //! on its own (`cargo test --test all isolation::`) after the rest, so no other test competes for
 //! the two cores while loops spin and latencies are compared.
@@ -277,6 +277,111 @@ async fn calls_sharing_a_worker_are_not_failed_by_each_others_time() {
         "{failed} of 240 requests failed (p50 {p50:?})"
     );
     assert_eq!(up.requests(), 240);
+}
+
+/// Processes spinning on one CPU, killed when dropped.
+struct Busy(Vec<std::process::Child>);
+
+impl Busy {
+    fn on_cpu0(n: usize) -> Busy {
+        Busy(
+            (0..n)
+                .map(|_| {
+                    std::process::Command::new("taskset")
+                        .args(["-c", "0", "sh", "-c", "while :; do :; done"])
+                        .spawn()
+                        .expect("taskset (util-linux)")
+                })
+                .collect(),
+        )
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_is_not_failed_for_the_time_other_processes_held_its_cpu() {
+    let _serial = SERIAL.lock().await;
+    // A call that computes about 15 ms, with `timeout = "60ms"`, in a sluice pinned to one core
+    // that four busy processes share: the worker thread is preempted inside the call's polls for
+    // several time slices, and the call takes several times 15 ms. Only the time it ran counts
+    // (its polls are timed by the thread's CPU clock once it has run 1 ms). Timed by the
+    // monotonic clock, 4 to 19 of the 20 calls failed in three runs of four.
+    let up = echo().await;
+    let mw = format!(
+        "[middleware.bad]\ncomponent = {:?}\ntimeout = \"60ms\"\non-error = \"deny\"\n",
+        component("spin")
+    );
+    let (sluice, admin) = start_with_admin(up.addr(), &mw);
+    let client = client();
+    let call = |spin: u64| {
+        let (client, url) = (client.clone(), sluice.url("/mw"));
+        async move {
+            let started = Instant::now();
+            let status = client
+                .get(url)
+                .header("x-spin", spin.to_string())
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16();
+            (status, started.elapsed())
+        }
+    };
+    // Calibrate on the quiet machine: how many iterations take about 15 ms here.
+    let mut quiet = Vec::new();
+    for _ in 0..5 {
+        let (status, took) = call(20_000_000).await;
+        assert_eq!(status, 200);
+        quiet.push(took);
+    }
+    let per_20m = quantile(&mut quiet, 0.5).max(Duration::from_millis(1));
+    let spin = (20_000_000.0 * 0.015 / per_20m.as_secs_f64()) as u64;
+    let mut quiet = Vec::new();
+    for _ in 0..5 {
+        let (status, took) = call(spin).await;
+        assert_eq!(status, 200, "quiet");
+        quiet.push(took);
+    }
+    let quiet = quantile(&mut quiet, 0.5);
+    assert!(
+        quiet < Duration::from_millis(35),
+        "the call alone fits its budget: {quiet:?}"
+    );
+
+    let pinned = std::process::Command::new("taskset")
+        .args(["-a", "-p", "-c", "0", &sluice.pid().to_string()])
+        .output()
+        .expect("taskset (util-linux)");
+    assert!(pinned.status.success(), "{pinned:?}");
+    let _busy = Busy::on_cpu0(4);
+    let mut answers = Vec::new();
+    for _ in 0..20 {
+        answers.push(call(spin).await);
+    }
+    drop(_busy);
+    let failed = answers.iter().filter(|(status, _)| *status != 200).count();
+    let mut took: Vec<Duration> = answers.iter().map(|(_, took)| *took).collect();
+    let busy = quantile(&mut took, 0.5);
+    eprintln!("quiet p50 {quiet:?}, on a shared core p50 {busy:?}, {failed} of 20 failed");
+    assert!(
+        busy > quiet * 2,
+        "the worker was preempted (p50 {busy:?}, quiet {quiet:?})"
+    );
+    let counted = metric_sum(admin, "sluice_middleware_failures_total", &[]).await;
+    assert_eq!(
+        (failed, counted),
+        (0, 0.0),
+        "{failed} of 20 failed (p50 {busy:?}, quiet {quiet:?})"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
