@@ -338,7 +338,7 @@ impl std::fmt::Debug for Runtime {
 }
 
 /// With `SLUICE_PERF_MAP` set, wasmtime writes `/tmp/perf-<pid>.map`, naming each compiled guest
-/// function for `perf report` (docs/benchmarks.md, "Profiling"). Off by default: it writes a line
+/// function for `perf report` (docs/benchmarks.md, "Profiling a guest"). Off by default: it writes a line
 /// per function at every load.
 fn profile_guests(config: &mut wasmtime::Config) {
     if std::env::var_os("SLUICE_PERF_MAP").is_some() {
