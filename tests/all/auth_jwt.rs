@@ -189,6 +189,14 @@ async fn status_of(sluice: &Sluice, token: &str) -> u16 {
     call(sluice, Some(&format!("Bearer {token}"))).await.status().as_u16()
 }
 
+/// Sends `token` and checks it is refused: 401, with `reason` in the challenge.
+async fn assert_refused(sluice: &Sluice, token: &str, reason: &str) {
+    let resp = call(sluice, Some(&format!("Bearer {token}"))).await;
+    assert_eq!(resp.status(), 401, "{reason}");
+    let challenge = resp.headers()["www-authenticate"].to_str().unwrap().to_owned();
+    assert!(challenge.contains(reason), "{reason}: {challenge}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_jwks_url_is_fetched_cached_and_refetched_for_an_unknown_kid_at_most_once_per_interval() {
     let up = echo().await;
@@ -212,16 +220,7 @@ async fn a_jwks_url_is_fetched_cached_and_refetched_for_an_unknown_kid_at_most_o
     assert_eq!(status_of(&sluice, &tokens["bad_signature"]).await, 401);
 
     // A token signed with a key the set does not have yet: one refetch, still unknown...
-    let resp = call(&sluice, Some(&format!("Bearer {}", tokens["every/ES384"]))).await;
-    assert_eq!(resp.status(), 401);
-    assert!(
-        resp.headers()["www-authenticate"]
-            .to_str()
-            .unwrap()
-            .contains("unknown key id"),
-        "{:?}",
-        resp.headers()
-    );
+    assert_refused(&sluice, &tokens["every/ES384"], "unknown key id").await;
     assert_eq!(idp.hits(), 2);
     // ...and more such tokens within the interval do not refetch.
     for _ in 0..5 {
@@ -328,16 +327,7 @@ async fn a_remembered_token_expires_on_time_and_is_forgotten_when_the_key_set_ch
     if let Ok(wait) = expired_at.duration_since(std::time::SystemTime::now()) {
         tokio::time::sleep(wait + Duration::from_millis(500)).await;
     }
-    let resp = call(&sluice, Some(&format!("Bearer {}", tokens["short_lived"]))).await;
-    assert_eq!(resp.status(), 401);
-    assert!(
-        resp.headers()["www-authenticate"]
-            .to_str()
-            .unwrap()
-            .contains("token expired"),
-        "{:?}",
-        resp.headers()
-    );
+    assert_refused(&sluice, &tokens["short_lived"], "token expired").await;
     drop(sluice);
 
     // A token verified with a key from `jwks-url` is forgotten when the provider's set changes:
@@ -353,16 +343,8 @@ async fn a_remembered_token_expires_on_time_and_is_forgotten_when_the_key_set_ch
     }
     idp.set(Reply::Body(200, jwks));
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    let resp = call(&sluice, Some(&format!("Bearer {}", tokens["every/ES384"]))).await;
-    assert_eq!(resp.status(), 401, "the key left the set");
-    assert!(
-        resp.headers()["www-authenticate"]
-            .to_str()
-            .unwrap()
-            .contains("unknown key id"),
-        "{:?}",
-        resp.headers()
-    );
+    // The key left the set.
+    assert_refused(&sluice, &tokens["every/ES384"], "unknown key id").await;
     assert_eq!(
         status_of(&sluice, &tokens["rs256"]).await,
         200,
