@@ -138,3 +138,38 @@ async fn text_gzip_partial_masks_and_other_types() {
     let resp = through(&sluice, text.as_bytes().to_vec(), "application/octet-stream", None).await;
     assert_eq!(resp.text().await.unwrap(), text);
 }
+
+/// A JSON body is rewritten only where something is masked: its fields keep their order, its
+/// whitespace and escapes stay as the upstream wrote them, a `json-fields` value of any type is
+/// masked whole, and a body with nothing to mask passes byte for byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_keeps_its_order_and_formatting_and_a_clean_body_passes_untouched() {
+    let up = echo().await;
+    let sluice = Sluice::start(&config(
+        up.addr(),
+        "config = { json-fields = [\"secret\"], keep-last = 2 }",
+    ));
+    let body = r#"{
+  "zeta": "mail ada@example.org now",
+  "alpha": [1, 2.50, true, null],
+  "secret": {"pin": 1234},
+  "caf\u00e9": "quote \" and \u00e9",
+  "esc": "r\u00e9ach bob@example.com"
+}"#;
+    let masked = r#"{
+  "zeta": "mail [REDACTED]rg now",
+  "alpha": [1, 2.50, true, null],
+  "secret": "[REDACTED]4}",
+  "caf\u00e9": "quote \" and \u00e9",
+  "esc": "réach [REDACTED]om"
+}"#;
+    let resp = through(&sluice, body.as_bytes().to_vec(), "application/json", None).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.text().await.unwrap(), masked);
+
+    let clean = "[ {\"id\": 7, \"plan\": \"team\", \"note\": \"caf\\u00e9\"},\n 42 ]";
+    let resp = through(&sluice, clean.as_bytes().to_vec(), "application/json", None).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-length"], clean.len().to_string().as_str());
+    assert_eq!(resp.text().await.unwrap(), clean);
+}

@@ -45,8 +45,9 @@ impl Middleware for Redact {
             }
         };
         let json = media_type == "application/json" || media_type.ends_with("+json");
-        match self.0.body(body, json, gzip) {
-            Ok(masked) => BodyDecision::Replace(masked),
+        match self.0.body(&body, json, gzip) {
+            Ok(Some(masked)) => BodyDecision::Replace(masked),
+            Ok(None) => BodyDecision::Next,
             Err(error) => {
                 log(Level::Error, &error);
                 panic!("{error}");

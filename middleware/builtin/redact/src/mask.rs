@@ -1,10 +1,12 @@
 //! What `builtin:redact` does to a body, without the middleware around it: compiled into the
 //! component (`lib.rs`) and, for the Wasm-tax baseline, natively into `benches/builtin.rs`.
+use std::borrow::Cow;
 use std::io::{Read, Write};
 
 use regex::Regex;
 use regex_automata::{Input, meta};
 use serde::Deserialize;
+use serde::de::IgnoredAny;
 use serde_json::Value;
 
 #[derive(Deserialize)]
@@ -161,51 +163,61 @@ impl Masker {
         })
     }
 
-    /// `body` masked: parsed and masked as JSON when `json` and it parses, else as text;
-    /// decompressed first and compressed again when `gzip`. An error when a gzip body does not
-    /// decompress.
-    pub fn body(&self, body: Vec<u8>, json: bool, gzip: bool) -> Result<Vec<u8>, String> {
+    /// `body` masked, or `None` when nothing in it is to be masked: masked as JSON when `json` and
+    /// it parses, else as text; decompressed first and compressed again when `gzip`. An error when
+    /// a gzip body does not decompress.
+    pub fn body(&self, body: &[u8], json: bool, gzip: bool) -> Result<Option<Vec<u8>>, String> {
+        let decompressed;
         let plain = if gzip {
             let mut out = Vec::new();
-            flate2::read::GzDecoder::new(&body[..])
+            flate2::read::GzDecoder::new(body)
                 .read_to_end(&mut out)
                 .map_err(|e| format!("the gzip response body does not decompress: {e}"))?;
-            out
+            decompressed = out;
+            &decompressed[..]
         } else {
             body
         };
-        let text = String::from_utf8_lossy(&plain);
-        let masked = match json.then(|| serde_json::from_str::<Value>(&text).ok()).flatten() {
-            Some(mut value) => {
-                self.mask_json(&mut value);
-                value.to_string()
-            }
-            None => self.mask_text(&text),
+        let text = match std::str::from_utf8(plain) {
+            Ok(text) => Cow::Borrowed(text),
+            Err(_) => String::from_utf8_lossy(plain),
         };
-        Ok(if gzip {
+        let masked = if json && serde_json::from_str::<IgnoredAny>(&text).is_ok() {
+            self.mask_json(&text)
+        } else {
+            self.mask_text(&text)
+        };
+        let Cow::Owned(masked) = masked else {
+            return Ok(None);
+        };
+        Ok(Some(if gzip {
             let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
             encoder.write_all(masked.as_bytes()).expect("writing to memory");
             encoder.finish().expect("writing to memory")
         } else {
             masked.into_bytes()
-        })
+        }))
     }
 }
 
 impl Masker {
     fn mask(&self, original: &str) -> String {
-        let keep: String = {
-            let chars: Vec<char> = original.chars().collect();
-            let n = self.keep_last.min(chars.len().saturating_sub(1));
-            chars[chars.len() - n..].iter().collect()
+        let n = self.keep_last.min(original.chars().count().saturating_sub(1));
+        let kept = match n {
+            0 => "",
+            n => original
+                .char_indices()
+                .rev()
+                .nth(n - 1)
+                .map_or("", |(at, _)| &original[at..]),
         };
-        format!("{}{keep}", self.replacement)
+        format!("{}{kept}", self.replacement)
     }
 
     /// `text` with every match masked, in one scan: at each position the first pattern (in
     /// precedence order) that matches there and passes its check wins; a masked span is never
-    /// scanned again.
-    fn mask_text(&self, text: &str) -> String {
+    /// scanned again. Borrowed when nothing matched.
+    fn mask_text<'a>(&self, text: &'a str) -> Cow<'a, str> {
         let mut out = String::new();
         let (mut copied, mut at) = (0, 0);
         while at <= text.len() {
@@ -224,10 +236,10 @@ impl Masker {
             }
         }
         if copied == 0 {
-            return text.to_owned();
+            return Cow::Borrowed(text);
         }
         out.push_str(&text[copied..]);
-        out
+        Cow::Owned(out)
     }
 
     /// Where the span to mask at `start` ends: pattern `first` matched up to `end`; if its check
@@ -242,24 +254,155 @@ impl Masker {
         })
     }
 
-    fn mask_json(&self, value: &mut Value) {
-        match value {
-            Value::Object(map) => {
-                for (key, field) in map.iter_mut() {
-                    if self.fields.iter().any(|f| f == key) {
-                        let original = match &*field {
-                            Value::String(s) => s.clone(),
-                            other => other.to_string(),
+    /// `json` (valid JSON) with the values of `json-fields` masked whole and patterns masked in
+    /// every other string value, in one pass over its text: keys, numbers, whitespace and the
+    /// order of fields are copied as they are. Borrowed when nothing was masked.
+    fn mask_json<'a>(&self, json: &'a str) -> Cow<'a, str> {
+        let mut out = Rewrite {
+            json,
+            copied: 0,
+            out: String::new(),
+        };
+        self.json_value(&mut out, skip_space(json, 0));
+        if out.copied == 0 {
+            return Cow::Borrowed(json);
+        }
+        out.out.push_str(&json[out.copied..]);
+        Cow::Owned(out.out)
+    }
+
+    /// Masks the value at `at` of `out.json` and its contents; returns where it ends.
+    fn json_value(&self, out: &mut Rewrite<'_>, at: usize) -> usize {
+        let bytes = out.json.as_bytes();
+        match bytes[at] {
+            open @ (b'{' | b'[') => {
+                let close = if open == b'{' { b'}' } else { b']' };
+                let mut at = skip_space(out.json, at + 1);
+                while bytes[at] != close {
+                    if open == b'{' {
+                        let key_end = string_end(bytes, at);
+                        let key = unescape(&out.json[at..key_end]);
+                        let value = skip_space(out.json, skip_space(out.json, key_end) + 1);
+                        at = if self.fields.iter().any(|f| *f == key) {
+                            let end = value_end(bytes, value);
+                            let original = match unescape_value(&out.json[value..end]) {
+                                Some(text) => text,
+                                None => compact(&out.json[value..end]),
+                            };
+                            out.replace(value, end, &self.mask(&original));
+                            end
+                        } else {
+                            self.json_value(out, value)
                         };
-                        *field = Value::String(self.mask(&original));
                     } else {
-                        self.mask_json(field);
+                        at = self.json_value(out, at);
+                    }
+                    at = skip_space(out.json, at);
+                    if bytes[at] == b',' {
+                        at = skip_space(out.json, at + 1);
                     }
                 }
+                at + 1
             }
-            Value::Array(items) => items.iter_mut().for_each(|item| self.mask_json(item)),
-            Value::String(s) => *s = self.mask_text(s),
-            _ => {}
+            b'"' => {
+                let end = string_end(bytes, at);
+                let text = unescape(&out.json[at..end]);
+                if let Cow::Owned(masked) = self.mask_text(&text) {
+                    out.replace(at, end, &masked);
+                }
+                end
+            }
+            _ => value_end(bytes, at),
         }
     }
+}
+
+/// A JSON text being rewritten: what has been copied of it so far, and the copy.
+struct Rewrite<'a> {
+    json: &'a str,
+    copied: usize,
+    out: String,
+}
+
+impl Rewrite<'_> {
+    /// Replaces `json[start..end]` with `text` as a JSON string.
+    fn replace(&mut self, start: usize, end: usize, text: &str) {
+        self.out.push_str(&self.json[self.copied..start]);
+        self.out
+            .push_str(&serde_json::to_string(text).expect("a string serializes"));
+        self.copied = end;
+    }
+}
+
+fn skip_space(json: &str, mut at: usize) -> usize {
+    let bytes = json.as_bytes();
+    while at < bytes.len() && matches!(bytes[at], b' ' | b'\t' | b'\n' | b'\r') {
+        at += 1;
+    }
+    at
+}
+
+/// Where the string starting at `at` (its opening quote) ends, past its closing quote.
+fn string_end(bytes: &[u8], mut at: usize) -> usize {
+    at += 1;
+    loop {
+        match bytes[at] {
+            b'"' => return at + 1,
+            b'\\' => at += 2,
+            _ => at += 1,
+        }
+    }
+}
+
+/// Where the value starting at `at` ends.
+fn value_end(bytes: &[u8], at: usize) -> usize {
+    match bytes[at] {
+        b'"' => string_end(bytes, at),
+        b'{' | b'[' => {
+            let (mut depth, mut at) = (0usize, at);
+            loop {
+                match bytes[at] {
+                    b'"' => {
+                        at = string_end(bytes, at);
+                        continue;
+                    }
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            return at + 1;
+                        }
+                    }
+                    _ => {}
+                }
+                at += 1;
+            }
+        }
+        _ => {
+            let mut end = at;
+            while end < bytes.len() && !matches!(bytes[end], b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r') {
+                end += 1;
+            }
+            end
+        }
+    }
+}
+
+/// The text of a JSON string (`"..."`, escapes resolved).
+fn unescape(string: &str) -> Cow<'_, str> {
+    let inner = &string[1..string.len() - 1];
+    if !inner.contains('\\') {
+        return Cow::Borrowed(inner);
+    }
+    Cow::Owned(serde_json::from_str(string).expect("a valid JSON string"))
+}
+
+/// The text of a JSON value if it is a string.
+fn unescape_value(value: &str) -> Option<String> {
+    value.starts_with('"').then(|| unescape(value).into_owned())
+}
+
+/// A JSON value other than a string, as compact JSON.
+fn compact(value: &str) -> String {
+    serde_json::from_str::<Value>(value).map_or_else(|_| value.to_owned(), |v| v.to_string())
 }
