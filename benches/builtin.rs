@@ -261,7 +261,7 @@ fn per_middleware(c: &mut Criterion) {
     group.bench_function("schema-validate/native", |b| {
         b.iter(|| {
             let instance: Value = serde_json::from_slice(ORDER).unwrap();
-            assert_eq!(validator.iter_errors(&instance).count(), 0);
+            assert!(validator.is_valid(&instance));
         })
     });
     let rate_limit = NativeRateLimit::new();

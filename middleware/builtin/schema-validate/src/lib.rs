@@ -88,6 +88,11 @@ impl Middleware for SchemaValidate {
                 ));
             }
         };
+        // The common case first: `is_valid` stops at nothing and builds no error; only a body
+        // that fails is walked again for every error and its paths.
+        if self.validator.is_valid(&instance) {
+            return BodyDecision::Next;
+        }
         let errors: Vec<Value> = self
             .validator
             .iter_errors(&instance)
