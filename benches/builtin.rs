@@ -6,9 +6,11 @@
 //! which the components compile too) natively; rate-limit's state is sluice's in-memory backend,
 //! as the component's `state` calls reach it.
 //!
-//! `cargo bench --bench builtin`. For each middleware: `fresh` (a new instance from the
-//! pre-initialized snapshot per request, the default) and `reused` (`reuse`: an idle instance
-//! serves the next request). `all-four` runs auth-jwt, rate-limit, schema-validate and redact on
+//! `cargo bench --bench builtin`. For each middleware: `fresh` (`instances = "fresh"`: a new
+//! instance from the pre-initialized snapshot per request), `reused` (the default: an idle instance
+//! serves the next request, here without limit) and `new-instance-each-request` (`max-requests =
+//! 1`: what replacing a retired instance costs, a new instance and its `init`, which the default
+//! pays once every `max-requests`). `all-four` runs auth-jwt, rate-limit, schema-validate and redact on
 //! one request: the route `benches/load.sh` measures over the network. Every iteration checks the
 //! request passed, so a misconfigured case cannot measure a cheap rejection.
 //!
@@ -224,6 +226,18 @@ fn per_middleware(c: &mut Criterion) {
             let chain = Chain::new(vec![load(name, reuse)]);
             group.bench_function(format!("{name}/{mode}"), |b| b.iter(|| one_request(&rt, &chain, &req)));
         }
+    }
+    // What replacing a retired instance costs (a new instance and its `init`), which a reused
+    // instance pays once every `max-requests` requests: every request on a new instance.
+    let retired_each_request = REUSE.map(|reuse| Reuse {
+        max_requests: 1,
+        ..reuse
+    });
+    for name in names {
+        let chain = Chain::new(vec![load(name, retired_each_request)]);
+        group.bench_function(format!("{name}/new-instance-each-request"), |b| {
+            b.iter(|| one_request(&rt, &chain, &req))
+        });
     }
     // auth-jwt remembers the tokens it verified (`token-cache`): the rows above send one token
     // again and again. This one verifies it every time, as for a token seen for the first time:
