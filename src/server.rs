@@ -78,8 +78,7 @@ pub fn build(config: Config, start: Start) -> Result<Server, Error> {
     let listen: Vec<SocketAddr> = config.server.listen.get_ref().iter().map(|a| a.get_ref().0).collect();
     if start == Start::Fresh {
         for &addr in listen.iter().chain(&tls_addrs) {
-            // Bind once here to report a taken address clearly; pingora binds again right after.
-            std::net::TcpListener::bind(addr).map_err(|source| Error::Listen { addr, source })?;
+            check_free(addr).map_err(|source| Error::Listen { addr, source })?;
         }
     }
     let (upgrade_sock, pid_file) = config.upgrade_paths();
@@ -292,6 +291,17 @@ struct AdminListener {
     addr: SocketAddr,
     token: Option<String>,
     listener: Option<std::net::TcpListener>,
+}
+
+/// Fails the way binding `addr` for listening would (taken, not this machine's, not allowed),
+/// without listening: pingora's workers bind it right after, and a socket listening here, closed
+/// again, would accept a client that connects in between and then reset it.
+fn check_free(addr: SocketAddr) -> std::io::Result<()> {
+    let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
+    // As `TcpListener::bind` and pingora do: a port a closed connection of an earlier run still
+    // holds (TIME_WAIT) is free to listen on; one another socket listens on is not.
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())
 }
 
 /// Checks the admin settings and binds the admin listener before anything starts.
