@@ -4,14 +4,15 @@
 #   2. nginx `proxy_pass` in front of that upstream (keep-alive pool)     — the baseline
 #   3. sluice (empty middleware chain) in front of the same upstream      — the subject
 #   4. sluice with a chain of 4 trivial Wasm middleware (header phases)   — the chain's cost
-#   5. the same chain with `reuse` (idle instances serve the next request) — what reuse saves
+#      (default instances: reused, each retired after `max-requests` = 1000)
+#   5. the same chain with `reuse = { max-requests = 10000 }`             — what fewer replacements save
 # and, with `POST /orders` (an HS256 bearer token, a 1 KiB JSON order; the upstream answers an
 # 842-byte JSON page of customer records full of PII; benches/data/):
 #   6. nginx proxy_pass                                                   — the baseline
 #   7. sluice, empty chain                                                — the subject
 #   8. sluice with the four built-ins: auth-jwt (HS256), rate-limit (never limiting: its state
 #      round trip is what counts), schema-validate (the order), redact (the customers)
-#   9. the same four with `reuse`
+#   9. the same four with `reuse = { max-requests = 10000 }`
 # and, terminating TLS (an ECDSA P-256 certificate made here with openssl; keep-alive connections,
 # so the handshakes are amortized):
 #  10. HTTPS (HTTP/1.1 over TLS 1.3), wrk: nginx proxy_pass vs sluice, empty chain
@@ -82,7 +83,8 @@ targets = ["127.0.0.1:$UPSTREAM_PORT"]
 name = "empty-chain"
 upstream = "up"
 CONF
-# The four built-ins, once with fresh instances and once reused.
+# The four built-ins, once with the default instances (reused, `max-requests` 1000; the route is
+# still called `fresh`) and once with `max-requests` 10000.
 secret="a 32-byte secret for HS256 tokens"
 for mode in fresh reused; do
   reuse=""
@@ -212,8 +214,8 @@ median_row() { # rows of "req/s p50 p99" on stdin -> the row with the median req
 }
 
 declare -A results
-labels=("upstream (direct)" "nginx proxy_pass" "sluice (empty chain)" "sluice (4 Wasm middleware)" "sluice (4, reused instances)"
-  "POST: nginx proxy_pass" "POST: sluice (empty chain)" "POST: sluice (4 built-ins)" "POST: sluice (4 built-ins, reused)"
+labels=("upstream (direct)" "nginx proxy_pass" "sluice (empty chain)" "sluice (4 Wasm middleware)" "sluice (4, max-requests 10000)"
+  "POST: nginx proxy_pass" "POST: sluice (empty chain)" "POST: sluice (4 built-ins)" "POST: sluice (4 built-ins, max-requests 10000)"
   "HTTPS: nginx proxy_pass" "HTTPS: sluice (empty chain)" "h2 (TLS): nginx proxy_pass" "h2 (TLS): sluice (empty chain)")
 ports=("$UPSTREAM_PORT/" "$NGINX_PORT/" "$SLUICE_PORT/" "$SLUICE_PORT/chain/" "$SLUICE_PORT/reused/"
   "$NGINX_PORT/orders" "$SLUICE_PORT/orders/empty" "$SLUICE_PORT/orders/fresh" "$SLUICE_PORT/orders/reused"
@@ -229,18 +231,18 @@ done
 
 echo
 echo "wrk -t$WRK_THREADS -c$CONNS -d$DURATION (h2: h2load -c$CONNS -m$H2_STREAMS, latency = mean), median of $ROUNDS rounds, proxies with $PROXY_WORKERS workers, $(nproc) cores"
-printf '%-36s %12s %10s %10s\n' "target" "req/s" "p50" "p99"
+printf '%-48s %12s %10s %10s\n' "target" "req/s" "p50" "p99"
 for i in "${!labels[@]}"; do
   read -r rps p50 p99 < <(printf '%s' "${results[$i]}" | median_row)
-  printf '%-36s %12s %10s %10s\n' "${labels[$i]}" "$rps" "$p50" "$p99"
+  printf '%-48s %12s %10s %10s\n' "${labels[$i]}" "$rps" "$p50" "$p99"
   medians[$i]=$rps
 done
 echo
 awk -v s="${medians[2]}" -v n="${medians[1]}" 'BEGIN { printf "sluice / nginx proxy_pass = %.2fx (medians)\n", s / n }'
 awk -v c="${medians[3]}" -v e="${medians[2]}" 'BEGIN { printf "4-middleware chain / empty chain = %.2fx (medians)\n", c / e }'
-awk -v c="${medians[4]}" -v e="${medians[2]}" 'BEGIN { printf "4-middleware chain, reused / empty chain = %.2fx (medians)\n", c / e }'
+awk -v c="${medians[4]}" -v e="${medians[2]}" 'BEGIN { printf "4-middleware chain, max-requests 10000 / empty chain = %.2fx (medians)\n", c / e }'
 awk -v s="${medians[6]}" -v n="${medians[5]}" 'BEGIN { printf "POST: sluice / nginx proxy_pass = %.2fx (medians)\n", s / n }'
 awk -v c="${medians[7]}" -v e="${medians[6]}" 'BEGIN { printf "POST: 4 built-ins / empty chain = %.2fx (medians)\n", c / e }'
-awk -v c="${medians[8]}" -v e="${medians[6]}" 'BEGIN { printf "POST: 4 built-ins, reused / empty chain = %.2fx (medians)\n", c / e }'
+awk -v c="${medians[8]}" -v e="${medians[6]}" 'BEGIN { printf "POST: 4 built-ins, max-requests 10000 / empty chain = %.2fx (medians)\n", c / e }'
 awk -v s="${medians[10]}" -v n="${medians[9]}" 'BEGIN { printf "HTTPS: sluice / nginx proxy_pass = %.2fx (medians)\n", s / n }'
 awk -v s="${medians[12]}" -v n="${medians[11]}" 'BEGIN { printf "h2: sluice / nginx proxy_pass = %.2fx (medians)\n", s / n }'
