@@ -224,6 +224,15 @@ async fn a_trap_storm_on_one_route_leaves_another_routes_latency_unchanged() {
     );
 }
 
+/// Middleware `bad`: `spin` (computes for as long as `x-spin` asks), cut at `timeout`, denying
+/// the request when it fails.
+fn spin_denying(timeout: &str) -> String {
+    format!(
+        "[middleware.bad]\ncomponent = {:?}\ntimeout = \"{timeout}\"\non-error = \"deny\"\n",
+        component("spin")
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_sharing_a_worker_are_not_failed_by_each_others_time() {
     let _serial = SERIAL.lock().await;
@@ -232,10 +241,7 @@ async fn calls_sharing_a_worker_are_not_failed_by_each_others_time() {
     // budget counted from the call's start failed them at 30 ms; the time their own polls take
     // is what counts, and it is well within it.
     let up = echo().await;
-    let mw = format!(
-        "[middleware.bad]\ncomponent = {:?}\ntimeout = \"30ms\"\non-error = \"deny\"\n",
-        component("spin")
-    );
+    let mw = spin_denying("30ms");
     let (sluice, admin) = start_with_admin(up.addr(), &mw);
     let clients: Vec<_> = (0..24)
         .map(|_| {
@@ -315,10 +321,7 @@ async fn a_call_is_not_failed_for_the_time_other_processes_held_its_cpu() {
     // (its polls are timed by the thread's CPU clock once it has run 1 ms). Timed by the
     // monotonic clock, 4 to 19 of the 20 calls failed in three runs of four.
     let up = echo().await;
-    let mw = format!(
-        "[middleware.bad]\ncomponent = {:?}\ntimeout = \"60ms\"\non-error = \"deny\"\n",
-        component("spin")
-    );
+    let mw = spin_denying("60ms");
     let (sluice, admin) = start_with_admin(up.addr(), &mw);
     let client = client();
     let call = |spin: u64| {
