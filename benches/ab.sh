@@ -12,7 +12,9 @@
 # ROUNDS (default 5), DURATION (10s), CONNS (32), PROXY_WORKERS (2) as in load.sh. The config is
 # the plainest route (no middleware), so what differs is the proxy's own per-request work; with
 # STAMP=path/to/stamp.wasm a second route, /chain, runs four `stamp` middleware (header phases,
-# reused instances) and is measured too: what differs there is the chain's per-request work.
+# reused instances) and is measured too: what differs there is the chain's per-request work. With
+# BUILTINS=1 a route /orders runs the four built-ins as load.sh's `POST /orders` rows do (default
+# instances, an HS256 token, the 1 KiB order, the upstream's 842-byte page of customers redacted).
 set -euo pipefail
 
 [[ $# -eq 2 ]] || { echo "usage: benches/ab.sh BEFORE_BINARY AFTER_BINARY" >&2; exit 2; }
@@ -29,8 +31,12 @@ AFTER_PORT=${AFTER_PORT:-18093}
 source "$(dirname "$0")/lib.sh"
 need wrk nginx curl
 
+data="$(cd "$(dirname "$0")" && pwd)/data"
+customers=$(tr -d '\n' <"$data/customers.json")
+secret="a 32-byte secret for HS256 tokens"
 nginx_conf upstream 1 "server { listen 127.0.0.1:$UPSTREAM_PORT;
-    location / { default_type text/plain; return 200 'sixty bytes of fixed response body for the load benchmark!!\n'; } }"
+    location / { default_type text/plain; return 200 'sixty bytes of fixed response body for the load benchmark!!\n'; }
+    location /orders { default_type application/json; return 200 '$customers'; } }"
 
 for side in before after; do
   port=$BEFORE_PORT bin=$before
@@ -56,6 +62,28 @@ CONF
     done
     printf '\n[[route]]\nname = "chain"\npath-prefix = "/chain"\nupstream = "up"\nmiddleware = ["m1", "m2", "m3", "m4"]\n' >> "$work/$side/sluice.toml"
   fi
+  if [[ -n ${BUILTINS:-} ]]; then
+    cat >> "$work/$side/sluice.toml" <<CONF
+
+[middleware.jwt]
+component = "builtin:auth-jwt"
+config = { algorithms = ["HS256"], secret = "$secret", issuer = "https://id.example.com", audience = "orders", forward-claims = { sub = "x-user-id" } }
+[middleware.limit]
+component = "builtin:rate-limit"
+config = { key = "client-ip", rate = 1000000000, per = "1s", burst = 1000000000 }
+[middleware.schema]
+component = "builtin:schema-validate"
+config = { schema-file = "$data/order.schema.json" }
+[middleware.redact]
+component = "builtin:redact"
+config = { patterns = ["email", "credit-card", "phone", "ipv4", "ipv6"], json-fields = ["password"] }
+[[route]]
+name = "orders"
+path-prefix = "/orders"
+upstream = "up"
+middleware = ["jwt", "limit", "schema", "redact"]
+CONF
+  fi
   RUST_LOG=warn "$bin" run --config "$work/$side/sluice.toml" 2>"$work/$side.log" &
   pids+=($!)
   declare "pid_$side=$!"
@@ -67,11 +95,11 @@ done
 
 cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; } # utime + stime, in clock ticks
 tick_us=$(( 1000000 / $(getconf CLK_TCK) ))
-measure() { # port pid [path] -> "req/s p50 p99 cpu-µs/request"
+measure() { # port pid [path [wrk script]] -> "req/s p50 p99 cpu-µs/request"
   local before_ticks out
-  wrk -t1 -c"$CONNS" -d"$WARMUP" "http://127.0.0.1:$1${3:-/}" >/dev/null
+  wrk -t1 -c"$CONNS" -d"$WARMUP" ${4:+-s "$4"} "http://127.0.0.1:$1${3:-/}" >/dev/null
   before_ticks=$(cpu "$2")
-  out=$(wrk -t1 -c"$CONNS" -d"$DURATION" --latency "http://127.0.0.1:$1${3:-/}")
+  out=$(wrk -t1 -c"$CONNS" -d"$DURATION" --latency ${4:+-s "$4"} "http://127.0.0.1:$1${3:-/}")
   awk -v ticks=$(( $(cpu "$2") - before_ticks )) -v tick_us="$tick_us" '
     /requests in/ {n=$1} /^Requests\/sec/ {r=$2} $1 == "50%" {p50=$2} $1 == "99%" {p99=$2}
     END {printf "%s %s %s %.1f\n", r, p50, p99, ticks * tick_us / n}' <<<"$out"
@@ -79,11 +107,11 @@ measure() { # port pid [path] -> "req/s p50 p99 cpu-µs/request"
 median() { sort -n -k1,1 | awk '{rows[NR]=$0} END {print rows[int((NR + 1) / 2)]}'; }
 median_cpu() { awk '{print $4}' | sort -n | awk '{rows[NR]=$0} END {print rows[int((NR + 1) / 2)]}'; }
 
-compare() { # path label
+compare() { # path label [wrk script]
   local b="" a="" row brps bp50 bp99 arps ap50 ap99 bcpu acpu
   for round in $(seq "$ROUNDS"); do
-    row=$(measure $BEFORE_PORT "$pid_before" "$1"); echo "$2 round $round: before: $row" >&2; b+="$row"$'\n'
-    row=$(measure $AFTER_PORT "$pid_after" "$1"); echo "$2 round $round: after: $row" >&2; a+="$row"$'\n'
+    row=$(measure $BEFORE_PORT "$pid_before" "$1" "${3:-}"); echo "$2 round $round: before: $row" >&2; b+="$row"$'\n'
+    row=$(measure $AFTER_PORT "$pid_after" "$1" "${3:-}"); echo "$2 round $round: after: $row" >&2; a+="$row"$'\n'
   done
   read -r brps bp50 bp99 _ < <(printf '%s' "$b" | median)
   read -r arps ap50 ap99 _ < <(printf '%s' "$a" | median)
@@ -102,4 +130,20 @@ if [[ -n ${STAMP:-} ]]; then
     curl -fsS -o /dev/null "http://127.0.0.1:$port/chain" || { echo "ab.sh: port $port does not serve /chain" >&2; cat "$work"/*.log >&2; exit 1; }
   done
   compare /chain "chain of 4 stamp (reused)"
+fi
+if [[ -n ${BUILTINS:-} ]]; then
+  token=$(hs256_token "$secret")
+  cat > "$work/orders.lua" <<LUA
+wrk.method = "POST"
+wrk.body = io.open("$data/order.json"):read("*a")
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer $token"
+LUA
+  for port in $BEFORE_PORT $AFTER_PORT; do
+    redacted=$(curl -fsS -H 'content-type: application/json' -H "authorization: Bearer $token" \
+      --data-binary "@$data/order.json" "http://127.0.0.1:$port/orders") \
+      && ! grep -q "grace.hopper@example.org\|hunter2\|4111 1111" <<<"$redacted" \
+      || { echo "ab.sh: port $port does not answer /orders redacted" >&2; cat "$work"/*.log >&2; exit 1; }
+  done
+  compare /orders "four built-ins (POST /orders, default instances)" "$work/orders.lua"
 fi

@@ -63,6 +63,14 @@ const INIT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The largest linear memory any middleware may have; `memory-limit` is capped at this.
 pub const MAX_MEMORY: u64 = 1 << 30;
 
+/// The address space reserved for each linear memory: all of what a 32-bit index can reach, so
+/// Cranelift compiles no bounds check into the guests' loads and stores (an access past the
+/// memory's end lands on inaccessible pages and traps). With the 1 GiB of [`MAX_MEMORY`] every
+/// access was checked: the four built-ins cost 14% more per request (`cargo bench --bench builtin`,
+/// docs/benchmarks.md). Address space only: the two engines' 5,000 pooled memories reserve ~20 TiB
+/// of the 128 TiB a 64-bit Linux process has, and commit nothing.
+const MEMORY_RESERVATION: u64 = 1 << 32;
+
 /// Component instances the engine's pool holds, live and idle together.
 const POOLED_INSTANCES: u32 = 2_000;
 
@@ -349,58 +357,23 @@ fn profile_guests(config: &mut wasmtime::Config) {
 impl Runtime {
     /// Creates the engine (and its epoch ticker thread) with artifacts cached in `cache_dir`.
     pub fn new(cache_dir: PathBuf) -> Result<Arc<Runtime>, LoadError> {
-        let mut pool = PoolingAllocationConfig::new();
-        pool.total_component_instances(POOLED_INSTANCES)
-            .total_core_instances(20_000)
-            .total_memories(4_000)
-            .total_tables(20_000)
-            .total_stacks(2_000)
-            .max_memory_size(MAX_MEMORY as usize)
-            .max_core_instances_per_component(64)
-            .max_memories_per_component(16)
-            .max_tables_per_component(64);
-        // Reset each instance's tables in place instead of with madvise: -20% per request for a
-        // trivial middleware (benches/middleware.rs; memory kept resident did not help).
-        pool.table_keep_resident(64 << 10);
-        let mut config = wasmtime::Config::new();
-        config
-            .wasm_component_model(true)
-            // With concurrency support on (wasmtime 50's default wherever component-model-async
-            // is compiled in), `call_async` runs every call through the component-model-async
-            // task machinery: +1.4 µs per call for a `sluice:middleware` component, which needs
-            // none of it (benches/middleware.rs `boundary`, docs/benchmarks.md).
-            .concurrency_support(false)
-            .epoch_interruption(true)
-            .memory_reservation(MAX_MEMORY)
-            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
-            .enable_incremental_compilation(Arc::new(FunctionCache::default()))
-            .map_err(internal)?;
-        profile_guests(&mut config);
-        let engine = Engine::new(&config).map_err(internal)?;
+        let engine = pooled_engine(POOLED_INSTANCES, |config| {
+            config
+                // With concurrency support on (wasmtime 50's default wherever
+                // component-model-async is compiled in), `call_async` runs every call through the
+                // component-model-async task machinery: +1.4 µs per call for a
+                // `sluice:middleware` component, which needs none of it (benches/middleware.rs
+                // `boundary`, docs/benchmarks.md).
+                .concurrency_support(false)
+                .enable_incremental_compilation(Arc::new(FunctionCache::default()))
+                .map(drop)
+        })?;
         // A pool of its own (an instance per request: creating one from the pool is microseconds,
         // mapping and unmapping its memory is not), a quarter of the main one.
-        let mut p3_pool = PoolingAllocationConfig::new();
-        p3_pool
-            .total_component_instances(POOLED_INSTANCES / 4)
-            .total_core_instances(5_000)
-            .total_memories(1_000)
-            .total_tables(5_000)
-            .total_stacks(500)
-            .max_memory_size(MAX_MEMORY as usize)
-            .max_core_instances_per_component(64)
-            .max_memories_per_component(16)
-            .max_tables_per_component(64);
-        p3_pool.table_keep_resident(64 << 10);
-        let mut p3_config = wasmtime::Config::new();
-        p3_config
-            .wasm_component_model(true)
-            .wasm_component_model_async(true)
-            .concurrency_support(true)
-            .epoch_interruption(true)
-            .memory_reservation(MAX_MEMORY)
-            .allocation_strategy(InstanceAllocationStrategy::Pooling(p3_pool));
-        profile_guests(&mut p3_config);
-        let p3_engine = Engine::new(&p3_config).map_err(internal)?;
+        let p3_engine = pooled_engine(POOLED_INSTANCES / 4, |config| {
+            config.wasm_component_model_async(true).concurrency_support(true);
+            Ok(())
+        })?;
 
         let tickers = [engine.weak(), p3_engine.weak()];
         std::thread::Builder::new()
@@ -786,6 +759,49 @@ fn http_loaded(
 
 fn internal(e: wasmtime::Error) -> LoadError {
     LoadError::Internal(format!("{e:#}"))
+}
+
+/// An engine for components with a pool of `instances` component instances (and core instances,
+/// memories, tables and stacks in proportion), epoch interruption, and what `configure` adds.
+/// Each memory gets [`MEMORY_RESERVATION`] of address space if the process can reserve it; under
+/// an address-space limit (`ulimit -v`) it gets [`MAX_MEMORY`] instead, and the guests run with
+/// bounds checks, slower but the same.
+fn pooled_engine(
+    instances: u32,
+    configure: impl Fn(&mut wasmtime::Config) -> wasmtime::Result<()>,
+) -> Result<Engine, LoadError> {
+    let engine = |reservation: u64| {
+        let mut pool = PoolingAllocationConfig::new();
+        pool.total_component_instances(instances)
+            .total_core_instances(instances * 10)
+            .total_memories(instances * 2)
+            .total_tables(instances * 10)
+            .total_stacks(instances)
+            .max_memory_size(MAX_MEMORY as usize)
+            .max_core_instances_per_component(64)
+            .max_memories_per_component(16)
+            .max_tables_per_component(64);
+        // Reset each instance's tables in place instead of with madvise: -20% per request for a
+        // trivial middleware (benches/middleware.rs; memory kept resident did not help).
+        pool.table_keep_resident(64 << 10);
+        let mut config = wasmtime::Config::new();
+        config
+            .wasm_component_model(true)
+            .epoch_interruption(true)
+            .memory_reservation(reservation)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        configure(&mut config)?;
+        profile_guests(&mut config);
+        Engine::new(&config)
+    };
+    engine(MEMORY_RESERVATION).or_else(|e| {
+        tracing::warn!(
+            error = %format!("{e:#}"),
+            "cannot reserve 4 GiB of address space per Wasm memory (is `ulimit -v` set? the pools take ~21 TiB); \
+             reserving 1 GiB: middleware run with bounds checks, ~14% slower"
+        );
+        engine(MAX_MEMORY).map_err(internal)
+    })
 }
 
 /// `bytes` as MiB, for messages.

@@ -150,6 +150,44 @@ async fn a_trap_in_the_response_phase_is_a_502_under_deny() {
     );
 }
 
+/// A load from outside a middleware's linear memory traps, whether sluice runs the guests without
+/// bounds checks (4 GiB of address space reserved per memory, the default: the hardware faults)
+/// or, under an address-space limit that cannot hold that, with them (1 GiB per memory, and a
+/// warning saying so). Either way the other middleware still run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_load_outside_the_memory_traps_with_or_without_bounds_checks() {
+    let up = echo().await;
+    let mut mw = stamp("ok", HEADER_PHASES);
+    for access in ["past-the-end", "top"] {
+        mw += &format!(
+            "[middleware.{access}]\ncomponent = {:?}\nconfig = {{ access = \"{access}\" }}\n",
+            component("trap")
+        );
+    }
+    let routes = "[[route]]\nname = \"past-the-end\"\npath-prefix = \"/past-the-end\"\nupstream = \"u\"\nmiddleware = [\"past-the-end\"]\n\n\
+                  [[route]]\nname = \"top\"\npath-prefix = \"/top\"\nupstream = \"u\"\nmiddleware = [\"top\"]\n";
+    let config = format!("{}\n{routes}", config(up.addr(), &["ok"], &mw));
+    let warning = "cannot reserve 4 GiB of address space per Wasm memory";
+    // 8 TiB: room for the pools at 1 GiB a memory (~5 TiB), not at 4 GiB (~20 TiB).
+    for (sluice, limited) in [
+        (Sluice::start(&config), false),
+        (Sluice::start_with_address_space(&config, 8 << 30), true),
+    ] {
+        assert_eq!(sluice.stderr().contains(warning), limited, "{}", sluice.stderr());
+        for path in ["/past-the-end", "/top"] {
+            let resp = client().get(sluice.url(path)).send().await.unwrap();
+            let status = resp.status();
+            let body = resp.text().await.unwrap();
+            assert_eq!(status, 500, "{path} (limited: {limited}): {body}");
+            assert!(body.contains("trapped"), "{body}");
+        }
+        let resp = client().get(sluice.url("/mw")).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()["x-stamp-response"], "ok");
+    }
+    assert_eq!(up.requests(), 2);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unbounded_allocation_stops_at_the_memory_limit() {
     let (mut sluice, up) = misbehaving("hog", "memory-limit = \"16MiB\"\ntimeout = \"2s\"", "deny").await;

@@ -81,10 +81,34 @@ impl Sluice {
     /// Starts sluice with a whole `config` that listens on `addr`, written to `dir/sluice.toml`,
     /// with `env` set in its environment.
     pub fn spawn(config: &str, addr: SocketAddr, dir: tempfile::TempDir, env: &[(&str, &str)]) -> Sluice {
+        Self::launch(Command::new(sluice_bin()), config, addr, dir, env)
+    }
+
+    /// Starts sluice with `config` (everything but `[server]`) under an address-space limit of
+    /// `kib` KiB (`ulimit -v`).
+    pub fn start_with_address_space(config: &str, kib: u64) -> Sluice {
+        let addr = free_addr();
+        let full = format!(
+            "[server]\nlisten = [\"{addr}\"]\nthreads = 2\ncache-dir = {:?}\n\n{config}",
+            shared_cache_dir().display().to_string()
+        );
+        let mut shell = Command::new("sh");
+        shell.args(["-c", &format!("ulimit -v {kib} && exec \"$0\" \"$@\""), sluice_bin()]);
+        Self::launch(shell, &full, addr, tempfile::tempdir().unwrap(), &[])
+    }
+
+    /// Runs `command` with `run --config <dir>/sluice.toml` added, `config` written there.
+    fn launch(
+        mut command: Command,
+        config: &str,
+        addr: SocketAddr,
+        dir: tempfile::TempDir,
+        env: &[(&str, &str)],
+    ) -> Sluice {
         let path = dir.path().join("sluice.toml");
         std::fs::write(&path, config).unwrap();
         let stderr = dir.path().join("stderr.log");
-        let child = Command::new(sluice_bin())
+        let child = command
             .args(["run", "--config"])
             .arg(&path)
             .env("RUST_LOG", "info")
