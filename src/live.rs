@@ -622,6 +622,7 @@ impl Loader<'_> {
         if let (Some(reuse), Some(instance)) = (loaded_middleware.policy.reuse, loaded.instance) {
             let outbound = loaded_middleware.policy.outbound.clone();
             loaded_middleware.idle.adopt(instance, outbound, reuse);
+            loaded_middleware.calls.count_created(crate::metrics::Created::Load);
         }
         Ok(Arc::new(loaded_middleware))
     }

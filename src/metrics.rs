@@ -31,6 +31,8 @@ pub struct Metrics {
     pub call_duration: Family<CallTimeLabels, Histogram, fn() -> Histogram>,
     /// `sluice_middleware_host_calls_total{middleware, version, interface}`
     pub host_calls: Family<HostCallLabels, Counter>,
+    /// `sluice_middleware_instances_created_total{middleware, version, path}`
+    pub instances: Family<InstanceLabels, Counter>,
     /// `sluice_middleware_short_circuits_total{middleware, version, phase, status}`
     pub short_circuits: Family<ShortCircuitLabels, Counter>,
     /// `sluice_requests_total{route, method, status}`
@@ -74,6 +76,18 @@ pub struct HostCallLabels {
     pub version: String,
     /// `state`, `log` or `http` (outbound requests).
     pub interface: &'static str,
+}
+
+/// Labels of `sluice_middleware_instances_created_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct InstanceLabels {
+    /// The middleware's name.
+    pub middleware: String,
+    /// Its version label.
+    pub version: String,
+    /// Where it was created: `load`, `ahead` (a reused instance's successor, off the request
+    /// path) or `request` (on a request's path: a fresh instance, or no idle one).
+    pub path: &'static str,
 }
 
 /// Labels of `sluice_middleware_short_circuits_total`.
@@ -225,6 +239,12 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "What middleware asked of the host (state operations, log lines, outbound HTTP requests)",
         host_calls.clone(),
     );
+    let instances = Family::<InstanceLabels, Counter>::default();
+    registry.register(
+        "sluice_middleware_instances_created",
+        "Middleware instances created: at load, ahead of a reused instance's retirement, or on a request's path",
+        instances.clone(),
+    );
     let short_circuits = Family::<ShortCircuitLabels, Counter>::default();
     registry.register(
         "sluice_middleware_short_circuits",
@@ -296,6 +316,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         versions,
         call_duration,
         host_calls,
+        instances,
         short_circuits,
         requests,
         request_duration,
@@ -345,6 +366,19 @@ pub enum Outcome {
 
 const OUTCOMES: [&str; 3] = ["next", "respond", "failed"];
 
+/// Where a middleware instance was created.
+#[derive(Debug, Clone, Copy)]
+pub enum Created {
+    /// At load: the instance `init` was checked in.
+    Load = 0,
+    /// Off the request path, as the successor of a reused instance nearing `max-requests`.
+    Ahead = 1,
+    /// On a request's path: a fresh instance, or a reused one when none was idle.
+    Request = 2,
+}
+
+const CREATED: [&str; 3] = ["load", "ahead", "request"];
+
 /// One middleware version's call counters and latency histograms, resolved at load for the
 /// phases it implements.
 #[derive(Debug, Default)]
@@ -353,6 +387,8 @@ pub struct CallCounters {
     durations: [Option<Histogram>; Phase::ALL.len()],
     /// By interface: state, log, http.
     host_calls: [Counter; 3],
+    /// Instances created, by [`Created`].
+    created: [Counter; 3],
     middleware: Arc<String>,
     version: Arc<String>,
 }
@@ -397,10 +433,21 @@ impl CallCounters {
                 })
                 .clone()
         });
+        let created = CREATED.map(|path| {
+            METRICS
+                .instances
+                .get_or_create(&InstanceLabels {
+                    middleware: middleware.to_owned(),
+                    version: version.to_owned(),
+                    path,
+                })
+                .clone()
+        });
         CallCounters {
             phases,
             durations,
             host_calls,
+            created,
             middleware: Arc::new(middleware.to_owned()),
             version: Arc::new(version.to_owned()),
         }
@@ -423,6 +470,11 @@ impl CallCounters {
                 counter.inc_by(u64::from(n));
             }
         }
+    }
+
+    /// Counts an instance created.
+    pub fn count_created(&self, path: Created) {
+        self.created[path as usize].inc();
     }
 
     /// The version label.

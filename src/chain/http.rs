@@ -37,7 +37,7 @@ use wasmtime_wasi_http::{Error, WasiBody, WasiHttpView};
 use super::LoadedMiddleware;
 use super::run::{Bindings, CallRecord, Failure, FailureKind, INSTANTIATE_DEADLINE, Live, failed};
 use crate::config::OnError;
-use crate::metrics::Outcome;
+use crate::metrics::{Created, Outcome};
 use crate::runtime::budget::Meter;
 use crate::runtime::host::{HostCalls, HostState, NextHop};
 use crate::runtime::{LinkPre, Phase, ProxyPre, ServicePre};
@@ -185,7 +185,10 @@ async fn run_middleware(
             let service = match service {
                 Some(service) => service,
                 None => match pre.instantiate_async(&mut store).await {
-                    Ok(service) => service,
+                    Ok(service) => {
+                        link.calls.count_created(Created::Request);
+                        service
+                    }
                     Err(e) => {
                         tracing::warn!(middleware = &*link.name, error = %format!("{e:#}"), "cannot instantiate");
                         return Err(FailureKind::Instantiate);
@@ -216,7 +219,8 @@ async fn run_middleware(
                 store.data_mut().set_next_hop(None);
                 let mut live = Live::of(store, Bindings::Service(service));
                 live.served = served;
-                link.idle.give_back(live, reuse, true);
+                // Its instances run no `init`: a successor is never asked for.
+                let _ = link.idle.give_back(live, reuse, true);
             }
             settled
         }
@@ -349,7 +353,10 @@ async fn run_proxy(
         link.clone(),
         async move {
             let proxy = match pre.instantiate_async(&mut store).await {
-                Ok(proxy) => proxy,
+                Ok(proxy) => {
+                    link.calls.count_created(Created::Request);
+                    proxy
+                }
                 Err(e) => {
                     tracing::warn!(middleware = &*link.name, error = %format!("{e:#}"), "cannot instantiate");
                     return Err(FailureKind::Instantiate);

@@ -140,13 +140,15 @@ impl LoadedMiddleware {
         runtime: Arc<Runtime>,
     ) -> Self {
         let label = version_label(provenance.version.as_deref(), &artifact.digest);
+        // Successors are made ahead for instances that run `init` when created.
+        let ahead = artifact.start == Start::Init && matches!(artifact.pre, LinkPre::Sluice(_));
         LoadedMiddleware {
             calls: crate::metrics::CallCounters::new(&name, &label, &artifact.registration),
             name,
             artifact,
             policy,
             provenance,
-            idle: IdleInstances::new(runtime.idle_slots()),
+            idle: IdleInstances::new(runtime.idle_slots(), ahead),
             quarantine: Quarantine::default(),
             state,
             runtime,
@@ -216,6 +218,16 @@ pub struct Reuse {
     pub max_requests: u32,
     /// Linear memory size past which an instance is retired after its request, in bytes.
     pub max_memory: u64,
+}
+
+impl Reuse {
+    /// Requests after which an instance asks for its successor, made off the request path before
+    /// it retires: a tenth of `max-requests` ahead, at least one request. `None` with
+    /// `max-requests = 1`: each request then creates its instance, as asked.
+    pub fn successor_due(&self) -> Option<u32> {
+        let lead = (self.max_requests / 10).max(1);
+        self.max_requests.checked_sub(lead).filter(|due| *due > 0)
+    }
 }
 
 /// A middleware as it serves requests: its primary version and, optionally, a canary version that
@@ -348,5 +360,26 @@ impl Chain {
     /// (`proxy::nested`).
     pub fn segments(&self) -> &[Segment] {
         &self.segments
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Reuse;
+
+    #[test]
+    fn a_successor_is_asked_for_a_tenth_of_max_requests_ahead_and_never_with_one() {
+        let due = |max_requests| {
+            Reuse {
+                max_requests,
+                max_memory: u64::MAX,
+            }
+            .successor_due()
+        };
+        assert_eq!(due(1), None, "an instance per request: each request creates it");
+        assert_eq!(due(2), Some(1));
+        assert_eq!(due(3), Some(2));
+        assert_eq!(due(25), Some(23));
+        assert_eq!(due(1000), Some(900));
     }
 }

@@ -7,6 +7,8 @@
 //! `sluice:middleware` component) is [`Bindings::call`]; a second kind of link (a standard
 //! `wasi:http` component, a native built-in) is a variant there, not a copy of the loop.
 
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering::{Acquire, Release};
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::{Duration, Instant};
@@ -19,7 +21,7 @@ use wasmtime::Store;
 
 use super::{Chain, LoadedMiddleware, Reuse};
 use crate::config::OnError;
-use crate::metrics::Outcome;
+use crate::metrics::{Created, Outcome};
 use crate::runtime::Registration;
 use crate::runtime::budget::Meter;
 use crate::runtime::host::{HostCalls, HostState, Outbound};
@@ -319,6 +321,8 @@ pub(super) struct Live {
     pub(super) served: u32,
     /// False while a call runs and after one failed: such an instance is never reused.
     reusable: bool,
+    /// It asked for its successor (see [`IdleInstances`]).
+    successor_asked: bool,
 }
 
 impl Live {
@@ -335,15 +339,25 @@ impl Live {
             bindings,
             served: 0,
             reusable: true,
+            successor_asked: false,
         }
     }
 }
 
 /// A middleware's idle instances, when its instances are reused: taken by a request, given back
 /// after it. Each holds one of the runtime's [`IdleSlots`].
+///
+/// An instance nearing `max-requests` asks for its successor, which is created and initialized
+/// off the request path (on the standby thread) while it serves on, and waits idle below the
+/// others; when it retires at `max-requests`, the successor takes over. So no request pays a
+/// replacement's `init` (milliseconds for a component that compiles schemas or regexes in it).
 pub struct IdleInstances {
     idle: Mutex<Vec<Live>>,
     slots: Arc<IdleSlots>,
+    /// Whether retiring instances get a successor made ahead (instances that run `init`).
+    ahead: bool,
+    /// A successor is being made (one at a time per middleware version).
+    preparing: AtomicBool,
 }
 
 impl std::fmt::Debug for IdleInstances {
@@ -357,11 +371,13 @@ impl IdleInstances {
     /// Idle instances kept per middleware, at most; more are dropped.
     const MAX_IDLE: usize = 64;
 
-    /// None idle yet, holding slots of `slots`.
-    pub fn new(slots: Arc<IdleSlots>) -> Self {
+    /// None idle yet, holding slots of `slots`; with `ahead`, successors are made ahead.
+    pub fn new(slots: Arc<IdleSlots>, ahead: bool) -> Self {
         IdleInstances {
             idle: Mutex::default(),
             slots,
+            ahead,
+            preparing: AtomicBool::new(false),
         }
     }
 
@@ -370,7 +386,8 @@ impl IdleInstances {
         let Started { mut store, bindings } = instance;
         store.data_mut().set_outbound(outbound);
         store.data_mut().take_calls();
-        self.give_back(Live::new(store, bindings), reuse, false);
+        let asks = self.give_back(Live::new(store, bindings), reuse, false);
+        debug_assert!(!asks, "an instance that served nothing asks for no successor");
     }
 
     pub(super) fn take(&self) -> Option<Live> {
@@ -381,18 +398,56 @@ impl IdleInstances {
 
     /// Keeps `live` for another call, unless it failed, served its `max-requests` or grew past
     /// `max-memory`, or the idle instances already fill their share of the pool. `began` counts a
-    /// request that began on it.
-    pub(super) fn give_back(&self, mut live: Live, reuse: Reuse, began: bool) {
+    /// request that began on it. True when it asks for its successor: the caller starts making it
+    /// ([`give_back`]).
+    #[must_use]
+    pub(super) fn give_back(&self, mut live: Live, reuse: Reuse, began: bool) -> bool {
         live.served += u32::from(began);
+        let asks = self.ahead
+            && live.reusable
+            && !live.successor_asked
+            && reuse.successor_due().is_some_and(|due| live.served >= due)
+            && self.preparing.compare_exchange(false, true, Acquire, Acquire).is_ok();
+        live.successor_asked |= asks;
         let grown = live.store.data().limits.memory_high_water as u64 > reuse.max_memory;
         if !live.reusable || live.served >= reuse.max_requests || grown {
-            return;
+            return asks;
         }
-        let Ok(mut idle) = self.idle.lock() else { return };
+        let Ok(mut idle) = self.idle.lock() else { return asks };
         if idle.len() < Self::MAX_IDLE && self.slots.try_hold() {
             idle.push(live);
         }
+        asks
     }
+
+    /// Takes in a successor made ahead (`None`: making it failed): below the other idle ones, so
+    /// that the instance it succeeds, on top, serves on until it retires.
+    fn deliver(&self, successor: Option<Live>) {
+        if let Some(live) = successor
+            && let Ok(mut idle) = self.idle.lock()
+            && idle.len() < Self::MAX_IDLE
+            && self.slots.try_hold()
+        {
+            idle.insert(0, live);
+        }
+        self.preparing.store(false, Release);
+    }
+}
+
+/// Gives `live` back to `link`'s idle instances and, when it asks for its successor, starts making
+/// that on the standby thread.
+pub(super) fn give_back(link: &Arc<LoadedMiddleware>, live: Live, reuse: Reuse, began: bool) {
+    if !link.idle.give_back(live, reuse, began) {
+        return;
+    }
+    let link = link.clone();
+    background(Background::Standby).spawn(async move {
+        let successor = new_instance(&link).await.ok();
+        if successor.is_some() {
+            link.calls.count_created(Created::Ahead);
+        }
+        link.idle.deliver(successor);
+    });
 }
 
 impl Drop for IdleInstances {
@@ -564,7 +619,7 @@ impl ChainRun {
                 // The thread runs only when the CPU has nothing else to do: under load, the
                 // request waits for it at most as long as the call may take in all.
                 let most = INSTANTIATE_DEADLINE.max(link.policy.timeout) + link.policy.timeout;
-                let ran = quarantine_thread().spawn(async move {
+                let ran = background(Background::Quarantine).spawn(async move {
                     let message = owned.view();
                     let ran = run_call(&mut slot, &link, &facts, &context, &message, &span).await;
                     (ran, slot)
@@ -592,7 +647,7 @@ impl ChainRun {
         if let Some(reuse) = link.policy.reuse
             && let Some(instance) = live.take()
         {
-            link.idle.give_back(instance, reuse, !*began);
+            give_back(link, instance, reuse, !*began);
         }
         *began = true;
         result
@@ -694,6 +749,13 @@ fn claim(slot: &mut Option<Live>, link: &LoadedMiddleware) -> bool {
 
 /// A new instance of `link` for the request, in `slot`.
 async fn create<'a>(slot: &'a mut Option<Live>, link: &LoadedMiddleware) -> Result<&'a mut Live, FailureKind> {
+    let live = new_instance(link).await?;
+    link.calls.count_created(Created::Request);
+    Ok(slot.insert(live))
+}
+
+/// A new instance of `link`, initialized if its instances run `init`.
+async fn new_instance(link: &LoadedMiddleware) -> Result<Live, FailureKind> {
     let host = link.host();
     let LinkPre::Sluice(pre) = &link.artifact.pre else {
         // A `wasi:http` link declares no phase: the chain never calls it here.
@@ -709,7 +771,7 @@ async fn create<'a>(slot: &'a mut Option<Live>, link: &LoadedMiddleware) -> Resu
     if link.artifact.start == Start::Init {
         init(&mut store, &bindings, link).await?;
     }
-    Ok(slot.insert(Live::new(store, bindings)))
+    Ok(Live::new(store, bindings))
 }
 
 /// One call of `link` on its instance in `slot` (created first if there is none), bounded by its
@@ -775,29 +837,46 @@ impl OwnedMessage {
     }
 }
 
-/// The thread quarantined middleware run on (one call at a time per middleware already), started
-/// on first use: away from the proxy workers, which keep serving every other request.
-fn quarantine_thread() -> &'static tokio::runtime::Handle {
-    static HANDLE: std::sync::OnceLock<tokio::runtime::Handle> = std::sync::OnceLock::new();
-    HANDLE.get_or_init(|| {
+/// The threads that run middleware work off the proxy workers, each started on first use.
+#[derive(Debug, Clone, Copy)]
+enum Background {
+    /// Quarantined middleware's calls (one at a time per middleware already), at idle priority:
+    /// what they burn delays no other request.
+    Quarantine,
+    /// Successors of reused instances nearing `max-requests`, created and initialized there so
+    /// that no request waits for an `init`. Normal priority: under load it must keep up.
+    Standby,
+}
+
+/// The runtime of `thread`.
+fn background(thread: Background) -> &'static tokio::runtime::Handle {
+    static QUARANTINE: std::sync::OnceLock<tokio::runtime::Handle> = std::sync::OnceLock::new();
+    static STANDBY: std::sync::OnceLock<tokio::runtime::Handle> = std::sync::OnceLock::new();
+    let (handle, name) = match thread {
+        Background::Quarantine => (&QUARANTINE, "sluice-quarantine"),
+        Background::Standby => (&STANDBY, "sluice-standby"),
+    };
+    handle.get_or_init(|| {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
-            .thread_name("sluice-quarantine")
+            .thread_name(name)
             .build()
-            .expect("a tokio runtime for quarantined middleware");
+            .expect("a tokio runtime for a background thread");
         let handle = runtime.handle().clone();
         std::thread::Builder::new()
-            .name("sluice-quarantine".into())
+            .name(name.into())
             .spawn(move || {
-                use thread_priority::{NormalThreadSchedulePolicy, ThreadPriority, ThreadSchedulePolicy};
-                let idle = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
-                let native = thread_priority::thread_native_id();
-                if let Err(e) = thread_priority::set_thread_priority_and_policy(native, ThreadPriority::Min, idle) {
-                    tracing::warn!(error = ?e, "the quarantine thread runs at normal priority");
+                if let Background::Quarantine = thread {
+                    use thread_priority::{NormalThreadSchedulePolicy, ThreadPriority, ThreadSchedulePolicy};
+                    let idle = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
+                    let native = thread_priority::thread_native_id();
+                    if let Err(e) = thread_priority::set_thread_priority_and_policy(native, ThreadPriority::Min, idle) {
+                        tracing::warn!(error = ?e, "the quarantine thread runs at normal priority");
+                    }
                 }
                 runtime.block_on(std::future::pending::<()>())
             })
-            .expect("spawning the quarantine thread");
+            .expect("spawning a background thread");
         handle
     })
 }

@@ -400,6 +400,55 @@ async fn reused_instances_serve_max_requests_then_retire() {
     assert_eq!(remembered(&sluice, "/mw/c", &[]).await.0, "1");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retiring_instances_successor_runs_its_init_off_the_request_path() {
+    let up = echo().await;
+    let (addr, admin) = (free_addr(), free_addr());
+    // `init` computes for 250 ms here, as one compiling many schemas might; every instance
+    // serves 3 requests.
+    let mw = format!(
+        "[middleware.mem]\ncomponent = {:?}\nconfig = {{ init-ms = 250 }}\nreuse = {{ max-requests = 3 }}\n",
+        component("remember")
+    );
+    let full = format!(
+        "[server]\nlisten = [\"{addr}\"]\nthreads = 2\nadmin = \"{admin}\"\ncache-dir = {:?}\n\n{}",
+        shared_cache_dir().display().to_string(),
+        config(up.addr(), &["mem"], &mw)
+    );
+    let sluice = Sluice::start_raw(&full, addr);
+    let mut counts = Vec::new();
+    for i in 0..9 {
+        let started = Instant::now();
+        counts.push(remembered(&sluice, &format!("/mw/{i}"), &[]).await.0);
+        let took = started.elapsed();
+        assert!(
+            took < Duration::from_millis(200),
+            "request {i} took {took:?}: it waited for an `init`"
+        );
+        // The time a client takes between requests: the successor's `init` runs meanwhile.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(
+        counts,
+        ["1", "2", "3", "1", "2", "3", "1", "2", "3"],
+        "each instance still retires after max-requests"
+    );
+    let created = |path: &'static str| {
+        let path = format!("path=\"{path}\"");
+        async move {
+            metric_sum(
+                admin,
+                "sluice_middleware_instances_created_total",
+                &["middleware=\"mem\"", &path],
+            )
+            .await
+        }
+    };
+    assert_eq!(created("load").await, 1.0);
+    assert_eq!(created("ahead").await, 3.0, "one successor per instance, made ahead");
+    assert_eq!(created("request").await, 0.0, "no request created one");
+}
+
 #[test]
 fn reuse_bounds_are_checked_at_load() {
     let err = check_config(&format!(

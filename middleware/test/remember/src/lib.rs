@@ -2,7 +2,8 @@
 //! previous one, and tells the upstream: `x-served: N`, `x-previous: /path` (or `none`). With a
 //! fresh instance per request it must always say `1` and `none`.
 //!
-//! Request headers steer it: `x-grow: N` keeps N MiB more memory, `x-trap` traps.
+//! Request headers steer it: `x-grow: N` keeps N MiB more memory, `x-trap` traps. Config
+//! `{ "init-ms": N }` makes `init` compute for N ms, as a component compiling many schemas does.
 use std::sync::Mutex;
 
 use sluice_sdk::*;
@@ -14,7 +15,15 @@ struct Remember {
 }
 
 impl Middleware for Remember {
-    fn init(_config: &str) -> Result<(Self, Registration), String> {
+    fn init(config: &str) -> Result<(Self, Registration), String> {
+        let config: serde_json::Value = serde_json::from_str(config).map_err(|e| e.to_string())?;
+        if let Some(ms) = config.get("init-ms").and_then(|ms| ms.as_u64()) {
+            let started = std::time::Instant::now();
+            let mut n = 0u64;
+            while started.elapsed() < std::time::Duration::from_millis(ms) {
+                n = std::hint::black_box(n.wrapping_add(1));
+            }
+        }
         Ok((Remember::default(), Registration::phases(Phases::REQUEST_HEADERS)))
     }
 
