@@ -133,12 +133,7 @@ if [[ -n ${STAMP:-} ]]; then
 fi
 if [[ -n ${BUILTINS:-} ]]; then
   token=$(hs256_token "$secret")
-  cat > "$work/orders.lua" <<LUA
-wrk.method = "POST"
-wrk.body = io.open("$data/order.json"):read("*a")
-wrk.headers["Content-Type"] = "application/json"
-wrk.headers["Authorization"] = "Bearer $token"
-LUA
+  orders_wrk_script "$token"
   for port in $BEFORE_PORT $AFTER_PORT; do
     redacted=$(curl -fsS -H 'content-type: application/json' -H "authorization: Bearer $token" \
       --data-binary "@$data/order.json" "http://127.0.0.1:$port/orders") \

@@ -73,3 +73,13 @@ signing = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode()) + "." + b64(j
 print(signing + "." + b64(hmac.new(os.environ["SECRET"].encode(), signing.encode(), hashlib.sha256).digest()))
 PY
 }
+
+orders_wrk_script() { # token : writes $work/orders.lua, wrk's POST /orders: the 1 KiB order of
+  # benches/data with `token` as its bearer token
+  cat > "$work/orders.lua" <<LUA
+wrk.method = "POST"
+wrk.body = io.open("$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/data/order.json"):read("*a")
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer $1"
+LUA
+}

@@ -167,12 +167,7 @@ done
 
 # POST /orders: an HS256 token signed here (python's hmac, not sluice's JWT library), the order.
 token=$(hs256_token "$secret")
-cat > "$work/orders.lua" <<LUA
-wrk.method = "POST"
-wrk.body = io.open("$data/order.json"):read("*a")
-wrk.headers["Content-Type"] = "application/json"
-wrk.headers["Authorization"] = "Bearer $token"
-LUA
+orders_wrk_script "$token"
 post() { curl -fsS -H 'content-type: application/json' -H "authorization: Bearer $token" --data-binary "@$data/order.json" "http://127.0.0.1:$1"; }
 for url in "$NGINX_PORT/orders" "$SLUICE_PORT/orders/empty"; do
   [[ $(post "$url") == "$customers" ]] || { echo "load.sh: $url did not answer the customers page" >&2; exit 1; }
