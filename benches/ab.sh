@@ -63,26 +63,7 @@ CONF
     printf '\n[[route]]\nname = "chain"\npath-prefix = "/chain"\nupstream = "up"\nmiddleware = ["m1", "m2", "m3", "m4"]\n' >> "$work/$side/sluice.toml"
   fi
   if [[ -n ${BUILTINS:-} ]]; then
-    cat >> "$work/$side/sluice.toml" <<CONF
-
-[middleware.jwt]
-component = "builtin:auth-jwt"
-config = { algorithms = ["HS256"], secret = "$secret", issuer = "https://id.example.com", audience = "orders", forward-claims = { sub = "x-user-id" } }
-[middleware.limit]
-component = "builtin:rate-limit"
-config = { key = "client-ip", rate = 1000000000, per = "1s", burst = 1000000000 }
-[middleware.schema]
-component = "builtin:schema-validate"
-config = { schema-file = "$data/order.schema.json" }
-[middleware.redact]
-component = "builtin:redact"
-config = { patterns = ["email", "credit-card", "phone", "ipv4", "ipv6"], json-fields = ["password"] }
-[[route]]
-name = "orders"
-path-prefix = "/orders"
-upstream = "up"
-middleware = ["jwt", "limit", "schema", "redact"]
-CONF
+    orders_chain "" /orders >> "$work/$side/sluice.toml"
   fi
   RUST_LOG=warn "$bin" run --config "$work/$side/sluice.toml" 2>"$work/$side.log" &
   pids+=($!)

@@ -83,3 +83,38 @@ wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Bearer $1"
 LUA
 }
+
+orders_chain() { # suffix path [line] : prints the four built-ins as load.sh's and ab.sh's POST /orders
+  # routes run them (names jwt$suffix ... redact$suffix, each with `line` added, e.g. a `reuse`), and
+  # the route at `path` through them; the JWT secret is $secret
+  local data extra=${3:-}
+  data="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/data"
+  cat <<CONF
+
+[middleware.jwt$1]
+component = "builtin:auth-jwt"
+config = { algorithms = ["HS256"], secret = "$secret", issuer = "https://id.example.com", audience = "orders", forward-claims = { sub = "x-user-id" } }
+$extra
+
+[middleware.limit$1]
+component = "builtin:rate-limit"
+config = { key = "client-ip", rate = 1000000000, per = "1s", burst = 1000000000 }
+$extra
+
+[middleware.schema$1]
+component = "builtin:schema-validate"
+config = { schema-file = "$data/order.schema.json" }
+$extra
+
+[middleware.redact$1]
+component = "builtin:redact"
+config = { patterns = ["email", "credit-card", "phone", "ipv4", "ipv6"], json-fields = ["password"] }
+$extra
+
+[[route]]
+name = "orders$1"
+path-prefix = "$2"
+upstream = "up"
+middleware = ["jwt$1", "limit$1", "schema$1", "redact$1"]
+CONF
+}

@@ -89,34 +89,7 @@ secret="a 32-byte secret for HS256 tokens"
 for mode in fresh reused; do
   reuse=""
   [[ $mode == reused ]] && reuse="reuse = { max-requests = 10000 }"
-  cat >> "$work/sluice.toml" <<CONF
-
-[middleware.jwt-$mode]
-component = "builtin:auth-jwt"
-config = { algorithms = ["HS256"], secret = "$secret", issuer = "https://id.example.com", audience = "orders", forward-claims = { sub = "x-user-id" } }
-$reuse
-
-[middleware.limit-$mode]
-component = "builtin:rate-limit"
-config = { key = "client-ip", rate = 1000000000, per = "1s", burst = 1000000000 }
-$reuse
-
-[middleware.schema-$mode]
-component = "builtin:schema-validate"
-config = { schema-file = "$data/order.schema.json" }
-$reuse
-
-[middleware.redact-$mode]
-component = "builtin:redact"
-config = { patterns = ["email", "credit-card", "phone", "ipv4", "ipv6"], json-fields = ["password"] }
-$reuse
-
-[[route]]
-name = "orders-$mode"
-path-prefix = "/orders/$mode"
-upstream = "up"
-middleware = ["jwt-$mode", "limit-$mode", "schema-$mode", "redact-$mode"]
-CONF
+  orders_chain "-$mode" "/orders/$mode" "$reuse" >> "$work/sluice.toml"
 done
 for i in 1 2 3 4; do
   cat >> "$work/sluice.toml" <<CONF
