@@ -622,6 +622,12 @@ impl ChainRun {
                 let ran = background(Background::Quarantine).spawn(async move {
                     let message = owned.view();
                     let ran = run_call(&mut slot, &link, &facts, &context, &message, &span).await;
+                    // A failed instance is dropped here too: dropping resets its memory (a bomb's
+                    // megabytes freed, their TLB entries shot down), work for this thread, not for
+                    // the worker it would go back to.
+                    if slot.as_ref().is_some_and(|live| !live.reusable) {
+                        drop(slot.take());
+                    }
                     (ran, slot)
                 });
                 match tokio::time::timeout(most, ran).await {
