@@ -622,12 +622,6 @@ impl ChainRun {
                 let ran = background(Background::Quarantine).spawn(async move {
                     let message = owned.view();
                     let ran = run_call(&mut slot, &link, &facts, &context, &message, &span).await;
-                    // A failed instance is dropped here too: dropping resets its memory (a bomb's
-                    // megabytes freed, their TLB entries shot down), work for this thread, not for
-                    // the worker it would go back to.
-                    if slot.as_ref().is_some_and(|live| !live.reusable) {
-                        drop(slot.take());
-                    }
                     (ran, slot)
                 });
                 match tokio::time::timeout(most, ran).await {
@@ -805,7 +799,15 @@ async fn run_call(
             let result = bounded(&live.meter, link.policy.timeout, call)
                 .instrument(span.clone())
                 .await;
-            (settle(live, result), live.store.data_mut().take_calls())
+            let (result, host_calls) = (settle(live, result), live.store.data_mut().take_calls());
+            if result.is_err() {
+                // A failed instance is discarded, here, on the thread the call ran on: dropping
+                // it resets its memory (a quarantined memory bomb's megabytes, freed on the
+                // quarantine thread, not on a worker). An instance that trapped cannot be entered
+                // again, so a later phase of the request gets a new one.
+                *slot = None;
+            }
+            (result, host_calls)
         }
         Err(kind) => (Err(kind), HostCalls::default()),
     }

@@ -412,3 +412,48 @@ async fn a_quarantined_middleware_runs_off_the_workers_and_its_answer_still_appl
         sluice.stderr()
     );
 }
+
+/// A failed call discards its instance, also a request's own fresh one: the request's later
+/// phases run on a new instance (one that trapped cannot be entered again), and the failure is
+/// counted once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_fresh_instance_is_replaced_for_the_requests_later_phases() {
+    let up = echo().await;
+    let (addr, admin) = (free_addr(), free_addr());
+    let mw = probe(
+        "js",
+        "js",
+        ", trap-header = \"x-trap\"",
+        "instances = \"fresh\"\non-error = \"allow\"",
+    );
+    let config = format!(
+        "[server]\nlisten = [\"{addr}\"]\nthreads = 2\ncache-dir = {:?}\nadmin = \"{admin}\"\n\n{}",
+        shared_cache_dir().display().to_string(),
+        route(up.addr(), &["js"], &mw)
+    );
+    let sluice = Sluice::start_raw(&config, addr);
+    let client = client();
+
+    // The request phase throws; `allow` lets the request through, and the response phase runs
+    // on a new instance and stamps the response.
+    let resp = client.get(sluice.url("/x")).header("x-trap", "1").send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(values(&resp, "x-stamp-response"), ["js"]);
+    let seen: Value = resp.json().await.unwrap();
+    assert!(seen["headers"]["x-stamp-request"].is_null(), "{seen}");
+
+    let calls = async |phase: &str, outcome: &str| {
+        let (phase, outcome) = (format!("phase=\"{phase}\""), format!("outcome=\"{outcome}\""));
+        metric_sum(
+            admin,
+            "sluice_middleware_calls_total",
+            &["middleware=\"js\"", &phase, &outcome],
+        )
+        .await
+    };
+    assert_eq!(calls("request-headers", "failed").await, 1.0);
+    assert_eq!(calls("response-headers", "next").await, 1.0);
+    assert_eq!(calls("response-headers", "failed").await, 0.0);
+    let failures = metric_sum(admin, "sluice_middleware_failures_total", &["middleware=\"js\""]).await;
+    assert_eq!(failures, 1.0, "one trap, counted once");
+}
