@@ -5,9 +5,9 @@
 
 use std::time::{Duration, Instant};
 
-use wasmtime::component::{Component, Linker, ResourceTable};
+use fiber::Host;
+use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline};
-use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 mod with_fiber {
     wasmtime::component::bindgen!({
@@ -25,26 +25,8 @@ mod without_fiber {
     });
 }
 
-struct Host {
-    wasi: WasiCtx,
-    table: ResourceTable,
-}
-
-impl WasiView for Host {
-    fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
-    }
-}
-
 fn store(engine: &Engine, yields: bool) -> Store<Host> {
-    let host = Host {
-        wasi: WasiCtx::builder().build(),
-        table: ResourceTable::new(),
-    };
-    let mut store = Store::new(engine, host);
+    let mut store = Store::new(engine, Host::new());
     store.epoch_deadline_callback(move |_| {
         Ok(match yields {
             true => UpdateDeadline::Yield(1),
