@@ -593,7 +593,7 @@ impl ChainRun {
         );
         // A middleware that keeps failing runs one call at a time: what it burns (a memory bomb's
         // page faults and resets, a loop's CPU up to its deadline) stays on at most one worker.
-        let _turn = match link.quarantine.turn(link.policy.timeout).await {
+        let turn = match link.quarantine.turn(link.policy.timeout).await {
             Ok(turn) => turn,
             Err(kind) => {
                 let call = Call {
@@ -606,12 +606,12 @@ impl ChainRun {
                 return result;
             }
         };
-        let (result, host_calls) = match _turn {
+        let (result, host_calls) = match turn {
             None => run_call(live, link, &self.facts, &self.context, message, &span).await,
             // Quarantined: the call runs on the quarantine thread, never on a proxy worker, so
             // what it burns (a memory bomb's page faults, a loop up to its deadline) delays no
             // other request. Its inputs are copied there: this is the rare path.
-            Some(_) => {
+            Some(turn) => {
                 let mut owned = OwnedMessage::of(message);
                 let (link, facts, context, span) =
                     (link.clone(), self.facts.clone(), self.context.clone(), span.clone());
@@ -619,12 +619,20 @@ impl ChainRun {
                 // The thread runs only when the CPU has nothing else to do: under load, the
                 // request waits for it at most as long as the call may take in all.
                 let most = INSTANTIATE_DEADLINE.max(link.policy.timeout) + link.policy.timeout;
-                let ran = background(Background::Quarantine).spawn(async move {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                background(Background::Quarantine).spawn(async move {
+                    // The turn lasts as long as the call, whether its request waits for it or
+                    // not: one call of the middleware at a time on the thread, one instance.
+                    let _turn = turn;
                     let message = owned.view();
                     let ran = run_call(&mut slot, &link, &facts, &context, &message, &span).await;
-                    (ran, slot)
+                    // Its request gave up waiting (the thread got no CPU for that long): what
+                    // the call found still counts, and a success lifts the quarantine.
+                    if let Err(((result, _), _)) = tx.send((ran, slot)) {
+                        link.quarantine.settle(&link.name, &result);
+                    }
                 });
-                match tokio::time::timeout(most, ran).await {
+                match tokio::time::timeout(most, rx).await {
                     Ok(Ok((ran, slot))) => {
                         *live = slot;
                         ran
@@ -997,7 +1005,7 @@ const QUARANTINE_AFTER: u32 = 5;
 /// call that succeeds lifts it. A healthy middleware never waits here.
 pub struct Quarantine {
     failures: std::sync::atomic::AtomicU32,
-    turn: tokio::sync::Semaphore,
+    turn: Arc<tokio::sync::Semaphore>,
     /// The failures' log lines, per kind: at most one a second each (a middleware failing every
     /// request would write a line per request; the metrics count every one).
     lines: [OncePerSecond; FailureKind::COUNT],
@@ -1007,7 +1015,7 @@ impl Default for Quarantine {
     fn default() -> Self {
         Quarantine {
             failures: Default::default(),
-            turn: tokio::sync::Semaphore::new(1),
+            turn: Arc::new(tokio::sync::Semaphore::new(1)),
             lines: std::array::from_fn(|_| OncePerSecond::new()),
         }
     }
@@ -1030,11 +1038,11 @@ impl Quarantine {
     pub(super) async fn turn(
         &self,
         timeout: Duration,
-    ) -> Result<Option<tokio::sync::SemaphorePermit<'_>>, FailureKind> {
+    ) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, FailureKind> {
         if !self.active() {
             return Ok(None);
         }
-        match tokio::time::timeout(timeout, self.turn.acquire()).await {
+        match tokio::time::timeout(timeout, self.turn.clone().acquire_owned()).await {
             Ok(Ok(permit)) => Ok(Some(permit)),
             _ => Err(FailureKind::Quarantined),
         }

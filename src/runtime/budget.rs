@@ -13,7 +13,10 @@
 //!   busy machine, and the time the thread was not running is not the middleware's. (The CPU clock
 //!   is a system call, 0.7 µs here against 30 ns for the monotonic clock: read twice per poll, it
 //!   would cost every short call on every request; past 1 ms of running, polls are a tick long
-//!   and the two reads per tick are noise.)
+//!   and the two reads per tick are noise.) A poll timed by the monotonic clock counts at most
+//!   [`CPU_CLOCK_AFTER`], however long it was preempted: one that runs guest code ends at the next
+//!   epoch tick, so a longer one waited for a CPU (on a saturated machine, or on the idle-priority
+//!   quarantine thread, which waits for every worker).
 //! - **waiting in the host** (outbound HTTP, the state backend, a WASI clock): the time between a
 //!   poll that left the call waiting and the next one, bounded by a timer (`chain::run`).
 //!
@@ -98,7 +101,11 @@ impl Meter {
         // The CPU clock is read only for a poll that started by it.
         match (cpu_started > 0).then(thread_cpu).flatten() {
             Some(cpu) => cpu.saturating_sub(cpu_started),
-            None => nanos(now()).saturating_sub(started),
+            // By the monotonic clock a poll counts at most `CPU_CLOCK_AFTER`: every poll that runs
+            // guest code ends at the next epoch tick, so one that took longer was preempted, and
+            // the time its thread did not run is not the middleware's. The call has then used
+            // `CPU_CLOCK_AFTER`, and its next polls are timed by the CPU clock.
+            None => nanos(now()).saturating_sub(started).min(nanos(CPU_CLOCK_AFTER)),
         }
     }
 
@@ -135,10 +142,10 @@ mod tests {
         meter.arm(Duration::from_millis(20));
         meter.enter();
         let started = std::time::Instant::now();
-        while started.elapsed() < Duration::from_millis(5) {}
+        while started.elapsed() < CPU_CLOCK_AFTER / 2 {}
         assert!(!meter.leave());
         let after_spinning = meter.used();
-        assert!(after_spinning >= Duration::from_millis(4), "{after_spinning:?}");
+        assert!(after_spinning >= CPU_CLOCK_AFTER / 2, "{after_spinning:?}");
         // Time between polls (the worker serving other requests) does not count.
         std::thread::sleep(Duration::from_millis(30));
         meter.enter();
@@ -146,6 +153,28 @@ mod tests {
         meter.yielded();
         assert!(meter.leave());
         assert!(meter.used() < Duration::from_millis(15), "{:?}", meter.used());
+    }
+
+    #[test]
+    fn a_first_poll_preempted_for_longer_than_the_budget_does_not_spend_it() {
+        let meter = Meter::default();
+        meter.arm(Duration::from_millis(20));
+        // The call's first poll, timed by the monotonic clock, and its thread does not run for
+        // longer than the whole budget (a sleep here; the quarantine thread waiting for every
+        // worker on a busy machine).
+        meter.enter();
+        std::thread::sleep(Duration::from_millis(30));
+        assert!(!meter.spent(), "the preemption counted");
+        meter.leave();
+        assert_eq!(meter.used(), CPU_CLOCK_AFTER);
+        // The call's next polls are timed by the thread's CPU clock: a preemption does not count
+        // there either, and what the call runs does.
+        meter.enter();
+        std::thread::sleep(Duration::from_millis(30));
+        assert!(!meter.spent(), "the preemption counted");
+        let started = thread_cpu().unwrap();
+        while thread_cpu().unwrap() - started < nanos(Duration::from_millis(20)) {}
+        assert!(meter.spent(), "20 ms of running did not spend a 20 ms budget");
     }
 
     #[test]

@@ -401,8 +401,19 @@ async fn a_quarantined_middleware_runs_off_the_workers_and_its_answer_still_appl
         sluice.stderr()
     );
     // A call that succeeds there has its edits applied as on a worker, and lifts the quarantine.
-    let resp = client.get(sluice.url("/x")).send().await.unwrap();
-    assert_eq!(resp.status(), 200);
+    // The thread runs only when no worker wants a CPU: on a machine as busy as the suite's, a
+    // call may wait past its turn and fail as `quarantined`, and as nothing else (its time there
+    // waiting for a CPU is not its running time).
+    let started = Instant::now();
+    let resp = loop {
+        let resp = client.get(sluice.url("/x")).send().await.unwrap();
+        if resp.status() == 200 {
+            break resp;
+        }
+        let body = resp.text().await.unwrap();
+        assert!(body.contains("waited for its turn past its timeout"), "{body}");
+        assert!(started.elapsed() < Duration::from_secs(30), "{}", sluice.stderr());
+    };
     assert_eq!(values(&resp, "x-stamp-response"), ["js"]);
     let seen: Value = resp.json().await.unwrap();
     assert_eq!(seen["headers"]["x-stamp-request"], "js", "{seen}");
