@@ -21,7 +21,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
 use crate::chain::{Deployment, LoadedMiddleware, Source};
-use crate::config::{self, ComponentRef};
+use crate::config::{self, ComponentRef, Config};
 use crate::error::Error;
 use crate::live::{Loader, Pin, Snapshot};
 use crate::metrics::{self, VersionLabels};
@@ -420,47 +420,45 @@ impl Reloader {
             }
         }
     }
+}
 
-    /// The files whose change triggers a reload: the config file, every component file it names
-    /// (with its `.sig` when it must be signed), every public key, and every `-file` key in a
-    /// middleware's `config`.
-    pub fn watched_files(&self) -> BTreeSet<PathBuf> {
-        let live = self.live();
-        let config = &live.config;
-        let base = config.base_dir();
-        let mut files = BTreeSet::from([config.path.clone()]);
-        for (name, mw) in &config.middleware {
-            if let Some(key) = config.public_key_for(name) {
-                files.insert(base.join(key.get_ref()));
-            }
-            let components = std::iter::once(&mw.component).chain(mw.canary.as_ref().map(|c| &c.component));
-            for component in components {
-                if let ComponentRef::File(file) = component.get_ref() {
-                    files.insert(base.join(file));
-                    if config.public_key_for(name).is_some() {
-                        files.insert(base.join(format!("{}.sig", file.display())));
-                    }
-                }
-            }
-            for (key, value) in mw.config.get_ref() {
-                if key.ends_with("-file")
-                    && let Some(path) = value.as_str()
-                {
-                    files.insert(base.join(path));
+/// The files whose change triggers a reload: the config file, every component file it names
+/// (with its `.sig` when it must be signed), every public key, and every `-file` key in a
+/// middleware's `config`.
+pub fn watched_files(config: &Config) -> BTreeSet<PathBuf> {
+    let base = config.base_dir();
+    let mut files = BTreeSet::from([config.path.clone()]);
+    for (name, mw) in &config.middleware {
+        if let Some(key) = config.public_key_for(name) {
+            files.insert(base.join(key.get_ref()));
+        }
+        let components = std::iter::once(&mw.component).chain(mw.canary.as_ref().map(|c| &c.component));
+        for component in components {
+            if let ComponentRef::File(file) = component.get_ref() {
+                files.insert(base.join(file));
+                if config.public_key_for(name).is_some() {
+                    files.insert(base.join(format!("{}.sig", file.display())));
                 }
             }
         }
-        for tls in &config.server.tls {
-            files.insert(base.join(&tls.get_ref().cert));
-            files.insert(base.join(&tls.get_ref().key));
-        }
-        for up in config.upstreams.values() {
-            if let Some(ca) = &up.ca_file {
-                files.insert(base.join(ca.get_ref()));
+        for (key, value) in mw.config.get_ref() {
+            if key.ends_with("-file")
+                && let Some(path) = value.as_str()
+            {
+                files.insert(base.join(path));
             }
         }
-        files.into_iter().filter_map(|f| canonical(&f)).collect()
     }
+    for tls in &config.server.tls {
+        files.insert(base.join(&tls.get_ref().cert));
+        files.insert(base.join(&tls.get_ref().key));
+    }
+    for up in config.upstreams.values() {
+        if let Some(ca) = &up.ca_file {
+            files.insert(base.join(ca.get_ref()));
+        }
+    }
+    files.into_iter().filter_map(|f| canonical(&f)).collect()
 }
 
 /// `path` with its directory resolved (the file itself may be replaced, or missing for a while).
@@ -477,24 +475,34 @@ fn canonical(path: &Path) -> Option<PathBuf> {
 /// one, is read once it has settled, not halfway.
 pub const SETTLE: Duration = Duration::from_millis(250);
 
-/// What a watched file holds, as far as a reload cares: `None` while it is missing.
-type Fingerprint = BTreeMap<PathBuf, Option<(u64, [u8; 32])>>;
+/// What the watched files hold, as far as a reload cares: each one's length and sha256, `None`
+/// while it is missing.
+pub type Fingerprint = BTreeMap<PathBuf, Option<(u64, [u8; 32])>>;
 
-/// The length and sha256 of each of `files` (read off the async threads: components are large).
+/// The files `config` names as they are now: taken before a load reads them, it is what the load
+/// read or older, so that whatever changes after it is seen as a change.
+pub fn fingerprint_of(config: &Config) -> Fingerprint {
+    read_fingerprint(&watched_files(config))
+}
+
+fn read_fingerprint(files: &BTreeSet<PathBuf>) -> Fingerprint {
+    files
+        .iter()
+        .map(|path| {
+            let content = std::fs::read(path)
+                .ok()
+                .map(|bytes| (bytes.len() as u64, Sha256::digest(&bytes).into()));
+            (path.clone(), content)
+        })
+        .collect()
+}
+
+/// [`read_fingerprint`], off the async threads: components are large.
 async fn fingerprint(files: &BTreeSet<PathBuf>) -> Fingerprint {
     let files = files.clone();
-    let read = move || {
-        files
-            .into_iter()
-            .map(|path| {
-                let content = std::fs::read(&path)
-                    .ok()
-                    .map(|bytes| (bytes.len() as u64, Sha256::digest(&bytes).into()));
-                (path, content)
-            })
-            .collect()
-    };
-    tokio::task::spawn_blocking(read).await.unwrap_or_default()
+    tokio::task::spawn_blocking(move || read_fingerprint(&files))
+        .await
+        .unwrap_or_default()
 }
 
 /// Whether a file event can mean new content. Opening and reading (what every reload itself does
@@ -507,12 +515,14 @@ fn may_change_content(kind: &EventKind) -> bool {
     }
 }
 
-/// Reloads whenever the content of a file of [`Reloader::watched_files`] changes, once it has
+/// Reloads whenever the content of a file of [`watched_files`] changes from `loaded` (what the
+/// live snapshot was built from: [`fingerprint_of`] its config before the load), once it has
 /// [settled](SETTLE), until the process ends. Directories are watched, so files replaced by a
 /// rename (what editors and deploy tools do) are seen too. Content is compared, not events
 /// counted: a file rewritten with the same bytes, or only opened, reloads nothing.
-pub async fn watch(reloader: Arc<Reloader>) {
+pub async fn watch(reloader: Arc<Reloader>, mut loaded: Fingerprint) {
     let (tx, mut rx) = mpsc::unbounded_channel::<PathBuf>();
+    let check = tx.clone();
     let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         if let Ok(event) = event
             && may_change_content(&event.kind)
@@ -531,7 +541,7 @@ pub async fn watch(reloader: Arc<Reloader>) {
     };
     let mut dirs = BTreeSet::new();
     let mut rewatch = |dirs: &mut BTreeSet<PathBuf>| {
-        let files = reloader.watched_files();
+        let files = watched_files(&reloader.live().config);
         for dir in files.iter().filter_map(|f| f.parent()) {
             if !dirs.contains(dir) {
                 match watcher.watch(dir, RecursiveMode::NonRecursive) {
@@ -545,8 +555,12 @@ pub async fn watch(reloader: Arc<Reloader>) {
         files
     };
     let mut files = rewatch(&mut dirs);
-    // What the live snapshot was built from (or, after a failed reload, what failed: tried once).
-    let mut loaded = fingerprint(&files).await;
+    // A change made between the load and the directories being watched sent no event: look once.
+    // From here on `loaded` is what the live snapshot was built from (or, after a failed reload,
+    // what failed: tried once).
+    if let Some(file) = files.first() {
+        let _ = check.send(file.clone());
+    }
     while let Some(path) = rx.recv().await {
         if !files.contains(&path) {
             continue;
@@ -648,15 +662,8 @@ pub async fn poll(reloader: Arc<Reloader>) {
     }
 }
 
-/// Reloads on every `SIGHUP`, until the process ends.
-pub async fn on_sighup(reloader: Arc<Reloader>) {
-    let mut hangups = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-        Ok(signal) => signal,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot listen for SIGHUP");
-            return;
-        }
-    };
+/// Reloads on every `SIGHUP` that `hangups` hears, until the process ends.
+pub async fn on_sighup(reloader: Arc<Reloader>, mut hangups: tokio::signal::unix::Signal) {
     while hangups.recv().await.is_some() {
         let _ = reloader.reload(Trigger::Sighup).await;
     }

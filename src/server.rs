@@ -98,6 +98,8 @@ pub fn build(config: Config, start: Start) -> Result<Server, Error> {
     })?;
     let path = config.path.clone();
     let routes = config.routes.len();
+    // Read before the load reads the files: a change made while it runs is a change.
+    let loaded_from = watch.then(|| reload::fingerprint_of(&config));
     let (snapshot, runtime) = load(config)?;
     let live = Arc::new(ArcSwap::from_pointee(snapshot));
     let reloader = Reloader::new(live.clone(), runtime, path.clone());
@@ -126,7 +128,7 @@ pub fn build(config: Config, start: Start) -> Result<Server, Error> {
     // As a service, so that pingora knows every listen address first and closes an inherited
     // socket no worker claims (it would take connections nobody accepts).
     let bootstrap = server.bootstrap_as_a_service();
-    control_plane(reloader, admin, watch)?;
+    control_plane(reloader, admin, loaded_from)?;
     let mut addresses: Vec<String> = listen.iter().map(|a| a.to_string()).collect();
     addresses.extend(tls_addrs.iter().map(|a| format!("{a} (tls)")));
     tracing::info!(config = %path.display(), listen = %addresses.join(", "), routes, "sluice is serving");
@@ -345,22 +347,33 @@ fn admin_listener(config: &Config, start: Start) -> Result<Option<AdminListener>
 /// Starts the thread that reloads (config watcher, `SIGHUP`), serves the admin API and runs the
 /// active health checks. Builds (compiling components) and checks run here, never on a proxy
 /// worker.
-fn control_plane(reloader: Arc<Reloader>, admin: Option<AdminListener>, watch: bool) -> Result<(), Error> {
+fn control_plane(
+    reloader: Arc<Reloader>,
+    admin: Option<AdminListener>,
+    watch: Option<reload::Fingerprint>,
+) -> Result<(), Error> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("sluice-control")
         .enable_all()
         .build()
         .map_err(|e| Error::Runtime(format!("cannot start the control plane: {e}")))?;
+    // Heard from here on, before anything serves: a SIGHUP sent as soon as sluice answers
+    // reloads (unheard, it would end the process).
+    let hangups = {
+        let _runtime = runtime.enter();
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .map_err(|e| Error::Runtime(format!("cannot listen for SIGHUP: {e}")))?
+    };
     std::thread::Builder::new()
         .name("sluice-control".into())
         .spawn(move || {
             runtime.block_on(async move {
                 reload::start_health_checks(&reloader.live());
-                tokio::spawn(reload::on_sighup(reloader.clone()));
+                tokio::spawn(reload::on_sighup(reloader.clone(), hangups));
                 tokio::spawn(reload::poll(reloader.clone()));
-                if watch {
-                    tokio::spawn(reload::watch(reloader.clone()));
+                if let Some(loaded) = watch {
+                    tokio::spawn(reload::watch(reloader.clone(), loaded));
                 }
                 if let Some(admin) = admin {
                     if admin.token.is_none() {

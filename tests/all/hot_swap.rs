@@ -553,6 +553,61 @@ async fn after_every_kind_of_reload_an_idle_sluice_reloads_nothing_more() {
     assert_eq!(counts, expected, "{}", proxy.sluice.stderr());
 }
 
+/// A change made while sluice starts (after it parsed the config, before its watcher is up) is a
+/// change: what the first snapshot was built from is read before the load, not after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_made_while_sluice_starts_is_reloaded() {
+    let echo = echo().await;
+    let (addr, admin, upstream) = (free_addr(), free_addr(), echo.addr());
+    // `b` (JavaScript, its `init` run at load) loads for tens of milliseconds after `a`: the
+    // change lands then.
+    let config = |stamp: &str| {
+        format!(
+            "{}[upstreams.echo]\ntargets = [\"{upstream}\"]\n\n[middleware.a]\ncomponent = {:?}\nconfig = {{ name = \"{stamp}\", phases = [\"response-headers\"] }}\n\n[middleware.b]\ncomponent = {:?}\nconfig = {{ name = \"b\" }}\n\n[[route]]\nname = \"all\"\nupstream = \"echo\"\nmiddleware = [\"a\", \"b\"]\n",
+            server(addr, admin, ""),
+            component("stamp"),
+            crate::polyglot::polyglot("probe_js"),
+        )
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (path, stderr) = (dir.path().join("sluice.toml"), dir.path().join("stderr.log"));
+    let first = config("before");
+    let starting = std::thread::spawn(move || Sluice::spawn(&first, addr, dir, &[("SLUICE_ADMIN_TOKEN", TOKEN)]));
+    let started = Instant::now();
+    while !std::fs::read_to_string(&stderr)
+        .unwrap_or_default()
+        .contains("middleware loaded middleware=\"a\"")
+    {
+        assert!(started.elapsed() < Duration::from_secs(60), "`a` did not load");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    std::fs::write(&path, config("after")).unwrap();
+    let proxy = Proxy {
+        sluice: starting.join().unwrap(),
+        admin,
+        _echo: echo,
+    };
+    let client = common::client();
+    let started = Instant::now();
+    loop {
+        let resp = client.get(proxy.sluice.url("/x")).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let stamps: Vec<_> = resp.headers().get_all("x-stamp-response").iter().cloned().collect();
+        if stamps.contains(&reqwest::header::HeaderValue::from_static("after")) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the change made while sluice started was never loaded: {stamps:?}\n{}",
+            proxy.sluice.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let counts = reload_counts(&proxy).await;
+    let expected: BTreeMap<String, f64> = [("{trigger=\"file\",result=\"ok\"}".to_owned(), 1.0)].into();
+    assert_eq!(counts, expected, "{}", proxy.sluice.stderr());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_config_saved_in_parts_is_served_only_once_whole() {
     let echo = echo().await;
