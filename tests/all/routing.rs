@@ -255,7 +255,15 @@ async fn past_max_in_flight_a_request_is_shed_with_503_and_retry_after() {
             tokio::spawn(async move { req.send().await.unwrap().status().as_u16() })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // (in flight once the upstream has both: it counts a request before its delay)...
+    let started = std::time::Instant::now();
+    while up.requests() < 2 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the slow requests never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     // ...so a third is answered at once, told when to come back, and never forwarded.
     let started = std::time::Instant::now();
     let shed = client().get(sluice.url("/third")).send().await.unwrap();
