@@ -105,6 +105,9 @@ pub struct Reloader {
 /// What the reloader remembers across snapshots.
 #[derive(Default)]
 struct Versions {
+    /// What the live snapshot was built from ([`fingerprint_of`] its config before the build
+    /// read the files): the watcher reloads only content that differs from it.
+    built_from: Fingerprint,
     /// Components replacing what the config names (uploads, rollbacks), by middleware.
     pins: BTreeMap<String, Pin>,
     /// The version each middleware served before its last change, kept loaded for rollback.
@@ -136,19 +139,33 @@ pub struct MiddlewareStatus {
 }
 
 impl Reloader {
-    /// A reloader for the config file at `path`, whose snapshot `live` serves.
-    pub fn new(live: Arc<ArcSwap<Snapshot>>, runtime: Arc<Runtime>, path: PathBuf) -> Arc<Self> {
+    /// A reloader for the config file at `path`, whose snapshot `live` serves, built from
+    /// `built_from` ([`fingerprint_of`] its config, taken before the load).
+    pub fn new(
+        live: Arc<ArcSwap<Snapshot>>,
+        runtime: Arc<Runtime>,
+        path: PathBuf,
+        built_from: Fingerprint,
+    ) -> Arc<Self> {
         let started_with = RestartOnly::of(&live.load().config.server);
         let reloader = Arc::new(Reloader {
             live,
             runtime,
             path,
             started_with,
-            versions: tokio::sync::Mutex::new(Versions::default()),
+            versions: tokio::sync::Mutex::new(Versions {
+                built_from,
+                ..Versions::default()
+            }),
             status: Mutex::new(Status::default()),
         });
         reloader.publish_versions(&reloader.live.load());
         reloader
+    }
+
+    /// What the live snapshot was built from (waits for a build in progress).
+    pub async fn built_from(&self) -> Fingerprint {
+        self.versions.lock().await.built_from.clone()
     }
 
     /// The snapshot serving new requests.
@@ -195,11 +212,16 @@ impl Reloader {
         }
         let current = self.live.load_full();
         let built = match config::load(&self.path) {
-            Ok(config) => Snapshot::rebuild(Arc::new(config), &self.runtime, Some(&current), &versions.pins).await,
+            Ok(config) => {
+                let read = fingerprint_off_thread(&config).await;
+                let next = Snapshot::rebuild(Arc::new(config), &self.runtime, Some(&current), &versions.pins).await;
+                next.map(|next| (next, read))
+            }
             Err(errors) => Err(Error::Config(errors)),
         };
         match built {
-            Ok(next) => {
+            Ok((next, read)) => {
+                versions.built_from = read;
                 let pending = self.started_with.changed(&RestartOnly::of(&next.config.server));
                 if !pending.is_empty() {
                     tracing::warn!(
@@ -479,21 +501,42 @@ pub const SETTLE: Duration = Duration::from_millis(250);
 /// while it is missing.
 pub type Fingerprint = BTreeMap<PathBuf, Option<(u64, [u8; 32])>>;
 
-/// The files `config` names as they are now: taken before a load reads them, it is what the load
-/// read or older, so that whatever changes after it is seen as a change.
+/// What `config`'s files ([`watched_files`]) hold: the config file as it was parsed, the others
+/// as they are now. Taken before a build reads them, it is what the build read or older, so that
+/// whatever changes after it is a change.
 pub fn fingerprint_of(config: &Config) -> Fingerprint {
-    read_fingerprint(&watched_files(config))
+    let mut fingerprint = read_fingerprint(&watched_files(config));
+    if let Some(path) = canonical(&config.path) {
+        fingerprint.insert(path, Some(content_of(config.source().as_bytes())));
+    }
+    fingerprint
+}
+
+/// [`fingerprint_of`], off the async threads: components are large.
+async fn fingerprint_off_thread(config: &Config) -> Fingerprint {
+    let (files, path, source) = (
+        watched_files(config),
+        canonical(&config.path),
+        config.source().to_owned(),
+    );
+    let read = move || {
+        let mut fingerprint = read_fingerprint(&files);
+        if let Some(path) = path {
+            fingerprint.insert(path, Some(content_of(source.as_bytes())));
+        }
+        fingerprint
+    };
+    tokio::task::spawn_blocking(read).await.unwrap_or_default()
+}
+
+fn content_of(bytes: &[u8]) -> (u64, [u8; 32]) {
+    (bytes.len() as u64, Sha256::digest(bytes).into())
 }
 
 fn read_fingerprint(files: &BTreeSet<PathBuf>) -> Fingerprint {
     files
         .iter()
-        .map(|path| {
-            let content = std::fs::read(path)
-                .ok()
-                .map(|bytes| (bytes.len() as u64, Sha256::digest(&bytes).into()));
-            (path.clone(), content)
-        })
+        .map(|path| (path.clone(), std::fs::read(path).ok().map(|bytes| content_of(&bytes))))
         .collect()
 }
 
@@ -515,12 +558,13 @@ fn may_change_content(kind: &EventKind) -> bool {
     }
 }
 
-/// Reloads whenever the content of a file of [`watched_files`] changes from `loaded` (what the
-/// live snapshot was built from: [`fingerprint_of`] its config before the load), once it has
+/// Reloads whenever the content of a file of [`watched_files`] differs from what the live snapshot
+/// was built from ([`Reloader::built_from`], whichever reload built it), once it has
 /// [settled](SETTLE), until the process ends. Directories are watched, so files replaced by a
 /// rename (what editors and deploy tools do) are seen too. Content is compared, not events
-/// counted: a file rewritten with the same bytes, or only opened, reloads nothing.
-pub async fn watch(reloader: Arc<Reloader>, mut loaded: Fingerprint) {
+/// counted: a file rewritten with the same bytes, or only opened, reloads nothing, nor does a
+/// change another reload (`SIGHUP`, the admin API) already loaded.
+pub async fn watch(reloader: Arc<Reloader>) {
     let (tx, mut rx) = mpsc::unbounded_channel::<PathBuf>();
     let check = tx.clone();
     let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
@@ -540,6 +584,7 @@ pub async fn watch(reloader: Arc<Reloader>, mut loaded: Fingerprint) {
         }
     };
     let mut dirs = BTreeSet::new();
+    // The files of the live config, their directories watched: after any reload, what it names.
     let mut rewatch = |dirs: &mut BTreeSet<PathBuf>| {
         let files = watched_files(&reloader.live().config);
         for dir in files.iter().filter_map(|f| f.parent()) {
@@ -556,12 +601,13 @@ pub async fn watch(reloader: Arc<Reloader>, mut loaded: Fingerprint) {
     };
     let mut files = rewatch(&mut dirs);
     // A change made between the load and the directories being watched sent no event: look once.
-    // From here on `loaded` is what the live snapshot was built from (or, after a failed reload,
-    // what failed: tried once).
     if let Some(file) = files.first() {
         let _ = check.send(file.clone());
     }
+    // What this watcher's last reload failed on: not tried again until it changes.
+    let mut failed: Option<Fingerprint> = None;
     while let Some(path) = rx.recv().await {
+        files = rewatch(&mut dirs);
         if !files.contains(&path) {
             continue;
         }
@@ -575,25 +621,13 @@ pub async fn watch(reloader: Arc<Reloader>, mut loaded: Fingerprint) {
             }
             seen = now;
         }
-        if seen == loaded {
+        if seen == reloader.built_from().await || failed.as_ref() == Some(&seen) {
             continue;
         }
-        if reloader.reload(Trigger::File).await.is_ok() {
-            files = rewatch(&mut dirs);
-            // The reload read the files after `seen` settled: what it loaded is `seen` or newer.
-            // Fingerprinting them now instead would take a write made right after the new
-            // snapshot went live (and before this line) as loaded, and never reload it; with
-            // `seen`, such a write differs and reloads. Files the new config added: as they are.
-            let mut now = fingerprint(&files).await;
-            for (path, content) in &seen {
-                if let Some(entry) = now.get_mut(path) {
-                    *entry = *content;
-                }
-            }
-            loaded = now;
-        } else {
-            loaded = seen;
-        }
+        failed = match reloader.reload(Trigger::File).await {
+            Ok(_) => None,
+            Err(_) => Some(seen),
+        };
     }
 }
 

@@ -99,10 +99,13 @@ pub fn build(config: Config, start: Start) -> Result<Server, Error> {
     let path = config.path.clone();
     let routes = config.routes.len();
     // Read before the load reads the files: a change made while it runs is a change.
-    let loaded_from = watch.then(|| reload::fingerprint_of(&config));
+    let built_from = match watch {
+        true => reload::fingerprint_of(&config),
+        false => reload::Fingerprint::default(),
+    };
     let (snapshot, runtime) = load(config)?;
     let live = Arc::new(ArcSwap::from_pointee(snapshot));
-    let reloader = Reloader::new(live.clone(), runtime, path.clone());
+    let reloader = Reloader::new(live.clone(), runtime, path.clone(), built_from);
 
     let conf = ServerConf {
         threads,
@@ -128,7 +131,7 @@ pub fn build(config: Config, start: Start) -> Result<Server, Error> {
     // As a service, so that pingora knows every listen address first and closes an inherited
     // socket no worker claims (it would take connections nobody accepts).
     let bootstrap = server.bootstrap_as_a_service();
-    control_plane(reloader, admin, loaded_from)?;
+    control_plane(reloader, admin, watch)?;
     let mut addresses: Vec<String> = listen.iter().map(|a| a.to_string()).collect();
     addresses.extend(tls_addrs.iter().map(|a| format!("{a} (tls)")));
     tracing::info!(config = %path.display(), listen = %addresses.join(", "), routes, "sluice is serving");
@@ -347,11 +350,7 @@ fn admin_listener(config: &Config, start: Start) -> Result<Option<AdminListener>
 /// Starts the thread that reloads (config watcher, `SIGHUP`), serves the admin API and runs the
 /// active health checks. Builds (compiling components) and checks run here, never on a proxy
 /// worker.
-fn control_plane(
-    reloader: Arc<Reloader>,
-    admin: Option<AdminListener>,
-    watch: Option<reload::Fingerprint>,
-) -> Result<(), Error> {
+fn control_plane(reloader: Arc<Reloader>, admin: Option<AdminListener>, watch: bool) -> Result<(), Error> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("sluice-control")
@@ -372,8 +371,8 @@ fn control_plane(
                 reload::start_health_checks(&reloader.live());
                 tokio::spawn(reload::on_sighup(reloader.clone(), hangups));
                 tokio::spawn(reload::poll(reloader.clone()));
-                if let Some(loaded) = watch {
-                    tokio::spawn(reload::watch(reloader.clone(), loaded));
+                if watch {
+                    tokio::spawn(reload::watch(reloader.clone()));
                 }
                 if let Some(admin) = admin {
                     if admin.token.is_none() {

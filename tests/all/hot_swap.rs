@@ -553,6 +553,24 @@ async fn after_every_kind_of_reload_an_idle_sluice_reloads_nothing_more() {
     assert_eq!(counts, expected, "{}", proxy.sluice.stderr());
 }
 
+/// A change another reload already loaded (the admin API's, right after the edit) is not loaded
+/// again by the watcher: it compares with what the live snapshot was built from, whichever reload
+/// built it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_change_the_admin_api_already_loaded_is_not_loaded_again_by_the_watcher() {
+    let proxy = start("version_one", "", "").await;
+    let path = proxy.sluice.config_path();
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, format!("# edited\n{text}")).unwrap();
+    let (status, answer) = proxy.admin(reqwest::Method::POST, "/admin/reload", Vec::new()).await;
+    assert_eq!(status, 200, "{answer}");
+    // Well past the watcher's settling time.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let counts = reload_counts(&proxy).await;
+    let expected: BTreeMap<String, f64> = [("{trigger=\"admin\",result=\"ok\"}".to_owned(), 1.0)].into();
+    assert_eq!(counts, expected, "{}", proxy.sluice.stderr());
+}
+
 /// A change made while sluice starts (after it parsed the config, before its watcher is up) is a
 /// change: what the first snapshot was built from is read before the load, not after.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
