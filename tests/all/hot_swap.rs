@@ -785,21 +785,43 @@ async fn uploads_are_refused_on_their_length_read_one_at_a_time_and_never_held_w
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
     assert!(answer.contains("300000000 bytes"), "{answer}");
 
-    // One upload arriving slowly holds the upload slot: a second one meanwhile is 429.
-    let mut slow = std::net::TcpStream::connect(proxy.admin).unwrap();
-    slow.write_all(head(1 << 20).as_bytes()).unwrap();
-    slow.write_all(&[0; 1024]).unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let mut second = std::net::TcpStream::connect(proxy.admin).unwrap();
-    second.write_all(head(10).as_bytes()).unwrap();
-    let answer = answer_of(&mut second);
+    // One upload arriving slowly holds the upload slot: a second one meanwhile is 429. (Should the
+    // second be read first, on a busy machine, it holds the slot and the slow one is refused:
+    // then the second gets its body and an answer, and both try again, further apart.)
+    let mut wait = Duration::from_millis(200);
+    let (slow, answer) = loop {
+        let mut slow = std::net::TcpStream::connect(proxy.admin).unwrap();
+        slow.write_all(head(1 << 20).as_bytes()).unwrap();
+        slow.write_all(&[0; 1024]).unwrap();
+        tokio::time::sleep(wait).await;
+        let mut second = std::net::TcpStream::connect(proxy.admin).unwrap();
+        second.write_all(head(10).as_bytes()).unwrap();
+        second.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+        let mut answer = vec![0; 4096];
+        match second.read(&mut answer) {
+            Ok(n) => break (slow, String::from_utf8_lossy(&answer[..n]).into_owned()),
+            Err(_) => {
+                assert!(wait < Duration::from_secs(5), "the slow upload never held the slot");
+                second.write_all(&[0; 10]).unwrap();
+                let _ = answer_of(&mut second);
+                wait *= 4;
+            }
+        }
+    };
     assert!(answer.starts_with("HTTP/1.1 429"), "{answer}");
     assert!(answer.to_ascii_lowercase().contains("retry-after: 1"), "{answer}");
 
-    // The slow client gives up: its slot is free again, and a real upload swaps in.
+    // The slow client gives up: its slot is free again (once sluice has seen it go: a 429 until
+    // then, which says when to try again), and a real upload swaps in.
     drop(slow);
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let (status, answer) = proxy.upload(wasm("version_two")).await;
+    let started = Instant::now();
+    let (status, answer) = loop {
+        let (status, answer) = proxy.upload(wasm("version_two")).await;
+        if status != 429 || started.elapsed() > Duration::from_secs(10) {
+            break (status, answer);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert_eq!(status, 200, "{answer}");
     proxy.wait_for("two", Duration::from_secs(5)).await;
 }
