@@ -505,28 +505,20 @@ pub type Fingerprint = BTreeMap<PathBuf, Option<(u64, [u8; 32])>>;
 /// as they are now. Taken before a build reads them, it is what the build read or older, so that
 /// whatever changes after it is a change.
 pub fn fingerprint_of(config: &Config) -> Fingerprint {
-    let mut fingerprint = read_fingerprint(&watched_files(config));
+    as_parsed(read_fingerprint(&watched_files(config)), config)
+}
+
+/// [`fingerprint_of`], its reads off the async threads: components are large.
+async fn fingerprint_off_thread(config: &Config) -> Fingerprint {
+    as_parsed(fingerprint(&watched_files(config)).await, config)
+}
+
+/// `fingerprint` with `config`'s own file as it was parsed.
+fn as_parsed(mut fingerprint: Fingerprint, config: &Config) -> Fingerprint {
     if let Some(path) = canonical(&config.path) {
         fingerprint.insert(path, Some(content_of(config.source().as_bytes())));
     }
     fingerprint
-}
-
-/// [`fingerprint_of`], off the async threads: components are large.
-async fn fingerprint_off_thread(config: &Config) -> Fingerprint {
-    let (files, path, source) = (
-        watched_files(config),
-        canonical(&config.path),
-        config.source().to_owned(),
-    );
-    let read = move || {
-        let mut fingerprint = read_fingerprint(&files);
-        if let Some(path) = path {
-            fingerprint.insert(path, Some(content_of(source.as_bytes())));
-        }
-        fingerprint
-    };
-    tokio::task::spawn_blocking(read).await.unwrap_or_default()
 }
 
 fn content_of(bytes: &[u8]) -> (u64, [u8; 32]) {
