@@ -4,15 +4,15 @@
 #   2. nginx `proxy_pass` in front of that upstream (keep-alive pool)     — the baseline
 #   3. sluice (empty middleware chain) in front of the same upstream      — the subject
 #   4. sluice with a chain of 4 trivial Wasm middleware (header phases)   — the chain's cost
-#      (default instances: reused, each retired after `max-requests` = 1000)
-#   5. the same chain with `reuse = { max-requests = 10000 }`             — what fewer replacements save
+#      (default instances: reused, each retired after `max-requests` = 10000)
+#   5. the same chain with `reuse = { max-requests = 1000 }` (the old default) — what more replacements cost
 # and, with `POST /orders` (an HS256 bearer token, a 1 KiB JSON order; the upstream answers an
 # 842-byte JSON page of customer records full of PII; benches/data/):
 #   6. nginx proxy_pass                                                   — the baseline
 #   7. sluice, empty chain                                                — the subject
 #   8. sluice with the four built-ins: auth-jwt (HS256), rate-limit (never limiting: its state
 #      round trip is what counts), schema-validate (the order), redact (the customers)
-#   9. the same four with `reuse = { max-requests = 10000 }`
+#   9. the same four with `reuse = { max-requests = 1000 }` (the old default)
 # and, terminating TLS (an ECDSA P-256 certificate made here with openssl; keep-alive connections,
 # so the handshakes are amortized):
 #  10. HTTPS (HTTP/1.1 over TLS 1.3), wrk: nginx proxy_pass vs sluice, empty chain
@@ -83,12 +83,12 @@ targets = ["127.0.0.1:$UPSTREAM_PORT"]
 name = "empty-chain"
 upstream = "up"
 CONF
-# The four built-ins, once with the default instances (reused, `max-requests` 1000; the route is
-# still called `fresh`) and once with `max-requests` 10000.
+# The four built-ins, once with the default instances (reused, `max-requests` 10000; the route is
+# still called `fresh`) and once with `max-requests` 1000, the default before 2026-12-07.
 secret="a 32-byte secret for HS256 tokens"
 for mode in fresh reused; do
   reuse=""
-  [[ $mode == reused ]] && reuse="reuse = { max-requests = 10000 }"
+  [[ $mode == reused ]] && reuse="reuse = { max-requests = 1000 }"
   orders_chain "-$mode" "/orders/$mode" "$reuse" >> "$work/sluice.toml"
 done
 for i in 1 2 3 4; do
@@ -101,7 +101,7 @@ config = { name = "m$i", phases = ["request-headers", "response-headers"] }
 [middleware.r$i]
 component = "$stamp"
 config = { name = "m$i", phases = ["request-headers", "response-headers"] }
-reuse = { max-requests = 10000 }
+reuse = { max-requests = 1000 }
 CONF
 done
 cat >> "$work/sluice.toml" <<CONF
@@ -182,8 +182,8 @@ median_row() { # rows of "req/s p50 p99" on stdin -> the row with the median req
 }
 
 declare -A results
-labels=("upstream (direct)" "nginx proxy_pass" "sluice (empty chain)" "sluice (4 Wasm middleware)" "sluice (4, max-requests 10000)"
-  "POST: nginx proxy_pass" "POST: sluice (empty chain)" "POST: sluice (4 built-ins)" "POST: sluice (4 built-ins, max-requests 10000)"
+labels=("upstream (direct)" "nginx proxy_pass" "sluice (empty chain)" "sluice (4 Wasm middleware)" "sluice (4, max-requests 1000)"
+  "POST: nginx proxy_pass" "POST: sluice (empty chain)" "POST: sluice (4 built-ins)" "POST: sluice (4 built-ins, max-requests 1000)"
   "HTTPS: nginx proxy_pass" "HTTPS: sluice (empty chain)" "h2 (TLS): nginx proxy_pass" "h2 (TLS): sluice (empty chain)")
 ports=("$UPSTREAM_PORT/" "$NGINX_PORT/" "$SLUICE_PORT/" "$SLUICE_PORT/chain/" "$SLUICE_PORT/reused/"
   "$NGINX_PORT/orders" "$SLUICE_PORT/orders/empty" "$SLUICE_PORT/orders/fresh" "$SLUICE_PORT/orders/reused"
@@ -208,9 +208,9 @@ done
 echo
 awk -v s="${medians[2]}" -v n="${medians[1]}" 'BEGIN { printf "sluice / nginx proxy_pass = %.2fx (medians)\n", s / n }'
 awk -v c="${medians[3]}" -v e="${medians[2]}" 'BEGIN { printf "4-middleware chain / empty chain = %.2fx (medians)\n", c / e }'
-awk -v c="${medians[4]}" -v e="${medians[2]}" 'BEGIN { printf "4-middleware chain, max-requests 10000 / empty chain = %.2fx (medians)\n", c / e }'
+awk -v c="${medians[4]}" -v e="${medians[2]}" 'BEGIN { printf "4-middleware chain, max-requests 1000 / empty chain = %.2fx (medians)\n", c / e }'
 awk -v s="${medians[6]}" -v n="${medians[5]}" 'BEGIN { printf "POST: sluice / nginx proxy_pass = %.2fx (medians)\n", s / n }'
 awk -v c="${medians[7]}" -v e="${medians[6]}" 'BEGIN { printf "POST: 4 built-ins / empty chain = %.2fx (medians)\n", c / e }'
-awk -v c="${medians[8]}" -v e="${medians[6]}" 'BEGIN { printf "POST: 4 built-ins, max-requests 10000 / empty chain = %.2fx (medians)\n", c / e }'
+awk -v c="${medians[8]}" -v e="${medians[6]}" 'BEGIN { printf "POST: 4 built-ins, max-requests 1000 / empty chain = %.2fx (medians)\n", c / e }'
 awk -v s="${medians[10]}" -v n="${medians[9]}" 'BEGIN { printf "HTTPS: sluice / nginx proxy_pass = %.2fx (medians)\n", s / n }'
 awk -v s="${medians[12]}" -v n="${medians[11]}" 'BEGIN { printf "h2: sluice / nginx proxy_pass = %.2fx (medians)\n", s / n }'
