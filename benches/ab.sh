@@ -15,6 +15,13 @@
 # reused instances) and is measured too: what differs there is the chain's per-request work. With
 # BUILTINS=1 a route /orders runs the four built-ins as load.sh's `POST /orders` rows do (default
 # instances, an HS256 token, the 1 KiB order, the upstream's 842-byte page of customers redacted).
+#
+# The same binary on both sides compares two builds of the guests or two settings instead:
+# BEFORE_GUESTS / AFTER_GUESTS (a directory of `auth_jwt.wasm`, `rate_limit.wasm`,
+# `schema_validate.wasm`, `redact.wasm` and optionally `stamp.wasm`, e.g. a middleware/ target
+# directory) replace that side's built-ins (and STAMP), and BEFORE_LINE / AFTER_LINE add a line to
+# each of that side's middleware, e.g.
+#   BUILTINS=1 AFTER_LINE='reuse = { max-requests = 1000 }' benches/ab.sh target/release/sluice target/release/sluice
 set -euo pipefail
 
 [[ $# -eq 2 ]] || { echo "usage: benches/ab.sh BEFORE_BINARY AFTER_BINARY" >&2; exit 2; }
@@ -39,8 +46,10 @@ nginx_conf upstream 1 "server { listen 127.0.0.1:$UPSTREAM_PORT;
     location /orders { default_type application/json; return 200 '$customers'; } }"
 
 for side in before after; do
-  port=$BEFORE_PORT bin=$before
-  [[ $side == after ]] && port=$AFTER_PORT bin=$after
+  port=$BEFORE_PORT bin=$before guests=${BEFORE_GUESTS:-} line=${BEFORE_LINE:-}
+  [[ $side == after ]] && port=$AFTER_PORT bin=$after guests=${AFTER_GUESTS:-} line=${AFTER_LINE:-}
+  stamp=${STAMP:-}
+  [[ -n $stamp && -n $guests && -f $guests/stamp.wasm ]] && stamp=$guests/stamp.wasm
   mkdir -p "$work/$side"
   cat > "$work/$side/sluice.toml" <<CONF
 [server]
@@ -57,13 +66,18 @@ upstream = "up"
 CONF
   if [[ -n ${STAMP:-} ]]; then
     for i in 1 2 3 4; do
-      printf '\n[middleware.m%s]\ncomponent = "%s"\nconfig = { name = "m%s", phases = ["request-headers", "response-headers"] }\nreuse = { max-requests = 10000 }\n' \
-        "$i" "$STAMP" "$i" >> "$work/$side/sluice.toml"
+      printf '\n[middleware.m%s]\ncomponent = "%s"\nconfig = { name = "m%s", phases = ["request-headers", "response-headers"] }\n%s\n' \
+        "$i" "$stamp" "$i" "$line" >> "$work/$side/sluice.toml"
     done
     printf '\n[[route]]\nname = "chain"\npath-prefix = "/chain"\nupstream = "up"\nmiddleware = ["m1", "m2", "m3", "m4"]\n' >> "$work/$side/sluice.toml"
   fi
   if [[ -n ${BUILTINS:-} ]]; then
-    orders_chain "" /orders >> "$work/$side/sluice.toml"
+    orders_chain "" /orders "$line" >> "$work/$side/sluice.toml"
+    if [[ -n $guests ]]; then
+      for m in auth-jwt rate-limit schema-validate redact; do
+        sed -i "s|\"builtin:$m\"|\"$guests/${m//-/_}.wasm\"|" "$work/$side/sluice.toml"
+      done
+    fi
   fi
   RUST_LOG=warn "$bin" run --config "$work/$side/sluice.toml" 2>"$work/$side.log" &
   pids+=($!)
