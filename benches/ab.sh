@@ -135,5 +135,5 @@ if [[ -n ${BUILTINS:-} ]]; then
       && ! grep -q "grace.hopper@example.org\|hunter2\|4111 1111" <<<"$redacted" \
       || { echo "ab.sh: port $port does not answer /orders redacted" >&2; cat "$work"/*.log >&2; exit 1; }
   done
-  compare /orders "four built-ins (POST /orders, default instances)" "$work/orders.lua"
+  compare /orders "four built-ins (POST /orders)" "$work/orders.lua"
 fi

@@ -99,9 +99,10 @@ pub fn build(config: Config, start: Start) -> Result<Server, Error> {
     let path = config.path.clone();
     let routes = config.routes.len();
     // Read before the load reads the files: a change made while it runs is a change.
-    let built_from = match watch {
-        true => reload::fingerprint_of(&config),
-        false => reload::Fingerprint::default(),
+    let built_from = if watch {
+        reload::fingerprint_of(&config)
+    } else {
+        reload::Fingerprint::default()
     };
     let (snapshot, runtime) = load(config)?;
     let live = Arc::new(ArcSwap::from_pointee(snapshot));
